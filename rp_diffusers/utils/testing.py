@@ -1,0 +1,93 @@
+"""Tiny SD-2.1-layout components built in code: offline tests, examples and benchmarks without the Hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def tiny_clip_tokenizer():
+    """A CLIPTokenizer built from an in-memory vocabulary (transformers 5: merges as tuples)."""
+    from transformers import CLIPTokenizer
+
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in letters + [c + "</w>" for c in letters] + ["th", "the</w>"]:
+        vocab.setdefault(token, len(vocab))
+    merges = [("t", "h"), ("th", "e</w>")]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16, pad_token="<|endoftext|>")
+
+
+def tiny_sd_components(seed: int = 0, cross_attention_dim: int = 32, latent_channels: int = 4) -> dict:
+    """Seeded tiny ``vae``, ``unet``, ``scheduler``, ``text_encoder``, ``tokenizer`` in SD 2.1's layout.
+
+    The UNet has block_out_channels (32, 64) with cross-attention, the VAE two blocks (factor 2), as in
+    diffusers' own pipeline tests. Pixel sizes must be multiples of 4 (VAE x UNet factors).
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon"
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            pad_token_id=1,
+            vocab_size=128,
+            max_position_embeddings=16,
+        )
+    )
+    return {
+        "vae": vae.eval(),
+        "unet": unet.eval(),
+        "scheduler": scheduler,
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": tiny_clip_tokenizer(),
+    }
+
+
+def save_tiny_sd(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save tiny components as a stock diffusers SD folder (``model_index.json`` + subfolders), return it."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(path)
+    components = tiny_sd_components(seed)
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path

@@ -1,0 +1,37 @@
+"""Test settings: offline by construction, real photographs from ../shared/data when present."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("RP_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def _data_dir(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir() or not any(path.iterdir()):
+        pytest.skip(f"real photographs not found at {path} (set RP_SHARED_DATA to the folder holding {name}/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kodak_dir() -> Path:
+    return _data_dir("kodak")
+
+
+@pytest.fixture(scope="session")
+def train_dir() -> Path:
+    return _data_dir("train-sunhays80")
+
+
+@pytest.fixture(scope="session")
+def val_dir() -> Path:
+    return _data_dir("val-set14")
