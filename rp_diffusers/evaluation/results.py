@@ -1,0 +1,104 @@
+"""Results in CompressAI's JSON schema: ``{"name", "description", "meta", "results": {"bpp": [...], ...}}``.
+
+Per-quality averages sit in ``results`` (one entry per quality, sorted by quality) exactly as CompressAI's
+``compressai.utils.plot`` and ``bench`` read them; ``per_image`` keeps every measured record, ``meta`` the
+settings, versions and timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Our metric names -> the keys CompressAI's results files use.
+RESULT_KEYS = {
+    "psnr": "psnr-rgb",
+    "ms_ssim": "ms-ssim-rgb",
+    "lpips": "lpips",
+    "lpips_vgg": "lpips-vgg",
+    "dists": "dists",
+}
+# Keys where lower is better (BD-rate needs to know which way the curve goes).
+LOWER_IS_BETTER = {"lpips", "lpips-vgg", "dists", "fid", "kid", "mse"}
+NOT_QUALITY_KEYS = {"bpp", "quality", "encoding_time", "decoding_time", "preprocess_time", "enhance_time"}
+
+
+def higher_is_better(key: str) -> bool:
+    """Whether a larger value of results key ``key`` means a better image."""
+    return key not in LOWER_IS_BETTER
+
+
+@dataclass
+class EvaluationResult:
+    """One R-D sweep: the per-image records and their per-quality means."""
+
+    name: str
+    description: str
+    records: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    set_metrics: dict[float, dict[str, float]] = field(default_factory=dict)  # quality -> {"fid": ...}
+
+    def qualities(self) -> list[float]:
+        return sorted({record["quality"] for record in self.records})
+
+    def averaged(self) -> dict[str, list[float]]:
+        """``{"quality": [...], "bpp": [...], "psnr-rgb": [...], ...}``: means over images, sorted by quality."""
+        keys = [k for k in self.records[0] if k not in ("image", "quality")] if self.records else []
+        results: dict[str, list[float]] = {"quality": []}
+        for quality in self.qualities():
+            rows = [r for r in self.records if r["quality"] == quality]
+            results["quality"].append(quality)
+            for key in keys:
+                values = [r[key] for r in rows if r.get(key) is not None]
+                results.setdefault(key, []).append(_mean(values))
+            for key, value in self.set_metrics.get(quality, {}).items():
+                results.setdefault(key, []).append(value)
+        return results
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "meta": self.meta,
+            "results": self.averaged(),
+            "per_image": self.records,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
+        return path
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return float("nan")
+    if len(finite) < len(values):
+        # PSNR of a lossless image is inf: CompressAI averages anyway; keep inf visible rather than hiding it.
+        return float("inf") if any(v == float("inf") for v in values) else float("nan")
+    return sum(finite) / len(finite)
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Read a results JSON (ours or CompressAI's) and check it has the schema's required fields."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no results file at {path}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict) or "results" not in data or "bpp" not in data.get("results", {}):
+        raise ValueError(f"{path} is not a CompressAI-style results file (needs results.bpp)")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def quality_keys(results: dict) -> list[str]:
+    """The metric keys of a results block (everything but rate, quality setting and timings)."""
+    return [k for k in results if k not in NOT_QUALITY_KEYS]

@@ -1,0 +1,262 @@
+"""R-D sweeps: every image at every quality through a real codec (optionally pre-processed or enhanced)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..utils.image import load_image
+from .results import RESULT_KEYS, EvaluationResult
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+
+# Per-process caches: a worker builds its codec and metric networks once, not once per image.
+_WORKER_STATE: dict = {}
+
+
+def list_images(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+    """Expand folders (sorted, non-recursive) and files into a list of image paths; error if none."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {path}")
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
+    return found
+
+
+def parse_qualities(spec: str | Sequence[float]) -> list[float]:
+    """``"10,20,30"`` or ``"10:90:10"`` (start:stop:step, stop included) -> sorted unique qualities."""
+    if not isinstance(spec, str):
+        return sorted({float(q) for q in spec})
+    spec = spec.strip()
+    try:
+        if ":" in spec:
+            parts = [float(p) for p in spec.split(":")]
+            if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
+                raise ValueError
+            start, stop, step = parts
+            count = int(np.floor((stop - start) / step + 1e-9)) + 1
+            values = [start + i * step for i in range(count)]
+        else:
+            values = [float(p) for p in spec.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(f"cannot read qualities {spec!r}: use a list like 10,20,30 or a range like 10:90:10") from None
+    if not values:
+        raise ValueError("no qualities given")
+    return sorted({int(v) if float(v).is_integer() else v for v in values})
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+
+
+def measure(reference: Image.Image, distorted: Image.Image, metrics: Sequence[str]) -> dict[str, float]:
+    """Full-reference metrics of one image pair, keyed as in CompressAI's results files."""
+    from ..metrics import compute_metrics
+
+    if reference.size != distorted.size:
+        raise ValueError(f"reconstruction is {distorted.size}, original {reference.size}: sizes must match")
+    values = compute_metrics(_to_tensor(reference), _to_tensor(distorted), metrics=tuple(metrics))
+    return {RESULT_KEYS.get(name, name): float(v[0]) for name, v in values.items()}
+
+
+def _init_worker(codec_name: str, codec_settings: dict, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER_STATE.clear()
+    _WORKER_STATE["codec"] = (codec_name, codec_settings)
+
+
+def _codec(codec_name: str, codec_settings: dict):
+    from ..codecs import get_codec
+
+    key = ("codec_obj", codec_name, tuple(sorted(codec_settings.items())))
+    if key not in _WORKER_STATE:
+        _WORKER_STATE[key] = get_codec(codec_name, **codec_settings)
+    return _WORKER_STATE[key]
+
+
+def _run_one(job: tuple) -> tuple[dict, np.ndarray | None]:
+    """Worker task: encode/decode one (image, quality); measure unless the caller enhances first."""
+    index, name, original, coded_input, quality, codec_name, codec_settings, metrics, keep = job
+    result = _codec(codec_name, codec_settings).run(coded_input, quality=quality)
+    record = {
+        "image": name,
+        "quality": quality,
+        "bpp": float(result.bpp),
+        "encoding_time": float(result.encode_seconds),
+        "decoding_time": float(result.decode_seconds),
+    }
+    if metrics:
+        record.update(measure(original, result.reconstruction, metrics))
+    return record, (np.asarray(result.reconstruction) if keep else None)
+
+
+def evaluate(
+    images: Sequence[str | os.PathLike | Image.Image] | str | os.PathLike,
+    codec: str,
+    qualities: Sequence[float] | str | None = None,
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    codec_settings: dict | None = None,
+    preprocess: Callable[[list[Image.Image]], list[Image.Image]] | None = None,
+    enhance: Callable[[list[Image.Image], float], list[Image.Image]] | None = None,
+    name: str | None = None,
+    set_metrics: Sequence[str] = (),
+    workers: int | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Encode every image at every quality with a real codec and measure the reconstructions.
+
+    Args:
+        images: a folder, a list of files, or PIL images (named ``image_{i}``).
+        codec: a codec name of ``rp_diffusers.codecs.available_codecs()``.
+        qualities: the sweep (``"10:90:10"``, ``"10,30"`` or numbers); default: the codec's ``sweep_qualities``.
+        metrics: full-reference metrics per image (``psnr``, ``ms_ssim``, ``lpips``, ``lpips_vgg``, ``dists``);
+            those whose weights are unavailable are skipped with a warning.
+        preprocess: maps the original images to what is encoded (e.g. an ``RPPreprocessPipeline``); run once per
+            image, before the sweep. bpp is always counted on the original image's pixels.
+        enhance: ``enhance(decoded_images, quality) -> images`` applied after decoding (perceptual decoding).
+        set_metrics: metrics over the whole set per quality: ``"fid"``, ``"kid"`` (patch-based).
+        workers: processes for the codec and metric work (default ``min(4, cpu_count)``; 0 or 1 runs in-process).
+            Results do not depend on it.
+
+    Returns:
+        EvaluationResult: per-image records sorted by (image, quality), and per-quality means.
+
+    Example:
+        >>> result = evaluate("photos/", "jpeg", "10:90:20")  # doctest: +SKIP
+        >>> result.save("jpeg.json")  # doctest: +SKIP
+    """
+    from ..codecs import get_codec
+
+    codec_settings = dict(codec_settings or {})
+    codec_obj = get_codec(codec, **codec_settings)
+    qualities = parse_qualities(qualities) if qualities is not None else list(codec_obj.sweep_qualities)
+    lo, hi = codec_obj.quality_range
+    if any(q < lo or q > hi for q in qualities):
+        raise ValueError(f"qualities {qualities} outside {codec}'s range [{lo}, {hi}]")
+
+    if isinstance(images, (str, os.PathLike)) or (
+        isinstance(images, Sequence) and images and not isinstance(images[0], Image.Image)
+    ):
+        paths = list_images(images)
+        names, originals = [p.stem for p in paths], [load_image(p) for p in paths]
+    else:
+        originals = [load_image(image) for image in images]
+        names = [f"image_{i}" for i in range(len(originals))]
+    if not originals:
+        raise ValueError("no images to evaluate")
+
+    # 1. Pre-process once per image (the encoder side of rp + codec).
+    preprocess_seconds = 0.0
+    coded_inputs = originals
+    if preprocess is not None:
+        start = time.perf_counter()
+        coded_inputs = list(preprocess(originals))
+        preprocess_seconds = time.perf_counter() - start
+        if [im.size for im in coded_inputs] != [im.size for im in originals]:
+            raise RuntimeError("the pre-processor changed image sizes; it must return images of the input sizes")
+
+    # 2. Encode, decode and (without enhancement) measure, in parallel processes.
+    keep = enhance is not None or bool(set_metrics)
+    per_image_metrics = tuple(metrics) if enhance is None else ()
+    jobs = [
+        (i, names[i], originals[i], coded_inputs[i], q, codec, codec_settings, per_image_metrics, keep)
+        for i in range(len(originals))
+        for q in qualities
+    ]
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    bar = tqdm(total=len(jobs), desc=f"{name or codec}", unit="encode", disable=not progress)
+    outputs: list[tuple[dict, np.ndarray | None]] = []
+    if workers <= 1:
+        for job in jobs:
+            outputs.append(_run_one(job))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=_init_worker, initargs=(codec, codec_settings, 1)
+        ) as pool:
+            for output in pool.map(_run_one, jobs, chunksize=1):  # map keeps job order: deterministic output
+                outputs.append(output)
+                bar.update()
+    bar.close()
+    records = [record for record, _ in outputs]
+
+    # 3. Optional decoder-side enhancement, then measurement against the originals.
+    if enhance is not None:
+        for q in qualities:
+            rows = [k for k, job in enumerate(jobs) if job[4] == q]
+            decoded = [Image.fromarray(outputs[k][1]) for k in rows]
+            start = time.perf_counter()
+            enhanced = enhance(decoded, q)
+            seconds = (time.perf_counter() - start) / max(1, len(rows))
+            for k, image in zip(rows, enhanced):
+                records[k]["enhance_time"] = seconds
+                records[k].update(measure(originals[jobs[k][0]], image, metrics))
+                outputs[k] = (records[k], np.asarray(image))
+
+    result = EvaluationResult(
+        name=name or codec,
+        description=codec_obj.description,
+        records=records,
+        meta={
+            "codec": codec,
+            "codec_settings": {**codec_settings},
+            "qualities": qualities,
+            "metrics": list(metrics),
+            "num_images": len(originals),
+            "images": names,
+            "preprocess_seconds_per_image": preprocess_seconds / len(originals),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+    )
+    # 4. Set-level perceptual metrics (patch FID/KID as HiFiC and MS-ILLM evaluate small sets).
+    if set_metrics:
+        result.set_metrics = _set_level(originals, jobs, outputs, qualities, set_metrics)
+    return result
+
+
+def _set_level(originals, jobs, outputs, qualities, set_metrics) -> dict[float, dict[str, float]]:
+    import warnings
+
+    from ..metrics import MetricWeightsUnavailable, patch_fid, patch_kid
+
+    functions = {"fid": patch_fid, "kid": patch_kid}
+    unknown = set(set_metrics) - set(functions)
+    if unknown:
+        raise ValueError(f"unknown set metrics {sorted(unknown)}; use fid and/or kid")
+    reference = [_to_tensor(image) for image in originals]
+    table: dict[float, dict[str, float]] = {}
+    for q in qualities:
+        rows = [k for k, job in enumerate(jobs) if job[4] == q]
+        decoded = [_to_tensor(Image.fromarray(outputs[k][1])) for k in rows]
+        for metric in set_metrics:
+            try:
+                table.setdefault(q, {})[metric] = float(functions[metric](reference, decoded))
+            except MetricWeightsUnavailable as error:
+                warnings.warn(f"skipping {metric}: {error}", stacklevel=2)
+                return {}
+    return table
