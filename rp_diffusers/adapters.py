@@ -1,0 +1,228 @@
+"""Rate-perception LoRA adapters: names, target modules, configs, and save/load through diffusers' LoRA API.
+
+One adapter per (codec, lambda) operating point, named ``rp_{codec}_lambda_{value}`` (DESIGN.md section 4).
+peft keeps adapters in ``nn.ModuleDict``s, whose keys cannot hold a dot, so the decimal point of lambda is spelled
+``p`` (``rp_bpg_lambda_0p5`` for lambda 0.5) and a minus sign ``m`` (``rp_jpeg_lambda_1em05`` for 1e-05); every
+function here also accepts the dotted spelling and normalises it.
+
+Files: :func:`save_rp_adapter` writes ``pytorch_lora_weights.safetensors`` in diffusers' pipeline format (keys
+prefixed ``unet.``, LoraConfig in the safetensors metadata), so ``pipe.load_lora_weights(folder)`` loads it, and
+``rp_adapter.json`` with the codec, lambda and rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER_INFO_NAME = "rp_adapter.json"
+DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+DEFAULT_RANK = 8
+
+_NAME_PATTERN = re.compile(r"^rp_(?P<codec>[A-Za-z0-9][A-Za-z0-9_\-]*?)_lambda_(?P<value>[0-9.pem+\-]+)$")
+
+
+def _format_value(lam: float) -> str:
+    return f"{float(lam):g}".replace("+", "").replace("-", "m").replace(".", "p")
+
+
+def format_adapter_name(codec: str, lam: float) -> str:
+    """Adapter name of a (codec, lambda) operating point.
+
+    Example:
+        >>> format_adapter_name("bpg", 0.5)
+        'rp_bpg_lambda_0p5'
+    """
+    if not codec or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", codec):
+        raise ValueError(f"codec name {codec!r} must be letters, digits, '_' or '-' (e.g. 'jpeg', 'bpg')")
+    lam = float(lam)
+    if not lam >= 0:
+        raise ValueError(f"lambda must be a non-negative number, got {lam}")
+    return f"rp_{codec.lower()}_lambda_{_format_value(lam)}"
+
+
+def parse_adapter_name(name: str) -> tuple[str, float]:
+    """``"rp_{codec}_lambda_{value}"`` (either spelling of the decimal point) -> ``(codec, lambda)``.
+
+    Example:
+        >>> parse_adapter_name("rp_jpeg_lambda_0.25")
+        ('jpeg', 0.25)
+    """
+    match = _NAME_PATTERN.match(name) if isinstance(name, str) else None
+    if match is None:
+        raise ValueError(
+            f"{name!r} is not an rp adapter name; expected 'rp_{{codec}}_lambda_{{value}}', e.g. 'rp_jpeg_lambda_0p5'"
+        )
+    text = match["value"].replace("p", ".").replace("em", "e-").replace("m", "-")
+    try:
+        return match["codec"].lower(), float(text)
+    except ValueError as error:
+        raise ValueError(f"cannot read lambda {match['value']!r} in adapter name {name!r}") from error
+
+
+def normalize_adapter_name(name: str) -> str:
+    """The canonical (dot-free) spelling of an rp adapter name; other names are returned unchanged."""
+    try:
+        return format_adapter_name(*parse_adapter_name(name))
+    except ValueError:
+        return name
+
+
+def rp_lora_config(
+    rank: int = DEFAULT_RANK,
+    alpha: float | None = None,
+    target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGET_MODULES,
+    dropout: float = 0.0,
+    init_lora_weights: bool | str = "gaussian",
+):
+    """A ``peft.LoraConfig`` for an R-P adapter on the UNet's attention projections.
+
+    Args:
+        rank: LoRA rank r (the paper's range: 4-16).
+        alpha: LoRA alpha; ``None`` uses ``rank`` (scale 1).
+        target_modules: module-name suffixes to adapt; the default covers ``to_q``, ``to_k``, ``to_v``, ``to_out.0``
+            of every attention block.
+        dropout: LoRA dropout during training.
+        init_lora_weights: peft's initialisation (``"gaussian"``: B = 0, so a new adapter starts as the identity).
+
+    Example:
+        >>> unet.add_adapter(rp_lora_config(rank=4), adapter_name=format_adapter_name("jpeg", 0.5))  # doctest: +SKIP
+    """
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=rank if alpha is None else alpha,
+        lora_dropout=dropout,
+        init_lora_weights=init_lora_weights,
+        target_modules=list(target_modules),
+    )
+
+
+def add_rp_adapter(unet, codec: str, lam: float, rank: int = DEFAULT_RANK, **config_kwargs) -> str:
+    """Add a fresh R-P adapter to ``unet`` (training), make it the active one, and return its name."""
+    name = format_adapter_name(codec, lam)
+    unet.add_adapter(rp_lora_config(rank=rank, **config_kwargs), adapter_name=name)
+    unet.set_adapters([name])
+    return name
+
+
+def save_rp_adapter(
+    unet,
+    output_dir: str | os.PathLike,
+    adapter_name: str,
+    codec: str | None = None,
+    lam: float | None = None,
+    rank: int | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write one adapter of ``unet`` as a folder that ``pipe.load_lora_weights(output_dir)`` loads.
+
+    Args:
+        unet: a ``UNet2DConditionModel`` holding the peft adapter ``adapter_name``.
+        output_dir: folder to write ``pytorch_lora_weights.safetensors`` and ``rp_adapter.json`` into.
+        adapter_name: the adapter to save (dotted spelling accepted).
+        codec, lam: the operating point; read from ``adapter_name`` when omitted (``None`` for other names).
+        rank: recorded rank; the adapter's own ``r`` when omitted.
+        extra: more JSON-serialisable facts to record (training steps, quality range, base model, ...).
+
+    Returns:
+        The folder as a ``Path``.
+    """
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from peft.utils import get_peft_model_state_dict
+
+    adapter_name = normalize_adapter_name(adapter_name)
+    configs = getattr(unet, "peft_config", {})
+    if adapter_name not in configs:
+        raise ValueError(f"the UNet has no adapter {adapter_name!r}; it has {sorted(configs)}")
+    if codec is None or lam is None:
+        try:
+            parsed_codec, parsed_lam = parse_adapter_name(adapter_name)
+        except ValueError:  # a LoRA that is not an R-P operating point: record what is known
+            parsed_codec, parsed_lam = None, None
+        codec = parsed_codec if codec is None else codec
+        lam = parsed_lam if lam is None else lam
+    config = configs[adapter_name]
+    layers = {
+        k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()
+    }
+    metadata = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.to_dict().items()}
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        output_dir, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata, weight_name=LORA_WEIGHT_NAME
+    )
+    info = {
+        "adapter_name": adapter_name,
+        "codec": codec,
+        "lambda": None if lam is None else float(lam),
+        "rank": int(rank if rank is not None else config.r),
+        "lora_alpha": float(config.lora_alpha),
+        "target_modules": sorted(config.target_modules) if config.target_modules else None,
+        **(extra or {}),
+    }
+    (output_dir / ADAPTER_INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return output_dir
+
+
+def resolve_optional_file(
+    source: str | os.PathLike, filename: str, subfolder: str | None = None, **hub_kwargs
+) -> Path | None:
+    """Local path of ``filename`` in a folder or Hub repo (downloaded if needed), or ``None`` when it is absent.
+
+    Args:
+        source: a local folder or a Hub repo id.
+        filename: file name inside ``source`` (or inside ``subfolder``).
+        subfolder: optional folder inside ``source``.
+        hub_kwargs: ``cache_dir``, ``revision``, ``token``, ``local_files_only`` for Hub repos (others ignored).
+    """
+    local = Path(source) / (subfolder or "")
+    if Path(source).exists():
+        path = local / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    allowed = {k: hub_kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in hub_kwargs}
+    try:
+        return Path(hf_hub_download(str(source), filename, subfolder=subfolder, **allowed))
+    except (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError):
+        return None
+
+
+def read_adapter_info(source: str | os.PathLike, subfolder: str | None = None, **hub_kwargs) -> dict | None:
+    """Read ``rp_adapter.json`` from a local folder or a Hub repo; ``None`` when it has none (a plain LoRA)."""
+    if Path(source).is_file():
+        return None  # a single weights file: no info next to it
+    path = resolve_optional_file(source, ADAPTER_INFO_NAME, subfolder=subfolder, **hub_kwargs)
+    return json.loads(path.read_text()) if path is not None else None
+
+
+def lora_state_dict_for_unet(
+    state_dict: dict[str, torch.Tensor], metadata: dict | None
+) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Give keys (and LoraConfig metadata) of a UNet-only LoRA file the ``unet.`` prefix that pipelines expect.
+
+    ``unet.save_lora_adapter`` writes unprefixed keys; ``pipe.load_lora_weights`` looks for ``unet.``-prefixed ones.
+    Files that already carry a ``unet.`` or ``text_encoder.`` prefix, or kohya-style ``lora_unet_`` keys, are
+    returned unchanged.
+    """
+    if any(k.startswith(("unet.", "text_encoder.", "lora_unet_", "lora_te")) for k in state_dict):
+        return state_dict, metadata
+    state_dict = {f"unet.{k}": v for k, v in state_dict.items()}
+    if metadata is not None and not any(k.startswith("unet.") for k in metadata):
+        metadata = {f"unet.{k}": v for k, v in metadata.items()}
+    return state_dict, metadata

@@ -1,0 +1,508 @@
+"""RPPreprocessPipeline: one-step rate-perception pre-processing of images before a standard codec (seed 000)."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.schedulers import SchedulerMixin
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+from safetensors.torch import load_file, save_file
+
+from ..adapters import (
+    LORA_WEIGHT_NAME,
+    lora_state_dict_for_unet,
+    normalize_adapter_name,
+    parse_adapter_name,
+    read_adapter_info,
+    resolve_optional_file,
+    save_rp_adapter,
+)
+from ..models import one_step_map
+from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
+from ..utils.tiling import crop_to_size, pad_to_multiple, padded_size, tile_starts, tiled_apply
+
+logger = logging.get_logger(__name__)
+
+PROMPT_EMBEDS_NAME = "prompt_embeds.safetensors"
+ADAPTERS_FOLDER = "adapters"
+ACTIVE_ADAPTERS_NAME = "active_adapters.json"
+_HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from rp_diffusers import RPPreprocessPipeline
+        >>> from rp_diffusers.codecs import get_codec
+
+        >>> pipe = RPPreprocessPipeline.from_pretrained("stabilityai/sd-turbo", torch_dtype=torch.float16).to("cuda")
+        >>> pipe.load_lora_weights("path/to/rp_jpeg_lambda_0p5")  # name and operating point from rp_adapter.json
+        >>> pre = pipe("kodim01.png", adapter_name="rp_jpeg_lambda_0p5").images[0]  # same size as the input
+        >>> result = get_codec("jpeg").run(pre, quality=40)  # an ordinary JPEG file: result.data
+        ```
+"""
+
+
+@dataclass
+class RPPreprocessPipelineOutput(BaseOutput):
+    """Output of :class:`RPPreprocessPipeline`.
+
+    Args:
+        images: pre-processed images, each the size of its input: a list of RGB PIL images (``output_type="pil"``);
+            an (N, H, W, 3) float array in [0, 1] (``"np"``) or an (N, 3, H, W) float tensor in [0, 1] (``"pt"``)
+            when all sizes agree, otherwise a list of per-image arrays / tensors.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor]
+
+
+@contextmanager
+def _base_weights_only(unet: torch.nn.Module):
+    """While active, ``unet.state_dict()`` holds the base weights only: peft LoRA tensors out, ``base_layer`` renamed."""
+
+    def hook(module, state_dict, prefix, local_metadata):
+        for key in list(state_dict):
+            if ".lora_" in key:
+                del state_dict[key]
+            elif ".base_layer." in key:
+                state_dict[key.replace(".base_layer.", ".")] = state_dict.pop(key)
+
+    handle = unet.register_state_dict_post_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class RPPreprocessPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    r"""Pipeline for rate-perception pre-processing: x -> Dec(x0(UNet(Enc(x), t*))), one UNet call per image.
+
+    The output has the input's size and is meant to be encoded by an ordinary codec (JPEG, WebP, BPG, ...). Rate-
+    perception LoRA adapters (``rp_{codec}_lambda_{value}``) load through diffusers' LoRA API and can be mixed.
+
+    Args:
+        vae ([`AutoencoderKL`]): the SD 2.1 VAE.
+        unet ([`UNet2DConditionModel`]): the one-step image-to-image UNet (SD 2.1 / SD-Turbo layout).
+        scheduler ([`SchedulerMixin`]): any SD scheduler; only ``alphas_cumprod`` and ``prediction_type`` are used.
+        text_encoder, tokenizer (optional): encode the fixed ``prompt`` once; can then be dropped
+            (:meth:`drop_text_encoder`), the embedding is saved with the pipeline.
+        timestep (`int`, defaults to 999): the fixed t* of the one-step map (999: img2img-turbo; 625: SiD-LSG).
+        prompt (`str`, defaults to ""): the fixed text prompt.
+        residual (`bool`, defaults to False): x0 = input latents + UNet estimate (see ``one_step_map``).
+        vae_scale_factor (`int`, *optional*): pixels per latent; read from the VAE when omitted.
+        adapters (`dict`, *optional*): adapter name -> {codec, lambda, rank, ...}; kept up to date by the LoRA methods.
+        add_noise (`bool`, defaults to False): noise the input latents to t* before the UNet call (draws from
+            ``generator``); the default feeds clean latents (deterministic, as img2img-turbo).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["text_encoder", "tokenizer"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        scheduler: SchedulerMixin,
+        text_encoder=None,
+        tokenizer=None,
+        timestep: int = 999,
+        prompt: str = "",
+        residual: bool = False,
+        vae_scale_factor: int | None = None,
+        adapters: dict | None = None,
+        add_noise: bool = False,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        num_train_timesteps = len(scheduler.alphas_cumprod)
+        if not 0 <= int(timestep) < num_train_timesteps:
+            raise ValueError(f"timestep must lie in [0, {num_train_timesteps}), got {timestep}")
+        if vae_scale_factor is None:
+            vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.register_to_config(
+            timestep=int(timestep),
+            prompt=prompt,
+            residual=bool(residual),
+            vae_scale_factor=int(vae_scale_factor),
+            adapters=dict(adapters or {}),
+            add_noise=bool(add_noise),
+        )
+        self._prompt_embeds: torch.Tensor | None = None
+        self._adapter_weights: dict[str, float] = {}
+        self.enable_tiling()
+
+    # ----------------------------------------------------------------------------------------- prompt embedding
+    @property
+    def prompt_embeds(self) -> torch.Tensor:
+        """(1, L, D) float32 embedding of the fixed prompt, computed on first use."""
+        if self._prompt_embeds is None:
+            self._prompt_embeds = self.encode_prompt(self.config.prompt)
+        return self._prompt_embeds
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Encode ``prompt`` as StableDiffusionPipeline does (last hidden state, no CFG) -> (1, L, D) float32 on CPU."""
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError(
+                "this pipeline has no text encoder and no saved prompt embedding: load it from a folder that has "
+                f"`text_encoder`/`tokenizer` subfolders or a `{PROMPT_EMBEDS_NAME}` file"
+            )
+        tokens = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        device = self._execution_device
+        mask = (
+            tokens.attention_mask.to(device)
+            if getattr(self.text_encoder.config, "use_attention_mask", False)
+            else None
+        )
+        with torch.no_grad():
+            embeds = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+        return embeds.detach().float().cpu()
+
+    def set_prompt(self, prompt: str) -> None:
+        """Change the fixed prompt (needs the text encoder) and re-encode it."""
+        self._prompt_embeds = self.encode_prompt(prompt)
+        self.register_to_config(prompt=prompt)
+
+    def drop_text_encoder(self) -> None:
+        """Encode the prompt, then free the text encoder and tokenizer (they are not needed for inference)."""
+        _ = self.prompt_embeds
+        self.register_modules(text_encoder=None, tokenizer=None)
+
+    # ------------------------------------------------------------------------------------------------- tiling
+    @property
+    def pad_multiple(self) -> int:
+        """Image sides must divide by this: VAE factor x 2^(number of UNet down blocks - 1) (64 for SD 2.1)."""
+        return self.config.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def enable_tiling(self, tile_size: int = 768, overlap: int = 128) -> None:
+        """Process images larger than ``tile_size`` pixels in overlapping tiles blended without seams.
+
+        Memory then stays bounded by the tile size. The default 768 px keeps Kodak-sized images (768x512) whole,
+        where tiled and untiled outputs are identical; ``overlap`` is the least number of pixels neighbouring tiles
+        share (both rounded to the model's multiple).
+        """
+        if tile_size < self.pad_multiple:
+            raise ValueError(f"tile_size must be at least the model's multiple {self.pad_multiple}, got {tile_size}")
+        if not 0 <= overlap < tile_size:
+            raise ValueError(f"overlap must lie in [0, tile_size), got {overlap}")
+        self._tile_size = tile_size // self.pad_multiple * self.pad_multiple
+        self._tile_overlap = overlap
+        self._tiling = True
+
+    def disable_tiling(self) -> None:
+        """Process every image whole (memory grows with the image size)."""
+        self._tiling = False
+
+    def _num_tiles(self, height: int, width: int) -> int:
+        padded_h, padded_w = padded_size(height, width, self.pad_multiple)
+        if not self._tiling:
+            return 1
+        count = [
+            len(tile_starts(n, min(self._tile_size, n), self._tile_overlap, self.pad_multiple))
+            for n in (padded_h, padded_w)
+        ]
+        return count[0] * count[1]
+
+    # ------------------------------------------------------------------------------------------------- adapters
+    def available_adapters(self) -> dict[str, dict]:
+        """Adapters loaded on the UNet -> their {codec, lambda, rank, ...} (empty dict where unknown)."""
+        loaded = getattr(self.unet, "peft_config", {})
+        return {name: dict(self.config.adapters.get(name, {})) for name in loaded}
+
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
+        """Load a UNet LoRA (folder, Hub repo, file or state dict) as an adapter and record its operating point.
+
+        Accepts diffusers' pipeline format (``unet.``-prefixed keys, as :func:`~rp_diffusers.adapters.save_rp_adapter`
+        and the training examples write) and the bare format of ``unet.save_lora_adapter``. With no ``adapter_name``,
+        the name in the folder's ``rp_adapter.json`` is used. Text-encoder LoRAs are refused: the prompt is encoded
+        once and the text encoder is usually dropped.
+        """
+        source = pretrained_model_name_or_path_or_dict
+        info = None
+        if not isinstance(source, dict):
+            info = read_adapter_info(source, **kwargs)
+        adapter_name = adapter_name or (info or {}).get("adapter_name")
+        adapter_name = normalize_adapter_name(adapter_name) if adapter_name else None
+        if isinstance(source, dict):
+            source = dict(source)
+        hotswap = kwargs.pop("hotswap", False)
+        low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", False)
+        state_dict, network_alphas, metadata = self.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+        state_dict, metadata = lora_state_dict_for_unet(state_dict, metadata)
+        if any(key.startswith("text_encoder.") for key in state_dict):
+            raise ValueError(
+                "text-encoder LoRA is not supported: the prompt is encoded once; train UNet-only adapters"
+            )
+        if not all("lora" in key for key in state_dict):
+            raise ValueError("invalid LoRA checkpoint: every parameter name must contain 'lora'")
+        before = set(getattr(self.unet, "peft_config", {}))
+        self.load_lora_into_unet(
+            state_dict,
+            network_alphas=network_alphas,
+            unet=self.unet,
+            adapter_name=adapter_name,
+            metadata=metadata,
+            _pipeline=self,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            hotswap=hotswap,
+        )
+        added = set(getattr(self.unet, "peft_config", {})) - before
+        for name in added or ({adapter_name} if adapter_name else set()):
+            self._record_adapter(name, info)
+
+    def _record_adapter(self, name: str, info: dict | None) -> None:
+        record = {k: v for k, v in (info or {}).items() if k in ("codec", "lambda", "rank", "lora_alpha")}
+        if "codec" not in record:
+            try:
+                record["codec"], record["lambda"] = parse_adapter_name(name)
+            except ValueError:
+                record.update(codec=None, **{"lambda": None})
+        record.setdefault("rank", int(self.unet.peft_config[name].r))
+        self.register_to_config(adapters={**self.config.adapters, name: record})
+        self._adapter_weights[name] = 1.0
+
+    def set_adapters(self, adapter_names: list[str] | str, adapter_weights: float | list[float] | None = None):
+        """Activate adapter(s) with weights (``None``: 1 each); dotted names such as ``rp_jpeg_lambda_0.5`` work."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        names = [normalize_adapter_name(name) for name in names]
+        weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
+        super().set_adapters(names, weights)
+        self._adapter_weights = {name: 1.0 if w is None else float(w) for name, w in zip(names, weights)}
+
+    def disable_adapters(self) -> None:
+        """Run the base model (adapters stay loaded; :meth:`enable_adapters` or an ``adapter_name`` brings them back)."""
+        self.disable_lora()
+
+    def enable_adapters(self) -> None:
+        """Undo :meth:`disable_adapters`."""
+        self.enable_lora()
+
+    def delete_adapters(self, adapter_names: list[str] | str):
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        names = [normalize_adapter_name(name) for name in names]
+        super().delete_adapters(names)
+        self.register_to_config(adapters={k: v for k, v in self.config.adapters.items() if k not in names})
+
+    def unload_lora_weights(self):
+        super().unload_lora_weights()
+        self.register_to_config(adapters={})
+        self._adapter_weights = {}
+
+    def _lora_layers(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [module for module in self.unet.modules() if isinstance(module, BaseTunerLayer)]
+
+    # --------------------------------------------------------------------------------------------- save / load
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
+        """Save components, the prompt embedding and every adapter (``adapters/<name>/``) so that
+        :meth:`from_pretrained` rebuilds a pipeline giving identical outputs."""
+        if not safe_serialization:
+            raise ValueError("rp-diffusers saves safetensors only; drop safe_serialization=False")
+        layers = self._lora_layers()
+        if any(layer.merged for layer in layers):
+            raise ValueError(
+                "fused LoRA weights cannot be saved next to their adapters: call unfuse_lora() first, or "
+                "unload_lora_weights() after fuse_lora() to save the fused weights as the base model"
+            )
+        embeds = self.prompt_embeds
+        with _base_weights_only(self.unet):
+            super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
+        save_directory = Path(save_directory)
+        save_file(
+            {"prompt_embeds": embeds.contiguous()}, save_directory / PROMPT_EMBEDS_NAME, {"prompt": self.config.prompt}
+        )
+        names = list(getattr(self.unet, "peft_config", {}))
+        for name in names:
+            record = self.config.adapters.get(name, {})
+            save_rp_adapter(
+                self.unet,
+                save_directory / ADAPTERS_FOLDER / name,
+                name,
+                codec=record.get("codec"),
+                lam=record.get("lambda"),
+            )
+        if names:
+            active = list(self.get_active_adapters())
+            selection = {
+                "enabled": not any(layer.disable_adapters for layer in layers),
+                "names": active,
+                "weights": [self._adapter_weights.get(name, 1.0) for name in active],
+            }
+            (save_directory / ADAPTERS_FOLDER / ACTIVE_ADAPTERS_NAME).write_text(
+                json.dumps(selection, indent=2) + "\n"
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Load a stock SD 2.1 / SD-Turbo folder or Hub repo, or a folder written by :meth:`save_pretrained`.
+
+        Extra stock components (``safety_checker``, ``feature_extractor``) are ignored. Pass ``text_encoder=None,
+        tokenizer=None`` to skip loading them when the folder has a saved prompt embedding.
+        """
+        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        source = str(pretrained_model_name_or_path)
+        embeds_path = resolve_optional_file(source, PROMPT_EMBEDS_NAME, **hub_kwargs)
+        if embeds_path is not None:
+            pipe._prompt_embeds = load_file(embeds_path)["prompt_embeds"].float()
+        elif pipe.text_encoder is None or pipe.tokenizer is None:
+            raise ValueError(
+                f"{source} has no `{PROMPT_EMBEDS_NAME}`, so the text encoder and tokenizer are needed: do not pass "
+                "text_encoder=None / tokenizer=None for this model"
+            )
+        saved_adapters = dict(pipe.config.adapters)
+        pipe.register_to_config(adapters={})
+        for name, record in saved_adapters.items():
+            subfolder = f"{ADAPTERS_FOLDER}/{name}"
+            weights = resolve_optional_file(source, LORA_WEIGHT_NAME, subfolder=subfolder, **hub_kwargs)
+            if weights is None:
+                raise ValueError(f"{source} lists adapter {name!r} but has no {subfolder}/{LORA_WEIGHT_NAME}")
+            pipe.load_lora_weights(str(Path(weights).parent), adapter_name=name)
+            pipe.register_to_config(adapters={**pipe.config.adapters, name: record})
+        selection_path = resolve_optional_file(source, ACTIVE_ADAPTERS_NAME, subfolder=ADAPTERS_FOLDER, **hub_kwargs)
+        if selection_path is not None:
+            selection = json.loads(Path(selection_path).read_text())
+            if selection["names"]:
+                pipe.set_adapters(selection["names"], selection["weights"])
+            if not selection["enabled"]:
+                pipe.disable_adapters()
+        return pipe
+
+    # ------------------------------------------------------------------------------------------------ inference
+    def _one_step(self, image: torch.Tensor, generator: torch.Generator | list | None) -> torch.Tensor:
+        """(B, 3, h, w) [0, 1] with h, w multiples of :attr:`pad_multiple` -> (B, 3, h, w) float32, not clipped."""
+        noise = None
+        if self.config.add_noise:
+            factor = self.config.vae_scale_factor
+            shape = (
+                image.shape[0],
+                self.unet.config.in_channels,
+                image.shape[-2] // factor,
+                image.shape[-1] // factor,
+            )
+            noise = randn_tensor(shape, generator=generator, device=image.device, dtype=torch.float32)
+        output = one_step_map(
+            self.vae,
+            self.unet,
+            image,
+            self.prompt_embeds,
+            self.config.timestep,
+            self.scheduler.alphas_cumprod,
+            prediction_type=self.scheduler.config.get("prediction_type", "epsilon"),
+            noise=noise,
+            residual=self.config.residual,
+        )
+        return output.float()
+
+    def _process_batch(self, image: torch.Tensor, generator, batch_size: int, progress) -> torch.Tensor:
+        """Pad (reflect), run whole or tiled, crop: (N, 3, H, W) [0, 1] -> (N, 3, H, W) [0, 1] float32."""
+        padded, size = pad_to_multiple(image, self.pad_multiple)
+        if self._tiling and max(padded.shape[-2:]) > self._tile_size:
+            output = tiled_apply(
+                lambda tiles: self._one_step(tiles, generator),
+                padded,
+                tile_size=self._tile_size,
+                overlap=self._tile_overlap,
+                align=self.pad_multiple,
+                batch_size=batch_size,
+                progress=progress,
+            )
+        else:
+            output = self._one_step(padded, generator)
+            progress(image.shape[0])
+        return crop_to_size(output, size).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image,
+        adapter_name: str | list[str] | None = None,
+        adapter_weights: float | list[float] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        batch_size: int = 4,
+    ) -> RPPreprocessPipelineOutput | tuple:
+        r"""Pre-process image(s) for a codec; every output has its input's size.
+
+        Args:
+            image: a PIL image, path, (H, W, 3) uint8/float array, (3, H, W) / (N, 3, H, W) tensor in [0, 1], or a
+                list of these (sizes may differ).
+            adapter_name: adapter(s) to activate for this and later calls (as ``set_adapters``); ``None`` keeps the
+                current selection.
+            adapter_weights: weights of a mix, e.g. ``[0.5, 0.5]`` for two adapters.
+            output_type: ``"pil"``, ``"np"`` or ``"pt"`` (see :class:`RPPreprocessPipelineOutput`).
+            return_dict: return the dataclass (``True``) or a one-element tuple.
+            generator: random source for ``add_noise=True`` pipelines (unused otherwise: the map is deterministic).
+            batch_size: images (or tiles) per model call; images of one size are batched together.
+
+        Returns:
+            :class:`RPPreprocessPipelineOutput` or ``(images,)``.
+        """
+        # 1. Check inputs and turn them into RGB images (the one conversion path: rp_diffusers.utils.image)
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if adapter_name is None and adapter_weights is not None:
+            raise ValueError("adapter_weights needs adapter_name: pass the adapters the weights belong to")
+        images = to_pil_list(image)
+
+        # 2. Select adapters
+        if adapter_name is not None:
+            self.enable_lora()
+            self.set_adapters(adapter_name, adapter_weights)
+
+        # 3. Encode the fixed prompt once (cached; saved with the pipeline)
+        _ = self.prompt_embeds
+
+        # 4. Group images of one size, pad (reflect), run the one-step map (tiled when large), crop back
+        device = self._execution_device
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, pil in enumerate(images):
+            groups.setdefault(pil.size, []).append(index)
+        total = sum(self._num_tiles(pil.height, pil.width) for pil in images)
+        outputs: list[torch.Tensor | None] = [None] * len(images)
+        bar = self.progress_bar(total=total) if total > 1 else nullcontext()
+        with bar:
+            update = bar.update if total > 1 else (lambda n: None)
+            for indices in groups.values():
+                for begin in range(0, len(indices), batch_size):
+                    chunk = indices[begin : begin + batch_size]
+                    batch = pil_to_tensor([images[i] for i in chunk]).to(device)
+                    result = self._process_batch(batch, generator, batch_size, update).cpu()
+                    for position, index in enumerate(chunk):
+                        outputs[index] = result[position]
+
+        # 5. Convert to the requested output type
+        if output_type == "pil":
+            result = [tensor_to_pil(out)[0] for out in outputs]
+        else:
+            same_size = len({tuple(out.shape) for out in outputs}) == 1
+            if output_type == "pt":
+                result = torch.stack(outputs) if same_size else outputs
+            else:
+                arrays = [out.permute(1, 2, 0).numpy() for out in outputs]
+                result = np.stack(arrays) if same_size else arrays
+
+        # 6. Offload all models
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (result,)
+        return RPPreprocessPipelineOutput(images=result)
