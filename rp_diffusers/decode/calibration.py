@@ -1,0 +1,193 @@
+"""The noise-level rule of seed 002: the sigma at which MSE(enhanced, source) is twice the codec's MSE.
+
+The rule needs the source, which a decoder does not have, so it is applied offline on training photographs
+(``training/calibrate_decode_sigma.py`` on train-sunhays80) and stored per (model, preset, codec, quality) in a
+JSON table shipped with the package (``sigma_table.json``); at run time the table is interpolated in quality.
+
+The table also stores each codec's mean MSE per quality (model-independent). When the decoder is MMSE-optimal,
+the enhanced image's error splits exactly: MSE(out, x) = MSE(out, x_dec) + MSE(x_dec, x) (out - x_dec depends
+only on the bitstream and fresh noise, x - x_dec is orthogonal to every function of the bitstream), so "twice
+the codec MSE" is also "MSE(out, x_dec) = codec MSE", which needs no source: ``sigma="auto"`` searches that per
+image at run time (several model runs), for models that have no calibrated entry. For real codecs, which are
+not exactly MMSE-optimal, this is an approximation.
+
+All MSEs are on [0, 1] pixel values, averaged over channels and pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TABLE_PATH = Path(__file__).with_name("sigma_table.json")
+TABLE_FORMAT = "rp-diffusers-decode-sigma/1"
+TARGET_RATIO = 2.0
+
+
+class CalibrationError(ValueError):
+    """No noise level can be chosen; the message says which sigma to pass or what to calibrate."""
+
+
+def _interpolate(quality: float, qualities: list[float], values: list[float], log: bool) -> float:
+    pairs = sorted(zip(qualities, values))
+    qs = [q for q, _ in pairs]
+    vs = [math.log(v) if log else v for _, v in pairs]
+    for (q0, v0), (q1, v1) in zip(zip(qs, vs), zip(qs[1:], vs[1:])):
+        if q0 <= quality <= q1:
+            value = v0 if q1 == q0 else v0 + (v1 - v0) * (quality - q0) / (q1 - q0)
+            return math.exp(value) if log else value
+    if quality == qs[0]:
+        return math.exp(vs[0]) if log else vs[0]
+    raise CalibrationError(f"quality {quality} is outside the calibrated range [{qs[0]}, {qs[-1]}]")
+
+
+def model_key_matches(key: str | None, entry_model: str) -> bool:
+    """A table's model id matches a pipeline's id exactly or by its last path component (a local download)."""
+    if not key:
+        return False
+    key, entry_model = str(key).rstrip("/"), entry_model.rstrip("/")
+    return key == entry_model or Path(key).name == entry_model.split("/")[-1]
+
+
+class SigmaTable:
+    """Calibrated noise levels and codec MSEs, loaded from / saved to JSON.
+
+    Schema: ``{"format", "rule", "codec_mse": {codec: {"qualities": [...], "mse": [...], "dataset"}},
+    "entries": [{"model", "kind", "preset", "codec", "qualities", "sigmas", "ratios", "dataset", ...}]}``.
+
+    Example:
+        >>> table = SigmaTable.load()  # the table shipped with rp-diffusers
+        >>> table.sigma_for("openai/diffusers-cd_imagenet64_lpips", "fast", "jpeg", 35)  # doctest: +SKIP
+    """
+
+    def __init__(self, data: dict | None = None, path: str | os.PathLike | None = None) -> None:
+        data = data or {}
+        self.path = Path(path) if path else None
+        self.rule = data.get("rule", "MSE(enhanced, source) = 2 x MSE(decoded, source), mean over images")
+        self.codec_mse: dict = dict(data.get("codec_mse", {}))
+        self.entries: list[dict] = list(data.get("entries", []))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> SigmaTable:
+        """Read a table (default: the one shipped in ``rp_diffusers/decode/sigma_table.json``)."""
+        path = Path(path) if path else DEFAULT_TABLE_PATH
+        if not path.is_file():
+            raise CalibrationError(f"no calibration table at {path}; run training/calibrate_decode_sigma.py")
+        data = json.loads(path.read_text())
+        if data.get("format") != TABLE_FORMAT:
+            raise CalibrationError(f"{path} is not a {TABLE_FORMAT} table (format={data.get('format')!r})")
+        return cls(data, path)
+
+    def to_dict(self) -> dict:
+        return {"format": TABLE_FORMAT, "rule": self.rule, "codec_mse": self.codec_mse, "entries": self.entries}
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        path = Path(path or self.path or DEFAULT_TABLE_PATH)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    def set_codec_mse(self, codec: str, qualities: list[float], mse: list[float], dataset: str) -> None:
+        self.codec_mse[codec] = {"qualities": list(qualities), "mse": list(mse), "dataset": dataset}
+
+    def add_entry(self, entry: dict) -> None:
+        """Insert or replace the entry with the same (model, preset, codec)."""
+        same = ("model", "preset", "codec")
+        self.entries = [e for e in self.entries if any(e.get(k) != entry.get(k) for k in same)]
+        self.entries.append(entry)
+
+    def codec_mse_for(self, codec: str, quality: float) -> float:
+        """Mean MSE of ``codec`` at ``quality`` on the calibration photographs (log-interpolated)."""
+        if codec not in self.codec_mse:
+            raise CalibrationError(
+                f"no codec MSE for {codec!r} in the calibration table (have: {sorted(self.codec_mse) or 'none'}); "
+                "pass sigma=<float> or run training/calibrate_decode_sigma.py --codec-mse-only --codec " + codec
+            )
+        record = self.codec_mse[codec]
+        return _interpolate(float(quality), record["qualities"], record["mse"], log=True)
+
+    def find_entry(self, model_key: str | None, preset: str, codec: str) -> dict | None:
+        """The entry for (model, preset, codec); falls back to another preset of the same model and codec."""
+        candidates = [e for e in self.entries if e["codec"] == codec and model_key_matches(model_key, e["model"])]
+        for entry in candidates:
+            if entry["preset"] == preset:
+                return entry
+        if candidates:
+            logger.warning(
+                "no %s-preset calibration for %s / %s: using the %s preset's noise levels",
+                preset,
+                model_key,
+                codec,
+                candidates[0]["preset"],
+            )
+            return candidates[0]
+        return None
+
+    def sigma_for(self, model_key: str | None, preset: str, codec: str, quality: float) -> float:
+        """The calibrated sigma for a model, preset, codec and quality (log-sigma interpolated in quality).
+
+        Raises:
+            CalibrationError: when no entry applies; the message lists what the table holds.
+        """
+        entry = self.find_entry(model_key, preset, codec)
+        if entry is None:
+            have = sorted({f"{e['model']} / {e['codec']}" for e in self.entries}) or ["no model entries"]
+            raise CalibrationError(
+                f"no calibrated noise level for model {model_key!r} with codec {codec!r} (the table holds: "
+                f"{', '.join(have)}). Pass sigma=<float>, sigma='auto' (source-free search, needs the codec's MSE "
+                "in the table), or run training/calibrate_decode_sigma.py --model <id> --codec " + codec
+            )
+        return _interpolate(float(quality), entry["qualities"], entry["sigmas"], log=True)
+
+
+def search_sigma(
+    mse_fn: Callable[[float], float],
+    target: float,
+    sigma_low: float,
+    sigma_high: float,
+    rtol: float = 0.02,
+    max_iter: int = 24,
+) -> tuple[float, float]:
+    """Geometric bisection for sigma with ``mse_fn(sigma) = target``, ``mse_fn`` increasing in sigma.
+
+    Args:
+        mse_fn: sigma -> MSE (evaluate with fixed noise so the function is deterministic).
+        target: the MSE to hit.
+        sigma_low, sigma_high: the bracket (e.g. the model's trained range); ``mse_fn(sigma_low) <= target``.
+        rtol: stop when |mse / target - 1| <= rtol.
+        max_iter: at most this many evaluations inside the bracket.
+
+    Returns:
+        ``(sigma, mse_fn(sigma))`` for the best evaluated sigma.
+
+    Raises:
+        CalibrationError: when the target is not bracketed (the model cannot move the image that far).
+
+    Example:
+        >>> sigma, value = search_sigma(lambda s: s**2, 4.0, 0.01, 100.0)
+        >>> abs(sigma - 2.0) < 0.03
+        True
+    """
+    low, high = float(sigma_low), float(sigma_high)
+    value_high = mse_fn(high)
+    if value_high < target:
+        raise CalibrationError(
+            f"even sigma={high:.4g} gives MSE {value_high:.4g} < target {target:.4g}: the model cannot reach twice "
+            "the codec's distortion; pass an explicit sigma"
+        )
+    best = (high, value_high)
+    for _ in range(max_iter):
+        middle = math.sqrt(low * high)
+        value = mse_fn(middle)
+        if abs(value - target) < abs(best[1] - target):
+            best = (middle, value)
+        if abs(value / target - 1) <= rtol:
+            break
+        low, high = (middle, high) if value < target else (low, middle)
+    return best
