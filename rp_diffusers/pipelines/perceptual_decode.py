@@ -109,7 +109,8 @@ class PerceptualDecodePipeline(DiffusionPipeline):
     @property
     def model_key(self) -> str | None:
         """The id used for calibration lookups: ``calibration_key`` or the loaded id / folder."""
-        return self.config.get("calibration_key") or self.config.get("_name_or_path")
+        key = self.config.get("calibration_key") or self.config.get("_name_or_path")
+        return str(key) if key else None
 
     @property
     def model_kind(self) -> str:
@@ -237,9 +238,9 @@ class PerceptualDecodePipeline(DiffusionPipeline):
         label = class_labels[index] if isinstance(class_labels, (list, tuple)) else class_labels
         return torch.tensor([int(label)], device=self._execution_device)
 
-    def _auto_sigma(self, image, preset, codec, quality, generator, table, **kwargs) -> float:
+    def _auto_sigma(self, image, preset, codec, generator, table, **kwargs) -> float:
         """Source-free search: MSE(out, x_dec) = codec MSE (see ``rp_diffusers.decode.calibration``)."""
-        target = table.codec_mse_for(codec, quality)
+        target = table.codec_mse_for(codec, kwargs["quality"])
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
         def mse(sigma: float) -> float:
@@ -341,7 +342,7 @@ class PerceptualDecodePipeline(DiffusionPipeline):
             level = sigma
             if sigma == "auto":
                 level = self._auto_sigma(
-                    decoded, preset, codec, quality, generator, table, class_label=label, num_steps=num_steps, **kwargs
+                    decoded, preset, codec, generator, table, class_label=label, num_steps=num_steps, **kwargs
                 )
             out = self.enhance_tensor(decoded, float(level), preset, num_steps, generator, label, **kwargs)
             if interpolation is not None:

@@ -1,0 +1,475 @@
+"""Tests of seed 002's PerceptualDecodePipeline: presets, sizes, determinism, sigma rule, DPS, loading, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    CMStochasticIterativeScheduler,
+    ConsistencyModelPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    ModelMixin,
+    UNet2DModel,
+)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from PIL import Image
+from scipy.optimize import brentq
+
+from rp_diffusers.decode.calibration import CalibrationError, SigmaTable, search_sigma
+from rp_diffusers.decode.denoisers import VPDenoiser, make_denoiser
+from rp_diffusers.decode.solvers import DPSGuidance, karras_sigmas, sample_dpmpp_2m, sample_euler_maruyama
+from rp_diffusers.pipelines.perceptual_decode import PerceptualDecodePipeline, enhance_images
+from rp_diffusers.utils.testing import save_tiny_sd, tiny_sd_components
+
+torch.set_num_threads(1)
+
+# Gaussian toy world (model space [-1, 1]): data x ~ N(0, S^2); codec y = x + N(0, C^2); MMSE decode k * y.
+S, C = 0.2, 0.1
+K = S**2 / (S**2 + C**2)
+CODEC_MSE_MODEL = K * C**2
+
+
+def tiny_unet(sample_size: int | None = 16, num_class_embeds: int | None = None) -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+        num_class_embeds=num_class_embeds,
+    ).eval()
+
+
+def cm_pipe(**kwargs) -> PerceptualDecodePipeline:
+    pipe = PerceptualDecodePipeline(unet=tiny_unet(**kwargs), scheduler=CMStochasticIterativeScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class GaussianConsistencyToy(ModelMixin, ConfigMixin):
+    """Exact consistency function of Gaussian data, behind a CM UNet's interface (c_in / t / c_skip / c_out).
+
+    f(x, sigma) = mean + std / sqrt(std^2 + sigma^2) (x - mean), the PF-ODE endpoint for N(mean, std^2) data.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, mean: float = 0.0, std: float = S, sample_size: int | None = None, block_out_channels=(8,)):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a dtype and a device
+        self.scheduler = CMStochasticIterativeScheduler()
+
+    def forward(self, sample, timestep, class_labels=None, return_dict=True):
+        sigma = torch.exp(timestep.float() / 250.0).view(-1, 1, 1, 1)  # inverse of 250 log(sigma)
+        sigma_data = self.scheduler.config.sigma_data
+        x = sample * (sigma**2 + sigma_data**2).sqrt()
+        f = self.config.mean + self.config.std / (self.config.std**2 + sigma**2).sqrt() * (x - self.config.mean)
+        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition(sigma)
+        return ((f - c_skip * x) / c_out + 0 * self.anchor,)
+
+
+def toy_pipe(sample_size: int | None = None) -> PerceptualDecodePipeline:
+    toy = GaussianConsistencyToy(sample_size=sample_size)
+    pipe = PerceptualDecodePipeline(unet=toy, scheduler=CMStochasticIterativeScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def gaussian_world(num: int = 6, size: int = 32, seed: int = 100):
+    """Sources and their MMSE decodes as [0, 1] images (N, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    x = S * torch.randn(num, 3, size, size, generator=g)
+    decoded = K * (x + C * torch.randn(x.shape, generator=g))
+    return (x * 0.5 + 0.5).clamp(0, 1), (decoded * 0.5 + 0.5).clamp(0, 1)
+
+
+def analytic_ratio(sigma: float) -> float:
+    """MSE(ODE-enhanced, source) / MSE(decoded, source) in the Gaussian world (closed form)."""
+    g = S / math.sqrt(S**2 + sigma**2)
+    mse = (g * K - 1) ** 2 * S**2 + g**2 * K**2 * C**2 + g**2 * sigma**2
+    return mse / CODEC_MSE_MODEL
+
+
+@pytest.fixture(scope="module")
+def image_odd() -> torch.Tensor:
+    return torch.rand(1, 3, 37, 45, generator=torch.Generator().manual_seed(1))
+
+
+# --------------------------------------------------------------------------------------------- presets and sizes
+@pytest.mark.parametrize("preset", ["fast", "medium", "slow"])
+def test_pipeline_consistency_presets_keep_odd_sizes(preset, image_odd):
+    out = cm_pipe()(
+        image_odd,
+        preset=preset,
+        sigma=0.5,
+        generator=torch.manual_seed(0),
+        output_type="pt",
+        surrogate=lambda image, quality: image,
+    )
+    assert out.images.shape == image_odd.shape  # 37x45 > the 16x16 native size: tiled, never resized
+    assert out.sigmas == [0.5]
+    assert torch.isfinite(out.images).all() and (out.images - image_odd).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDPMScheduler, DPMSolverMultistepScheduler, EDMEulerScheduler])
+@pytest.mark.parametrize("preset", ["fast", "medium", "slow"])
+def test_pipeline_diffusion_presets_keep_odd_sizes(preset, scheduler_cls, image_odd):
+    pipe = PerceptualDecodePipeline(unet=tiny_unet(), scheduler=scheduler_cls())
+    pipe.set_progress_bar_config(disable=True)
+    steps = None if preset == "fast" else 3
+    out = pipe(
+        image_odd,
+        preset=preset,
+        sigma=0.3,
+        num_steps=steps,
+        generator=torch.manual_seed(0),
+        output_type="np",
+        surrogate=lambda image, quality: image,
+    )
+    assert out.images.shape == (1, 37, 45, 3)
+    assert np.isfinite(out.images).all() and 0 <= out.images.min() and out.images.max() <= 1
+
+
+@pytest.mark.parametrize("preset", ["fast", "medium", "slow"])
+def test_pipeline_latent_presets_keep_odd_sizes(preset, image_odd):
+    pipe = PerceptualDecodePipeline(**tiny_sd_components())
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        image_odd,
+        preset=preset,
+        sigma=0.5,
+        num_steps=None if preset == "fast" else 2,
+        generator=torch.manual_seed(0),
+        output_type="pt",
+        surrogate=lambda image, quality: image,
+    )
+    assert out.images.shape == image_odd.shape and torch.isfinite(out.images).all()
+
+
+def test_pipeline_pil_list_of_mixed_sizes():
+    images = [Image.new("RGB", (19, 23), (120, 40, 200)), Image.new("RGB", (40, 17), (10, 200, 90))]
+    out = cm_pipe()(images, sigma=0.4, generator=torch.manual_seed(0))
+    assert [im.size for im in out.images] == [(19, 23), (40, 17)]
+
+
+def test_pipeline_deterministic_with_generator(image_odd):
+    pipe = cm_pipe(num_class_embeds=10)
+    first = pipe(image_odd, sigma=0.5, generator=torch.manual_seed(3), output_type="pt").images
+    again = pipe(image_odd, sigma=0.5, generator=torch.manual_seed(3), output_type="pt").images
+    other = pipe(image_odd, sigma=0.5, generator=torch.manual_seed(4), output_type="pt").images
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_pipeline_sigma_zero_returns_input_exactly(image_odd):
+    pipe = cm_pipe()
+    assert torch.equal(pipe(image_odd, sigma=0.0, output_type="pt").images, image_odd)
+    pil = Image.fromarray(np.random.default_rng(0).integers(0, 256, (21, 33, 3), dtype=np.uint8))
+    assert np.array_equal(np.asarray(pipe(pil, sigma=0).images[0]), np.asarray(pil))
+
+
+def test_pipeline_interpolation_is_convex_combination(image_odd):
+    pipe = cm_pipe()
+    full = pipe(image_odd, sigma=0.5, generator=torch.manual_seed(0), output_type="pt").images
+    half = pipe(image_odd, sigma=0.5, generator=torch.manual_seed(0), output_type="pt", interpolation=0.25).images
+    none = pipe(image_odd, sigma=0.5, generator=torch.manual_seed(0), output_type="pt", interpolation=0.0).images
+    assert torch.allclose(half, 0.75 * image_odd + 0.25 * full, atol=1e-6)
+    assert torch.equal(none, image_odd)
+
+
+def test_pipeline_tiling_is_exact_for_a_pointwise_model():
+    _, decoded = gaussian_world(num=1, size=50)
+    decoded = decoded[..., :37]  # 50x37: several 16x16 tiles with overlap, odd size
+    tiled = toy_pipe(sample_size=16)(decoded, sigma=0.3, generator=torch.manual_seed(0), output_type="pt").images
+    whole = toy_pipe(sample_size=None)(decoded, sigma=0.3, generator=torch.manual_seed(0), output_type="pt").images
+    assert torch.allclose(tiled, whole, atol=1e-5)
+
+
+def test_pipeline_rejects_bad_arguments(image_odd):
+    pipe = cm_pipe()
+    with pytest.raises(ValueError, match="preset"):
+        pipe(image_odd, preset="ultra", sigma=0.5)
+    with pytest.raises(ValueError, match="interpolation"):
+        pipe(image_odd, sigma=0.5, interpolation=1.5)
+    with pytest.raises(ValueError, match="trained range"):
+        pipe(image_odd, sigma=500.0)
+    with pytest.raises(ValueError, match="exactly one model call"):
+        pipe(image_odd, sigma=0.5, num_steps=3)
+
+
+# --------------------------------------------------------------------------------------------- model conversions
+def test_consistency_denoiser_matches_diffusers_consistency_pipeline():
+    unet = tiny_unet()
+    scheduler = CMStochasticIterativeScheduler()
+    noise = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    reference = ConsistencyModelPipeline(unet=unet, scheduler=scheduler)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(num_inference_steps=1, latents=noise, output_type="pt").images
+    denoiser = make_denoiser(lambda x, t: unet(x, t, return_dict=False)[0], scheduler)
+    with torch.no_grad():
+        ours = (denoiser(noise * scheduler.config.sigma_max, scheduler.config.sigma_max) / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_vp_denoiser_uses_matching_timestep_and_scaling(prediction_type):
+    scheduler = DDPMScheduler(prediction_type=prediction_type)
+    abar = scheduler.alphas_cumprod[300]
+    sigma = float(((1 - abar) / abar).sqrt())
+    seen = {}
+
+    def model(x_t, t):
+        seen["t"], seen["x_t"] = t, x_t
+        return torch.zeros_like(x_t)
+
+    x = torch.randn(2, 3, 4, 4)
+    x0 = VPDenoiser(model, scheduler)(x, sigma)
+    assert torch.allclose(seen["t"], torch.full((2,), 300.0), atol=1e-3)
+    assert torch.allclose(seen["x_t"], abar.sqrt() * x, atol=1e-5)  # x_t = sqrt(abar) x_sigma / ... VE -> VP
+    expected = {"epsilon": x, "v_prediction": abar.sqrt() * seen["x_t"], "sample": torch.zeros_like(x)}
+    assert torch.allclose(x0, expected[prediction_type], atol=1e-5)
+
+
+def test_vp_fast_preset_is_the_gaussian_posterior_mean():
+    """An exact epsilon model of N(0, S^2) data at an integer timestep: out = K_s x_sigma (closed-form shrinkage)."""
+    scheduler = DDPMScheduler()
+    abar = scheduler.alphas_cumprod
+    sigma = float(((1 - abar[200]) / abar[200]).sqrt())
+
+    def exact_eps(x_t, t):
+        a = abar[int(round(float(t[0])))]
+        x_ve = x_t / a.sqrt()
+        s2 = (1 - a) / a
+        return (x_ve - S**2 / (S**2 + s2) * x_ve) / s2.sqrt()
+
+    denoiser = VPDenoiser(exact_eps, scheduler)
+    x_sigma = torch.randn(1, 3, 64, 64) * math.sqrt(S**2 + sigma**2)
+    assert torch.allclose(denoiser(x_sigma, sigma), S**2 / (S**2 + sigma**2) * x_sigma, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- solvers
+def test_dpmpp_2m_follows_the_exact_gaussian_ode():
+    sigma = 1.0
+    x_sigma = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * math.sqrt(S**2 + sigma**2)
+
+    def posterior_mean(x, s):
+        return S**2 / (S**2 + s**2) * x
+
+    exact = S / math.sqrt(S**2 + sigma**2) * x_sigma
+    errors = [
+        float((sample_dpmpp_2m(posterior_mean, x_sigma, karras_sigmas(sigma, 0.002, n)) - exact).abs().max())
+        for n in (20, 40)
+    ]
+    assert errors[0] < 0.02 * float(exact.abs().max())
+    assert errors[1] < errors[0] / 3  # second order: doubling the steps divides the error by about 4
+
+
+def test_euler_maruyama_samples_the_gaussian_data_variance():
+    sigma = 1.0
+    x_sigma = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * math.sqrt(S**2 + sigma**2)
+    errors = []
+    for steps in (30, 120):
+        out = sample_euler_maruyama(
+            lambda x, s: S**2 / (S**2 + s**2) * x, x_sigma, karras_sigmas(sigma, 0.002, steps), torch.manual_seed(0)
+        )
+        errors.append(abs(float(out.std()) / S - 1))
+    # The reverse SDE lands on N(0, S^2) (not on the posterior mean, whose std is far smaller), with first-order bias.
+    assert errors[1] < 0.05 and errors[1] < errors[0] / 2
+
+
+# --------------------------------------------------------------------------------------------- noise-level rule
+def test_calibration_search_hits_mse_ratio_two_on_gaussian_toy():
+    sources, decoded = gaussian_world()
+    codec_mse = float((decoded - sources).pow(2).mean())
+    pipe = toy_pipe()
+
+    def mse(sigma):
+        out = pipe(decoded, sigma=sigma, generator=torch.manual_seed(0), output_type="pt").images
+        return float((out - sources).pow(2).mean())
+
+    sigma, value = search_sigma(mse, 2 * codec_mse, 0.002, 80.0)
+    exact = brentq(lambda s: analytic_ratio(s) - 2, 1e-3, 10)
+    assert abs(value / codec_mse - 2) < 0.05
+    assert abs(analytic_ratio(sigma) - 2) < 0.1
+    assert abs(sigma / exact - 1) < 0.1
+
+
+def test_pipeline_auto_sigma_finds_the_rule_without_the_source():
+    sources, decoded = gaussian_world(num=1, size=64, seed=102)
+    table = SigmaTable()
+    table.set_codec_mse("toy", [10, 90], [CODEC_MSE_MODEL / 4, CODEC_MSE_MODEL / 4], dataset="gaussian")
+    out = toy_pipe()(
+        decoded,
+        sigma="auto",
+        codec="toy",
+        quality=50,
+        calibration=table,
+        generator=torch.manual_seed(0),
+        output_type="pt",
+    )
+    exact = brentq(lambda s: analytic_ratio(s) - 2, 1e-3, 10)
+    assert abs(out.sigmas[0] / exact - 1) < 0.1
+    ratio = float((out.images - sources).pow(2).mean() / (decoded - sources).pow(2).mean())
+    assert abs(ratio - 2) < 0.15
+
+
+def test_sigma_table_interpolates_in_quality_and_matches_local_folders(tmp_path):
+    table = SigmaTable()
+    table.add_entry(
+        {
+            "model": "org/cm",
+            "kind": "consistency",
+            "preset": "fast",
+            "codec": "jpeg",
+            "qualities": [10, 50],
+            "sigmas": [1.0, 0.25],
+        }
+    )
+    path = table.save(tmp_path / "table.json")
+    loaded = SigmaTable.load(path)
+    assert loaded.sigma_for("org/cm", "fast", "jpeg", 30) == pytest.approx(0.5)  # geometric in quality
+    assert loaded.sigma_for(str(tmp_path / "cm"), "medium", "jpeg", 10) == pytest.approx(1.0)  # folder, other preset
+    with pytest.raises(CalibrationError, match="outside the calibrated range"):
+        loaded.sigma_for("org/cm", "fast", "jpeg", 90)
+    with pytest.raises(CalibrationError, match="calibrate_decode_sigma"):
+        loaded.sigma_for("org/other", "fast", "jpeg", 30)
+
+
+def test_pipeline_default_sigma_comes_from_the_table(image_odd):
+    pipe = PerceptualDecodePipeline(
+        unet=tiny_unet(), scheduler=CMStochasticIterativeScheduler(), calibration_key="org/cm"
+    )
+    pipe.set_progress_bar_config(disable=True)
+    table = SigmaTable()
+    table.add_entry(
+        {
+            "model": "org/cm",
+            "kind": "consistency",
+            "preset": "fast",
+            "codec": "jpeg",
+            "qualities": [10, 50],
+            "sigmas": [0.8, 0.2],
+        }
+    )
+    out = pipe(image_odd, codec="jpeg", quality=10, calibration=table, generator=torch.manual_seed(0))
+    assert out.sigmas == [pytest.approx(0.8)]
+    with pytest.raises(CalibrationError, match="sigma"):
+        pipe(image_odd, codec="webp", quality=10, calibration=table)
+    with pytest.raises(CalibrationError, match="codec= and quality="):
+        pipe(image_odd)
+
+
+# --------------------------------------------------------------------------------------------- DPS
+def blur(image, quality=None):
+    kernel = torch.full((3, 1, 3, 3), 1 / 9)
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(image, (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+
+
+def test_dps_gradient_flows_through_the_surrogate_and_reduces_the_residual():
+    pipe = cm_pipe()
+    target = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    x, denoise, to_image = pipe._space(target, None, None, 8)
+    x_t = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    guidance = DPSGuidance(to_image, target, blur, quality=None, scale=0.05)
+    x0, correction, norm = guidance(denoise, x_t, 0.5)
+    assert correction.abs().sum() > 0 and torch.isfinite(correction).all()
+    with torch.no_grad():
+        after = guidance.residual_norm(denoise(x_t - correction, 0.5))
+    assert torch.allclose(norm, guidance.residual_norm(x0))
+    assert float(after) < float(norm)
+
+
+def test_slow_preset_pulls_the_surrogate_decode_toward_the_received_image():
+    sources, decoded = gaussian_world(num=1, size=24, seed=103)
+    pipe = toy_pipe()
+
+    def residual(scale):
+        out = pipe(
+            decoded,
+            preset="slow",
+            sigma=0.4,
+            num_steps=6,
+            surrogate=blur,
+            dps_scale=scale,
+            generator=torch.manual_seed(0),
+            output_type="pt",
+        ).images
+        return float((blur(out) - decoded).pow(2).sum().sqrt())
+
+    assert residual(10.0) < 0.9 * residual(0.0)
+
+
+# --------------------------------------------------------------------------------------------- loading and CLI
+def test_pipeline_save_load_round_trip(tmp_path, image_odd):
+    pipe = cm_pipe(num_class_embeds=10)
+    pipe.save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    loaded = PerceptualDecodePipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    a = pipe(image_odd, sigma=0.5, generator=torch.manual_seed(0), output_type="pt").images
+    b = loaded(image_odd, sigma=0.5, generator=torch.manual_seed(0), output_type="pt").images
+    assert torch.equal(a, b) and not list((tmp_path / "pipe").rglob("*.bin"))
+
+
+def test_from_pretrained_stock_consistency_model_folder(tmp_path, image_odd):
+    unet = tiny_unet()
+    ConsistencyModelPipeline(unet=unet, scheduler=CMStochasticIterativeScheduler()).save_pretrained(tmp_path / "cm")
+    pipe = PerceptualDecodePipeline.from_pretrained(tmp_path / "cm")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.model_kind == "consistency" and not pipe.is_latent and pipe.model_key.endswith("cm")
+    expected = cm_pipe()(image_odd, sigma=0.5, generator=torch.manual_seed(0), output_type="pt").images
+    assert torch.equal(pipe(image_odd, sigma=0.5, generator=torch.manual_seed(0), output_type="pt").images, expected)
+
+
+def test_from_pretrained_sd_layout_folder(tmp_path, image_odd):
+    pipe = PerceptualDecodePipeline.from_pretrained(save_tiny_sd(tmp_path / "sd"))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.is_latent and pipe.model_kind == "vp"
+    out = pipe(image_odd, sigma=0.5, generator=torch.manual_seed(0), output_type="pt").images
+    assert out.shape == image_odd.shape
+
+
+def test_enhance_images_returns_pil_images_of_input_sizes():
+    images = [Image.new("RGB", (30, 20), (90, 90, 90))]
+    out = enhance_images(cm_pipe(), images, "fast", sigma=0.3, generator=torch.manual_seed(0))
+    assert len(out) == 1 and isinstance(out[0], Image.Image) and out[0].size == (30, 20)
+
+
+def test_enhance_command_writes_lossless_pngs(tmp_path, capsys):
+    from rp_diffusers.cli import main
+
+    ConsistencyModelPipeline(unet=tiny_unet(), scheduler=CMStochasticIterativeScheduler()).save_pretrained(
+        tmp_path / "cm"
+    )
+    source = tmp_path / "decoded.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (27, 35, 3), dtype=np.uint8)).save(source)
+    code = main(
+        [
+            "enhance",
+            str(source),
+            "--model",
+            str(tmp_path / "cm"),
+            "--sigma",
+            "0.4",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
+    written = tmp_path / "out" / "decoded.png"
+    assert code == 0 and written.is_file()
+    with Image.open(written) as png:
+        assert png.format == "PNG" and png.size == (35, 27)
+    assert "decoded.jpg" in capsys.readouterr().out
+    assert main(["enhance", str(source), "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
