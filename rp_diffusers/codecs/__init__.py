@@ -1,0 +1,36 @@
+"""Real standard codecs behind one interface (``Codec``), and a registry to look them up by name.
+
+Example:
+    >>> from rp_diffusers.codecs import get_codec, available_codecs
+    >>> result = get_codec("jpeg").run("photo.png", quality=50)   # an ordinary .jpg in result.data
+    >>> result.bpp, result.reconstruction.size
+
+Quality is an integer in each codec's ``quality_range`` where higher is better for every codec; codecs driven
+by a quantisation parameter map it (``hevc``: qp = 51 - quality, ``vvc``: qp = 63 - quality).
+"""
+
+from .base import Codec, CodecError, CodecResult, UnknownCodecError
+from .ffmpeg_codecs import FFmpegCodec, HEVCCodec, VVCCodec
+from .pillow_codecs import AVIFCodec, HEICCodec, JPEGCodec, JXLCodec, PillowCodec, WebPCodec
+from .registry import all_codecs, available_codecs, get_codec, register_codec, unregister_codec
+
+__all__ = [
+    "AVIFCodec",
+    "Codec",
+    "CodecError",
+    "CodecResult",
+    "FFmpegCodec",
+    "HEICCodec",
+    "HEVCCodec",
+    "JPEGCodec",
+    "JXLCodec",
+    "PillowCodec",
+    "UnknownCodecError",
+    "VVCCodec",
+    "WebPCodec",
+    "all_codecs",
+    "available_codecs",
+    "get_codec",
+    "register_codec",
+    "unregister_codec",
+]

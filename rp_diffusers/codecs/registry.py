@@ -1,0 +1,107 @@
+"""The codec registry: names -> codec classes, with a check of which ones work on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from .base import Codec, CodecError, UnknownCodecError
+
+_REGISTRY: dict[str, type[Codec]] = {}
+
+# Names users may try that are not codecs here, with what to use instead.
+_HINTS = {
+    "bpg": "BPG is HEVC intra: use 'hevc' (raw x265 bitstream, BPG's default colour settings) or 'heic'",
+    "jpg": "use 'jpeg'",
+    "h265": "use 'hevc'",
+    "h266": "use 'vvc'",
+    "jpegxl": "use 'jxl'",
+    "heif": "use 'heic'",
+}
+
+
+def register_codec(name: str) -> Callable[[type[Codec]], type[Codec]]:
+    """Class decorator that registers a ``Codec`` subclass under ``name`` (later code can add e.g. ``corrdiff``).
+
+    Args:
+        name: lower-case registry name; registering a taken name raises ``ValueError``.
+
+    Example:
+        >>> @register_codec("identity-png")
+        ... class PNG(PillowCodec):
+        ...     pillow_format, extension = "PNG", ".png"
+    """
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise ValueError(f"codec names are non-empty lower-case strings, got {name!r}")
+
+    def decorator(cls: type[Codec]) -> type[Codec]:
+        if not (isinstance(cls, type) and issubclass(cls, Codec)):
+            raise TypeError(f"register_codec({name!r}) decorates Codec subclasses, got {cls!r}")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"a codec named {name!r} is already registered ({_REGISTRY[name].__name__})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def unregister_codec(name: str) -> None:
+    """Remove ``name`` from the registry (for tests and plugins that replace a codec)."""
+    _REGISTRY.pop(name, None)
+    _availability.cache_clear()
+
+
+@cache
+def _availability(cls: type[Codec]) -> str | None:
+    """``None`` when the library/tool of ``cls`` is present here, else why not (checked once per process)."""
+    try:
+        return cls.availability_error()
+    except Exception as error:  # a broken install must not break listing the others
+        return f"{type(error).__name__}: {error}"
+
+
+def all_codecs() -> list[str]:
+    """Every registered codec name, whether or not its library works here (sorted)."""
+    return sorted(_REGISTRY)
+
+
+def available_codecs() -> list[str]:
+    """Names of the registered codecs whose library or tool works on this machine (sorted).
+
+    Example:
+        >>> "jpeg" in available_codecs()
+        True
+    """
+    return [name for name in all_codecs() if _availability(_REGISTRY[name]) is None]
+
+
+def get_codec(name: str, **settings: Any) -> Codec:
+    """Build the codec registered as ``name`` with optional setting overrides.
+
+    Args:
+        name: one of ``all_codecs()`` (case-insensitive), e.g. ``"jpeg"``, ``"hevc"``.
+        **settings: overrides of the codec's ``default_settings`` (e.g. ``subsampling=0`` for JPEG,
+            ``preset="slow"`` for HEVC, ``timeout=30`` for the ffmpeg codecs).
+
+    Returns:
+        A ``Codec`` instance.
+
+    Raises:
+        UnknownCodecError: no codec of that name (the message lists the available ones).
+        CodecError: the codec is registered but its library or tool does not work here (says what to install).
+        ValueError: unknown or invalid settings.
+
+    Example:
+        >>> get_codec("jpeg", subsampling=0).run(image, quality=90).bpp
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _REGISTRY:
+        hint = f" ({_HINTS[key]})" if key in _HINTS else ""
+        raise UnknownCodecError(f"unknown codec {name!r}{hint}; available codecs: {', '.join(available_codecs())}")
+    cls = _REGISTRY[key]
+    reason = _availability(cls)
+    if reason is not None:
+        raise CodecError(f"codec {key!r} is not usable on this machine: {reason}")
+    return cls(**settings)
