@@ -1,0 +1,221 @@
+"""Training losses of seed 000: SiD/CiD distillation (stage 1) and the rate-perception loss (stage 2).
+
+Stage 1 (DESIGN.md section 4), all tensors are latents (N, C, h, w):
+- :func:`sid_generator_loss` is Score identity Distillation's generator loss (Zhou et al., 2024, eq. 9 with its
+  public code): ``(f_real - f_fake) * ((f_real - x_g) - alpha * (f_real - f_fake)) / w`` with the per-sample weight
+  ``w = mean|x_g - f_real|`` detached. For ``alpha = 1`` it is ``(f_real - f_fake) * (f_fake - x_g) / w``.
+  We average over elements (SiD sums); only the learning rate's scale differs.
+- :func:`denoising_loss` is the fake-score network's ordinary denoising loss on the student's outputs, written on
+  x0 estimates with the weight that makes it equal to the MSE on the model's own target (epsilon or v).
+- :func:`task_loss` is CiD's "consistent" term (our reading): a fidelity loss between G(x) and x.
+
+Stage 2: :class:`RatePerceptionLoss` = lambda_R * bpp + lambda_P * P(x, x_hat) + lambda_D * MSE(x, x_hat), with
+``(x_hat, bits) = S(G(x), q)`` from a differentiable codec surrogate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PERCEPTUAL_LOSSES = ("dists", "lpips", "ms_ssim")
+
+
+def sid_generator_loss(
+    x_g: torch.Tensor, f_real: torch.Tensor, f_fake: torch.Tensor, alpha: float = 1.0
+) -> torch.Tensor:
+    """SiD generator loss, averaged over batch and elements.
+
+    Args:
+        x_g: (N, C, h, w) the student's clean latents (with gradient to the student).
+        f_real: (N, C, h, w) the frozen teacher's x0 estimate at the noised ``x_g`` (with guidance, if any).
+        f_fake: (N, C, h, w) the fake-score network's x0 estimate at the same noised latents.
+        alpha: SiD's alpha (1.0 in DESIGN.md; SiD uses 1.2 for EDM, SiD-LSG 1.0 for Stable Diffusion).
+
+    Returns:
+        A scalar loss. The weight ``mean|x_g - f_real|`` per sample is detached (clipped at 1e-5), as in SiD.
+
+    Example:
+        >>> x_g, f_real, f_fake = torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1, 2), torch.full((1, 1, 1, 2), 0.5)
+        >>> float(sid_generator_loss(x_g, f_real, f_fake))  # (1 - .5) * (.5 - 0) / 1
+        0.25
+    """
+    x_g, f_real, f_fake = x_g.float(), f_real.float(), f_fake.float()
+    with torch.no_grad():
+        weight = (x_g - f_real).abs().mean(dim=tuple(range(1, x_g.ndim)), keepdim=True).clamp(min=1e-5)
+    difference = f_real - f_fake
+    return (difference * ((f_real - x_g) - alpha * difference) / weight).mean()
+
+
+def denoising_weight(alpha_bar: torch.Tensor | float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Weight turning an x0-space MSE into the MSE on ``prediction_type``'s target at noise level ``alpha_bar``.
+
+    epsilon: SNR = a / (1 - a); v_prediction: 1 / (1 - a) = SNR + 1; sample: 1.
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float32)
+    if prediction_type == "epsilon":
+        return alpha_bar / (1.0 - alpha_bar)
+    if prediction_type == "v_prediction":
+        return 1.0 / (1.0 - alpha_bar)
+    if prediction_type == "sample":
+        return torch.ones_like(alpha_bar)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; use epsilon, v_prediction or sample")
+
+
+def denoising_loss(
+    x0_pred: torch.Tensor, x0_target: torch.Tensor, alpha_bar: torch.Tensor | float, prediction_type: str = "epsilon"
+) -> torch.Tensor:
+    """The fake-score network's denoising loss: weighted MSE between its x0 estimate and the (detached) target.
+
+    Args:
+        x0_pred: (N, C, h, w) the fake-score network's x0 estimate at z_t (with gradient to its parameters).
+        x0_target: (N, C, h, w) the student's latents x_g; detached here so no gradient reaches the student.
+        alpha_bar: the scheduler's cumulative alpha at the sampled timestep (scalar or broadcastable).
+        prediction_type: the network's parameterisation (the scheduler config's value).
+
+    Returns:
+        A scalar equal to the usual ``MSE(model_output, target)`` of diffusers' training examples.
+    """
+    weight = denoising_weight(alpha_bar, prediction_type).to(x0_pred.device)
+    return (weight * (x0_pred.float() - x0_target.detach().float()).square()).mean()
+
+
+def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """``uncond + scale * (cond - uncond)``; applied to x0 estimates (equivalent to epsilon at a fixed z_t)."""
+    return uncond + scale * (cond - uncond)
+
+
+def task_loss(
+    output: torch.Tensor,
+    target: torch.Tensor,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    lambda_perceptual: float = 0.0,
+) -> torch.Tensor:
+    """CiD's consistency term: ``MSE(output, target) + lambda_perceptual * mean(perceptual(output, target))``.
+
+    Args:
+        output: (N, 3, H, W) the student's image in [0, 1] (not clipped).
+        target: (N, 3, H, W) the input image in [0, 1].
+        perceptual: a distance ``(reference, distorted) -> (N,)`` on [0, 1] images, e.g. LPIPS; skipped at weight 0.
+    """
+    loss = F.mse_loss(output.float(), target.float())
+    if lambda_perceptual > 0:
+        if perceptual is None:
+            raise ValueError("lambda_perceptual > 0 needs a perceptual distance (e.g. LPIPS with its weights)")
+        loss = loss + lambda_perceptual * perceptual(target.float(), output.float()).mean()
+    return loss
+
+
+class MSSSIMDistance(torch.nn.Module):
+    """``1 - MS-SSIM`` on unquantised images (differentiable): (N,) in [0, 1]. Needs sides of 161 pixels or more."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from .metrics.ssim import ms_ssim
+
+        return 1.0 - ms_ssim(x.clamp(0, 1), y.clamp(0, 1), quantize=False)
+
+
+def perceptual_distance(name: str, net: str = "alex", weights_path: str | None = None) -> torch.nn.Module:
+    """A frozen perceptual distance module ``(reference, distorted) -> (N,)`` on [0, 1] images, by name.
+
+    Args:
+        name: ``"dists"`` (the paper's metric), ``"lpips"`` or ``"ms_ssim"`` (1 - MS-SSIM, needs no weights).
+        net: LPIPS trunk, ``"alex"`` or ``"vgg"``.
+        weights_path: converted weights (file or folder) for LPIPS/DISTS; by default they are looked up as
+            ``rp_diffusers.metrics.weights`` describes (environment folder, then the Hub).
+
+    Raises:
+        MetricWeightsUnavailable: LPIPS/DISTS weights not found; the message says what to download and where.
+
+    Example:
+        >>> perceptual_distance("ms_ssim")(torch.rand(1, 3, 192, 192), torch.rand(1, 3, 192, 192)).shape
+        torch.Size([1])
+    """
+    if name == "ms_ssim":
+        return MSSSIMDistance()
+    if name == "lpips":
+        from .metrics.lpips import LPIPS
+
+        return LPIPS(net, weights_path=weights_path)
+    if name == "dists":
+        from .metrics.dists import DISTS
+
+        return DISTS(weights_path=weights_path)
+    raise ValueError(f"unknown perceptual loss {name!r}; choose one of {', '.join(PERCEPTUAL_LOSSES)}")
+
+
+@dataclass
+class RatePerceptionLossOutput:
+    """Terms of one :class:`RatePerceptionLoss` evaluation (all scalars but ``reconstruction``).
+
+    Attributes:
+        loss: the weighted total.
+        bpp: mean surrogate bits per pixel of the original's pixels.
+        perceptual: mean perceptual distance P(x, x_hat) (0 when its weight is 0 and no distance is set).
+        mse: mean squared error between x and x_hat, images in [0, 1].
+        reconstruction: (N, 3, H, W) the surrogate's decoded image.
+    """
+
+    loss: torch.Tensor
+    bpp: torch.Tensor
+    perceptual: torch.Tensor
+    mse: torch.Tensor
+    reconstruction: torch.Tensor
+
+
+class RatePerceptionLoss(torch.nn.Module):
+    """``lambda_rate * bpp + lambda_perceptual * P(x, x_hat) + lambda_mse * MSE(x, x_hat)``, x_hat from a surrogate.
+
+    Args:
+        surrogate: a differentiable codec surrogate ``(image, quality) -> SurrogateOutput(.reconstruction, .bits)``
+            (``rp_diffusers.surrogates.get_surrogate("jpeg")``).
+        perceptual: a distance ``(x, y) -> (N,)`` on [0, 1] images (DISTS, LPIPS, 1 - MS-SSIM), or ``None``.
+        lambda_rate: weight of the rate in bits per pixel.
+        lambda_perceptual: weight of the perceptual distance.
+        lambda_mse: weight of the MSE (the "D" of R-D; keeps colours honest).
+
+    Example:
+        >>> loss_fn = RatePerceptionLoss(get_surrogate("jpeg"), None, lambda_rate=0.5, lambda_perceptual=0.0,
+        ...                              lambda_mse=1.0)  # doctest: +SKIP
+        >>> out = loss_fn(image, pipe_output, quality=40.0)  # doctest: +SKIP
+        >>> out.loss.backward()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        surrogate: Callable,
+        perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        lambda_rate: float = 1.0,
+        lambda_perceptual: float = 1.0,
+        lambda_mse: float = 0.0,
+    ):
+        super().__init__()
+        if lambda_perceptual > 0 and perceptual is None:
+            raise ValueError("lambda_perceptual > 0 needs a perceptual distance; pass perceptual= or set it to 0")
+        self.surrogate, self.perceptual = surrogate, perceptual
+        self.lambda_rate, self.lambda_perceptual, self.lambda_mse = lambda_rate, lambda_perceptual, lambda_mse
+
+    def forward(
+        self, original: torch.Tensor, preprocessed: torch.Tensor, quality: float | torch.Tensor
+    ) -> RatePerceptionLossOutput:
+        """Args:
+        original: (N, 3, H, W) the input images x in [0, 1] (no gradient needed).
+        preprocessed: (N, 3, H, W) G(x) in [0, 1] (with gradient); clipped to [0, 1] before the codec, as a
+            real codec sees 8-bit pixels.
+        quality: the codec quality (float or (N,) tensor), higher = better.
+        """
+        height, width = original.shape[-2:]
+        coded = self.surrogate(preprocessed.float().clamp(0.0, 1.0), quality)
+        reconstruction = coded.reconstruction.float()
+        bpp = (coded.bits.float() / (height * width)).mean()
+        target = original.float()
+        mse = F.mse_loss(reconstruction, target)
+        if self.perceptual is not None:
+            perceptual = self.perceptual(target, reconstruction).float().mean()
+        else:
+            perceptual = torch.zeros((), device=reconstruction.device)
+        loss = self.lambda_rate * bpp + self.lambda_perceptual * perceptual + self.lambda_mse * mse
+        return RatePerceptionLossOutput(loss, bpp, perceptual, mse, reconstruction)

@@ -1,0 +1,543 @@
+#!/usr/bin/env python
+"""Stage 1 of seed 000: distil SD 2.1 into a one-step image-to-image model with SiD + a consistency term (CiD).
+
+Teacher: the frozen SD 2.1 UNet. Student: the one-step map G(x) = Dec(x0(UNet(Enc(x), t*))) (LoRA or full).
+Fake score: a trainable copy of the teacher (LoRA or full) fitted with the denoising loss on the student's
+outputs. Each step updates the fake score, then the student with SiD's generator loss + lambda_task x (L2 +
+lambda_lpips x LPIPS) between G(x) and x (DESIGN.md section 4). Output: a folder `RPPreprocessPipeline` loads.
+
+    accelerate launch training/distill_cid.py \
+      --pretrained_model_name_or_path stabilityai/stable-diffusion-2-1-base \
+      --train_data_dir photos/ --resolution 512 --train_batch_size 2 --gradient_checkpointing \
+      --mixed_precision bf16 --max_train_steps 20000 --output_dir rp-sd21-onestep
+"""
+
+import argparse
+import copy
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, CLIPTextModel
+
+from rp_diffusers.adapters import rp_lora_config
+from rp_diffusers.losses import (
+    classifier_free_guidance,
+    denoising_loss,
+    perceptual_distance,
+    sid_generator_loss,
+    task_loss,
+)
+from rp_diffusers.metrics.psnr import psnr
+from rp_diffusers.models.one_step import predict_x0_latents
+from rp_diffusers.pipelines import RPPreprocessPipeline
+from rp_diffusers.training_utils import (
+    PreparedModel,
+    RandomCropImageDataset,
+    build_optimizer,
+    checkpoint_step,
+    collate_images,
+    list_images,
+    load_image_dataset,
+    load_trainable_weights,
+    log_images,
+    move_model,
+    one_step_forward,
+    resolve_resume_checkpoint,
+    resume_position,
+    rotate_checkpoints,
+    save_args,
+    save_trainable_weights,
+    step_generator,
+)
+from rp_diffusers.utils.image import load_image, pil_to_tensor, tensor_to_pil
+
+logger = get_logger(__name__, log_level="INFO")
+
+STUDENT, FAKE_SCORE = "student", "fake_score"
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Stage 1: distil SD 2.1 into a one-step image-to-image model (CiD).")
+    # model
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        required=True,
+        help="Teacher: an SD 2.1-layout model (Hub id or folder); also gives the VAE and text encoder.",
+    )
+    parser.add_argument(
+        "--student_model_name_or_path",
+        type=str,
+        default=None,
+        help="Initial student UNet (e.g. stabilityai/sd-turbo); default: a copy of the teacher.",
+    )
+    parser.add_argument("--revision", type=str, default=None, help="Revision of the pretrained model(s) on the Hub.")
+    parser.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
+    parser.add_argument("--prompt", type=str, default="", help="The fixed prompt of the one-step map.")
+    parser.add_argument(
+        "--timestep",
+        type=int,
+        default=999,
+        help="Fixed t* of the one-step map: 999 (img2img-turbo/OSEDiff) or 625 (SiD-LSG).",
+    )
+    parser.add_argument("--residual", action="store_true", help="x0 = input latents + UNet estimate (small models).")
+    # distillation
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=1.0,
+        help="Classifier-free guidance of the teacher between the empty prompt and --prompt.",
+    )
+    parser.add_argument("--sid_alpha", type=float, default=1.0, help="SiD's alpha (1.0: DESIGN.md; 1.2: SiD on EDM).")
+    parser.add_argument("--sid_t_min", type=int, default=20, help="Smallest timestep of the SiD/fake-score noise.")
+    parser.add_argument("--sid_t_max", type=int, default=980, help="Largest timestep of the SiD/fake-score noise.")
+    parser.add_argument("--lambda_task", type=float, default=1.0, help="Weight of the consistency term to the input.")
+    parser.add_argument(
+        "--lambda_lpips",
+        type=float,
+        default=1.0,
+        help="Weight of LPIPS inside the consistency term (0: L2 only; >0 needs LPIPS weights).",
+    )
+    parser.add_argument("--lpips_net", type=str, default="vgg", choices=["alex", "vgg"], help="LPIPS backbone.")
+    parser.add_argument(
+        "--lpips_weights_path",
+        type=str,
+        default=None,
+        help="Converted LPIPS weights (file or folder); default: rp_diffusers.metrics' lookup.",
+    )
+    parser.add_argument("--student_lora_rank", type=int, default=64, help="LoRA rank of the student.")
+    parser.add_argument("--train_full_student", action="store_true", help="Train every student weight, no LoRA.")
+    parser.add_argument("--fake_score_lora_rank", type=int, default=64, help="LoRA rank of the fake score network.")
+    parser.add_argument("--train_full_fake_score", action="store_true", help="Train the full fake score network.")
+    parser.add_argument(
+        "--lora_target_modules",
+        type=str,
+        nargs="+",
+        default=None,
+        help="LoRA target module names (default: to_q to_k to_v to_out.0 of every attention block).",
+    )
+    parser.add_argument(
+        "--fake_score_learning_rate",
+        type=float,
+        default=None,
+        help="Learning rate of the fake score (default: --learning_rate).",
+    )
+    # data
+    parser.add_argument("--dataset_name", type=str, default=None, help="A Hub image dataset, e.g. user/photos.")
+    parser.add_argument("--dataset_config_name", type=str, default=None, help="The dataset's config, if any.")
+    parser.add_argument("--train_data_dir", type=str, default=None, help="A folder of images (datasets' imagefolder).")
+    parser.add_argument("--image_column", type=str, default=None, help="Image column (default: the first Image one).")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Where datasets and models are cached.")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N images.")
+    parser.add_argument("--resolution", type=int, default=512, help="Square crop size in pixels (multiple of 64).")
+    parser.add_argument("--center_crop", action="store_true", help="Center crops instead of random crops.")
+    parser.add_argument("--random_flip", action="store_true", help="Random horizontal flips.")
+    parser.add_argument(
+        "--resize_shorter_side",
+        type=int,
+        default=None,
+        help="Resize the shorter side to this before cropping (default: keep the content scale).",
+    )
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
+    # optimisation
+    parser.add_argument("--train_batch_size", type=int, default=1, help="Batch size per device.")
+    parser.add_argument(
+        "--num_train_epochs", type=int, default=1, help="Epochs (ignored when max_train_steps is set)."
+    )
+    parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimisation steps.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per update.")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
+    parser.add_argument("--learning_rate", type=float, default=1e-5, help="Learning rate of the student.")
+    parser.add_argument("--scale_lr", action="store_true", help="Scale learning rates by GPUs x batch x accumulation.")
+    parser.add_argument(
+        "--lr_scheduler",
+        type=str,
+        default="constant",
+        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", ...',
+    )
+    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up steps of the lr schedule.")
+    parser.add_argument("--adam_beta1", type=float, default=0.0, help="Adam beta1 (SiD uses 0).")
+    parser.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2.")
+    parser.add_argument("--adam_weight_decay", type=float, default=0.0, help="Weight decay.")
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam epsilon.")
+    parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    parser.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Overrides the accelerate config. Frozen weights are cast to it; trained ones stay fp32.",
+    )
+    parser.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of everything random (crops, noise, init).")
+    # outputs
+    parser.add_argument("--output_dir", type=str, default="rp-onestep", help="Where the pipeline and checkpoints go.")
+    parser.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder inside output_dir.")
+    parser.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all", "none".')
+    parser.add_argument("--tracker_project_name", type=str, default="rp-distill-cid", help="Tracker project name.")
+    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint-{step} every N steps.")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
+    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='"latest" or a checkpoint folder.')
+    parser.add_argument("--validation_data_dir", type=str, default=None, help="Folder of validation images.")
+    parser.add_argument("--validation_steps", type=int, default=500, help="Validate every N steps.")
+    parser.add_argument("--num_validation_images", type=int, default=4, help="Validation images used (first N).")
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the output folder to the Hub.")
+    parser.add_argument("--hub_model_id", type=str, default=None, help="Hub repository (default: output_dir's name).")
+    parser.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
+    args = parser.parse_args(input_args)
+
+    env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
+    if env_local_rank != -1:
+        args.local_rank = env_local_rank
+    if args.dataset_name is None and args.train_data_dir is None:
+        raise ValueError("pass --dataset_name or --train_data_dir")
+    if args.sid_t_min < 0 or args.sid_t_max < args.sid_t_min:
+        raise ValueError("need 0 <= --sid_t_min <= --sid_t_max")
+    return args
+
+
+def load_unet(path, args):
+    return UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=args.revision, variant=args.variant)
+
+
+def add_lora_or_train_full(unet, full: bool, rank: int, name: str, target_modules) -> None:
+    unet.requires_grad_(full)
+    if not full:
+        kwargs = {"target_modules": tuple(target_modules)} if target_modules else {}
+        unet.add_adapter(rp_lora_config(rank=rank, **kwargs), adapter_name=name)
+        unet.set_adapters([name])
+
+
+def teacher_x0(teacher, latents, timestep, embeds, uncond_embeds, guidance_scale, alphas_cumprod, prediction, noise):
+    cond = predict_x0_latents(teacher, latents, timestep, embeds, alphas_cumprod, prediction, noise)
+    if guidance_scale == 1.0 or uncond_embeds is None:
+        return cond
+    uncond = predict_x0_latents(teacher, latents, timestep, uncond_embeds, alphas_cumprod, prediction, noise)
+    return classifier_free_guidance(uncond, cond, guidance_scale)
+
+
+@torch.no_grad()
+def log_validation(pipe, args, accelerator, step):
+    """Run the student pipeline on the validation images; log PSNR to the input and save the outputs."""
+    files = list_images(args.validation_data_dir)[: args.num_validation_images]
+    originals = [load_image(f) for f in files]
+    outputs = pipe(originals, output_type="pt").images
+    outputs = outputs if isinstance(outputs, list) else list(outputs)
+    values = [float(psnr(pil_to_tensor(o), out[None].clamp(0, 1))[0]) for o, out in zip(originals, outputs)]
+    metrics = {"validation/psnr_to_input": sum(values) / len(values)}
+    accelerator.log(metrics, step=step)
+    images = {f.stem: tensor_to_pil(out)[0] for f, out in zip(files, outputs)}
+    log_images(accelerator, images, step, Path(args.output_dir) / "validation" / f"step-{step}", "validation")
+    logger.info(f"step {step}: {metrics}")
+    return metrics
+
+
+def main(args):
+    logging_dir = Path(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        save_args(vars(args), args.output_dir)
+
+    # 1. Models: frozen VAE + teacher, trainable student and fake score (LoRA by default)
+    source = args.pretrained_model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", revision=args.revision)
+    text_encoder = CLIPTextModel.from_pretrained(
+        source, subfolder="text_encoder", revision=args.revision, variant=args.variant
+    )
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", revision=args.revision, variant=args.variant)
+    teacher = load_unet(source, args)
+    teacher_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=args.revision)
+    student_source = args.student_model_name_or_path or source
+    student_unet = load_unet(student_source, args) if args.student_model_name_or_path else copy.deepcopy(teacher)
+    scheduler = DDPMScheduler.from_pretrained(student_source, subfolder="scheduler", revision=args.revision)
+    fake_unet = copy.deepcopy(teacher)
+    for frozen in (vae, teacher, text_encoder):
+        frozen.requires_grad_(False)
+    add_lora_or_train_full(
+        student_unet, args.train_full_student, args.student_lora_rank, STUDENT, args.lora_target_modules
+    )
+    add_lora_or_train_full(
+        fake_unet, args.train_full_fake_score, args.fake_score_lora_rank, FAKE_SCORE, args.lora_target_modules
+    )
+
+    # The student pipeline is what gets validated and saved; it encodes the prompt once, then drops the encoder.
+    pipe = RPPreprocessPipeline(
+        vae=vae,
+        unet=student_unet,
+        scheduler=scheduler,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        timestep=args.timestep,
+        prompt=args.prompt,
+        residual=args.residual,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    prompt_embeds = pipe.prompt_embeds
+    uncond_embeds = pipe.encode_prompt("") if args.guidance_scale != 1.0 and args.prompt else None
+    pipe.drop_text_encoder()
+    del text_encoder
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for model, full in (
+        (vae, False),
+        (teacher, False),
+        (student_unet, args.train_full_student),
+        (fake_unet, args.train_full_fake_score),
+    ):
+        move_model(model, accelerator.device, torch.float32 if full else weight_dtype)
+    cast_training_params([student_unet, fake_unet], dtype=torch.float32)  # trained weights stay fp32
+    if args.gradient_checkpointing:
+        for unet in (student_unet, teacher, fake_unet):  # the generator loss backpropagates through all three
+            unet.enable_gradient_checkpointing()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)
+    teacher_alphas = teacher_scheduler.alphas_cumprod.to(accelerator.device)
+    student_prediction = scheduler.config.prediction_type
+    teacher_prediction = teacher_scheduler.config.prediction_type
+    lpips_fn = None
+    if args.lambda_lpips > 0:
+        lpips_fn = perceptual_distance("lpips", args.lpips_net, args.lpips_weights_path).to(accelerator.device)
+
+    # 2. Checkpoints hold only the trained weights (safetensors); accelerate adds optimizer, scheduler, RNG states
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return  # sharded weights: accelerate saves them itself
+        for model in models:
+            model = accelerator.unwrap_model(model)
+            name = STUDENT if model is student_unet else FAKE_SCORE
+            save_trainable_weights(model, Path(output_dir) / f"{name}.safetensors")
+        weights.clear()
+
+    def load_model_hook(models, input_dir):
+        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            name = STUDENT if model is student_unet else FAKE_SCORE
+            load_trainable_weights(model, Path(input_dir) / f"{name}.safetensors")
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    # 3. Data: random crops at the images' own scale; unreadable images are skipped with a warning
+    dataset, image_column = load_image_dataset(
+        args.dataset_name,
+        args.train_data_dir,
+        args.image_column,
+        args.dataset_config_name,
+        args.cache_dir,
+        max_samples=args.max_train_samples,
+    )
+    train_dataset = RandomCropImageDataset(
+        dataset, image_column, args.resolution, args.seed, args.center_crop, args.random_flip, args.resize_shorter_side
+    )
+    train_dataloader = torch.utils.data.DataLoader(
+        train_dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        collate_fn=collate_images,
+        num_workers=args.dataloader_num_workers,
+    )
+
+    # 4. Optimisers and schedules (one per trained network, as SiD)
+    lr_g, lr_f = args.learning_rate, args.fake_score_learning_rate or args.learning_rate
+    if args.scale_lr:
+        scale = args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+        lr_g, lr_f = lr_g * scale, lr_f * scale
+    betas = (args.adam_beta1, args.adam_beta2)
+    optimizer_g = build_optimizer(
+        student_unet.parameters(), lr_g, betas, args.adam_weight_decay, args.adam_epsilon, args.use_8bit_adam
+    )
+    optimizer_f = build_optimizer(
+        fake_unet.parameters(), lr_f, betas, args.adam_weight_decay, args.adam_epsilon, args.use_8bit_adam
+    )
+    update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * update_steps_per_epoch
+    schedules = [
+        get_scheduler(
+            args.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+            num_training_steps=args.max_train_steps * accelerator.num_processes,
+        )
+        for optimizer in (optimizer_g, optimizer_f)
+    ]
+    student, fake_score, optimizer_g, optimizer_f, train_dataloader, lr_g, lr_f = accelerator.prepare(
+        student_unet, fake_unet, optimizer_g, optimizer_f, train_dataloader, *schedules
+    )
+    # one_step.py reads `.dtype`/`.config`, which DDP/FSDP wrappers hide: call the wrapper, read the module
+    student_model, fake_model = PreparedModel(student, student_unet), PreparedModel(fake_score, fake_unet)
+    update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    args.num_train_epochs = math.ceil(args.max_train_steps / update_steps_per_epoch)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(
+            args.tracker_project_name,
+            config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+        )
+
+    # 5. Resume (exact: trained weights, optimisers, schedules; draws are keyed by epoch and batch index)
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and checkpoint is None:
+        logger.info("no checkpoint to resume from; starting a new run")
+    if checkpoint is not None:
+        logger.info(f"resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+        first_epoch, skip_batches = resume_position(
+            global_step, update_steps_per_epoch, args.gradient_accumulation_steps
+        )
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(f"{len(train_dataset)} images, {args.max_train_steps} steps of {total_batch} images")
+    progress_bar = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    fake_trainable = [p for p in fake_unet.parameters() if p.requires_grad]
+
+    # 6. Training loop: fake-score update, then student update (SiD's alternation)
+    for epoch in range(first_epoch, args.num_train_epochs):
+        student.train()
+        fake_score.train()
+        train_dataset.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)
+        loader, offset = train_dataloader, 0
+        if epoch == first_epoch and skip_batches > 0:
+            loader, offset = accelerator.skip_first_batches(train_dataloader, skip_batches), skip_batches
+        for index, batch in enumerate(loader, start=offset):
+            generator = step_generator(args.seed, accelerator.process_index, epoch, index)
+            image = batch["pixel_values"].to(accelerator.device)
+            with accelerator.accumulate(student, fake_score), accelerator.autocast():
+                x_g, image_g = one_step_forward(
+                    vae,
+                    student_model,
+                    image,
+                    prompt_embeds,
+                    args.timestep,
+                    alphas_cumprod,
+                    student_prediction,
+                    args.residual,
+                )
+                t_fake, t_gen = torch.randint(args.sid_t_min, args.sid_t_max + 1, (2,), generator=generator).tolist()
+                noise_fake, noise_gen = torch.randn((2, *x_g.shape), generator=generator).to(x_g.device)
+
+                # 6a. fake score: ordinary denoising loss on the student's (detached) outputs
+                x0_fake = predict_x0_latents(
+                    fake_model, x_g.detach(), t_fake, prompt_embeds, teacher_alphas, teacher_prediction, noise_fake
+                )
+                loss_fake = denoising_loss(x0_fake, x_g, teacher_alphas[t_fake], teacher_prediction)
+                accelerator.backward(loss_fake)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(fake_score.parameters(), args.max_grad_norm)
+                optimizer_f.step()
+                lr_f.step()
+                optimizer_f.zero_grad(set_to_none=True)
+
+                # 6b. student: SiD generator loss through the teacher and the (now frozen) fake score
+                for p in fake_trainable:
+                    p.requires_grad_(False)
+                f_fake = predict_x0_latents(
+                    fake_unet, x_g, t_gen, prompt_embeds, teacher_alphas, teacher_prediction, noise_gen
+                )
+                f_real = teacher_x0(
+                    teacher,
+                    x_g,
+                    t_gen,
+                    prompt_embeds,
+                    uncond_embeds,
+                    args.guidance_scale,
+                    teacher_alphas,
+                    teacher_prediction,
+                    noise_gen,
+                )
+                for p in fake_trainable:
+                    p.requires_grad_(True)
+                loss_sid = sid_generator_loss(x_g, f_real, f_fake, args.sid_alpha)
+                loss_task = task_loss(image_g, image, lpips_fn, args.lambda_lpips)
+                loss_g = loss_sid + args.lambda_task * loss_task
+                accelerator.backward(loss_g)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+                optimizer_g.step()
+                lr_g.step()
+                optimizer_g.zero_grad(set_to_none=True)
+
+            if accelerator.sync_gradients:
+                progress_bar.update(1)
+                global_step += 1
+                logs = {
+                    "loss_sid": loss_sid.item(),
+                    "loss_task": loss_task.item(),
+                    "loss_fake": loss_fake.item(),
+                    "lr": lr_g.get_last_lr()[0],
+                }
+                accelerator.log(logs, step=global_step)
+                progress_bar.set_postfix(**logs)
+                if global_step % args.checkpointing_steps == 0 and (
+                    accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED
+                ):
+                    rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
+                    accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{global_step}"))
+                if (
+                    args.validation_data_dir
+                    and global_step % args.validation_steps == 0
+                    and accelerator.is_main_process
+                ):
+                    log_validation(pipe, args, accelerator, global_step)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+
+    # 7. Save the one-step pipeline: student LoRA fused into the UNet, then unloaded
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipe.unet.to(torch.float32)  # fuse in fp32, not in the frozen weights' training dtype
+        pipe.vae.to(torch.float32)
+        if not args.train_full_student:
+            pipe.fuse_lora(components=["unet"])
+            pipe.unload_lora_weights()
+        pipe.save_pretrained(args.output_dir)
+        if args.validation_data_dir:
+            log_validation(pipe, args, accelerator, global_step)
+        if args.push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = create_repo(
+                args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token
+            ).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=args.output_dir,
+                token=args.hub_token,
+                commit_message="One-step model (stage 1)",
+                ignore_patterns=["checkpoint-*", "logs/*"],
+            )
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(parse_args())
