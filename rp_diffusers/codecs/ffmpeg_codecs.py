@@ -98,6 +98,7 @@ class FFmpegCodec(Codec):
     raw_format: ClassVar[str] = ""
     pix_fmt: ClassVar[str] = ""
     end_of_bitstream_nal: ClassVar[bytes] = b""
+    failure_hint: ClassVar[str] = ""
     common_settings: ClassVar[dict[str, Any]] = {
         "matrix": "bt709",
         "range": "limited",
@@ -165,7 +166,9 @@ class FFmpegCodec(Codec):
             process = _run_tool(self.name, argv, pixels.tobytes(), float(self.settings["timeout"]))
             if process.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
                 stderr = process.stderr.decode(errors="replace")[-2000:]
-                raise CodecError(f"{self.name}: ffmpeg/{self.encoder} failed (exit {process.returncode}): {stderr}")
+                raise CodecError(
+                    f"{self.name}: ffmpeg/{self.encoder} failed (exit {process.returncode}){self.failure_hint}: {stderr}"
+                )
             data = out.read_bytes()
         return data + self.end_of_bitstream_nal if self.settings["end_of_bitstream"] else data
 
@@ -247,6 +250,9 @@ class VVCCodec(FFmpegCodec):
     4:2:0 input only (yuv420p10le). Settings: ``preset`` ("fast"; "medium" is ~4x slower for ~1-2 % fewer bits),
     ``qpa`` (False: no perceptual QP adaptation, so the QP is what the quality says), ``threads`` (4: vvenc's
     bitstream changes above 4 threads, so it is pinned for reproducibility), plus the common settings.
+
+    Limitation: ffmpeg's libvvenc wrapper allocates width*height bytes for the coded picture, so a picture that
+    needs more than 8 bpp (qualities near 63 on detailed images) fails with a ``CodecError`` saying so.
     """
 
     extension = ".266"
@@ -255,6 +261,10 @@ class VVCCodec(FFmpegCodec):
     sweep_qualities = (17, 21, 25, 29, 33, 37)  # qp 46 ... 26
     encoder, decoder, raw_format, pix_fmt = "libvvenc", "vvc", "vvc", "yuv420p10le"
     end_of_bitstream_nal = b"\x00\x00\x01\x00\xb1"  # nal_unit_type 22 (EOB_NUT), layer 0, temporal id 0
+    failure_hint = (
+        " (ffmpeg's libvvenc wrapper holds at most width*height bytes per picture, so qualities needing more than "
+        "8 bits per pixel, near qp 0 on detailed images, fail: lower the quality)"
+    )
     default_settings = {"preset": "fast", "qpa": False, "threads": 4, **FFmpegCodec.common_settings}
 
     def _encoder_args(self, quality: int) -> list[str]:
