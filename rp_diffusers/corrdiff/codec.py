@@ -1,0 +1,252 @@
+"""``CorrDiffCodec``: the learned codec with real bitstreams, registered as ``get_codec("corrdiff", model=...)``.
+
+Quality: an index into the model's quantisation gains (``config.gains``, default 5 of them: quality 0-4,
+higher = more bits); one variable-rate model serves every quality. ``distortion_weight`` (0-1) trades
+realism for distortion in the encoder's choice of corrections; ``seed`` seeds the diffusion noise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import constriction
+import torch
+from PIL import Image
+
+from ..codecs.base import Codec, CodecError
+from ..codecs.registry import register_codec
+from ..utils.image import load_image, pil_to_tensor, tensor_to_pil
+from ..utils.tiling import crop_to_size, pad_to_multiple
+from . import bitstream
+from .bitstream import BitstreamError, Header
+from .diffusion import corrected_sample
+from .entropy import SYMBOL_LIMIT, decode_choices, encode_choices
+from .loading import load_model, save_model
+from .models import CorrDiffConfig, CorrDiffModel
+
+
+@dataclass
+class CorrDiffEncoding:
+    """Everything one encode produces (images (1, 3, h, w) in [0, 1]; ``bits`` counts every byte of ``data``)."""
+
+    data: bytes
+    reconstruction: torch.Tensor
+    x_e2e: torch.Tensor
+    uncorrected: torch.Tensor | None
+    choices: torch.Tensor | None
+    bits: dict[str, int]
+
+
+def _stream_bytes(encoder) -> bytes:
+    return bitstream.words_to_bytes(encoder.get_compressed())
+
+
+@register_codec("corrdiff")
+class CorrDiffCodec(Codec):
+    """CorrDiff (seed 001, our reading): scale-hyperprior codec, end-to-end decoder and a diffusion decoder
+    corrected by encoder-chosen per-block weights sent as side information.
+
+    Args:
+        model: a folder or Hub repo id written by ``save_pretrained``, or a ``CorrDiffModel``.
+        distortion_weight: in [0, 1]; ``None`` uses the model's config (1 = choose corrections by MSE alone).
+        seed: seed of the diffusion noise (stored in the header).
+        num_inference_steps: DDIM steps; 0 sends no side information and decodes ``x_e2e``.
+        device: torch device of the networks (the entropy coding runs on the CPU).
+
+    Example:
+        >>> codec = CorrDiffCodec.from_pretrained("path/to/corrdiff")
+        >>> data = codec.compress(image, quality=2)
+        >>> codec.decompress(data).size == image.size, 8 * len(data) / (image.width * image.height)
+    """
+
+    extension = ".crdf"
+    quality_range = (0, len(CorrDiffConfig.gains) - 1)
+    default_quality = 2
+    sweep_qualities = (0, 1, 2, 3, 4)
+    default_settings = {
+        "model": None,
+        "distortion_weight": None,
+        "seed": 0,
+        "num_inference_steps": None,
+        "device": "cpu",
+    }
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        source = self.settings["model"]
+        if source is None:
+            raise ValueError("corrdiff needs a trained model: get_codec('corrdiff', model='folder or org/name')")
+        self.model = source if isinstance(source, CorrDiffModel) else load_model(source, self.settings["device"])
+        self.model.eval()
+        config = self.model.config
+        self.quality_range = (0, len(config.gains) - 1)
+        self.sweep_qualities = tuple(range(len(config.gains)))
+        self.default_quality = len(config.gains) // 2
+
+    def _check_settings(self) -> None:
+        weight = self.settings["distortion_weight"]
+        if weight is not None and not 0.0 <= float(weight) <= 1.0:
+            raise ValueError(f"distortion_weight must lie in [0, 1], got {weight}")
+        steps = self.settings["num_inference_steps"]
+        if steps is not None and not 0 <= int(steps) <= 255:
+            raise ValueError(f"num_inference_steps must be an integer in [0, 255], got {steps}")
+        if not 0 <= int(self.settings["seed"]) < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.settings['seed']}")
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, **settings: Any) -> CorrDiffCodec:
+        """Load from a folder or a Hub repo id (``huggingface_hub.snapshot_download``); see the class args."""
+        return cls(model=str(path_or_repo), **settings)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``config.json``, ``codec.safetensors`` and ``unet/`` to ``path``."""
+        save_model(self.model, path)
+
+    # --- settings ---------------------------------------------------------------------------------------------
+
+    def _steps(self) -> int:
+        steps = self.settings["num_inference_steps"]
+        steps = self.model.config.num_inference_steps if steps is None else int(steps)
+        return steps if self.model.unet is not None else 0
+
+    def _distortion_weight(self) -> float:
+        weight = self.settings["distortion_weight"]
+        return float(self.model.config.distortion_weight if weight is None else weight)
+
+    def encoder_settings(self, quality: int) -> dict[str, Any]:
+        config = self.model.config
+        source = self.settings["model"]
+        return {
+            "model": source if isinstance(source, str) else self.model.table_hash().hex(),
+            "gain": config.gains[quality],
+            "num_inference_steps": self._steps(),
+            "block_size": config.block_size,
+            "codebook": list(config.codebook),
+            "distortion_weight": self._distortion_weight(),
+            "seed": int(self.settings["seed"]),
+        }
+
+    @property
+    def description(self) -> str:
+        config = self.model.config
+        return (
+            f"CorrDiff (model {self.model.table_hash().hex()}, N={config.channels}, M={config.latent_channels}, "
+            f"{self._steps()} DDIM steps, {config.block_size}px blocks, codebook {list(config.codebook)}, "
+            f"distortion_weight {self._distortion_weight()})"
+        )
+
+    # --- coding -----------------------------------------------------------------------------------------------
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.g_a[0].weight.device
+
+    def _e2e(self, y_symbols: torch.Tensor, quality: int) -> torch.Tensor:
+        """Integer y symbols -> x_e2e in [0, 1] (the same code on both sides)."""
+        y_hat = y_symbols.to(self._device) / self.model.gain(quality)
+        return self.model.g_s(y_hat).clamp(0, 1)
+
+    def _indexes(self, z_symbols: torch.Tensor, quality: int) -> torch.Tensor:
+        return self.model.integer_h_s.cpu().indexes(z_symbols.cpu(), quality)
+
+    @torch.no_grad()
+    def encode_details(self, image, quality: int | None = None) -> CorrDiffEncoding:
+        """Compress ``image`` and return the bytes together with the intermediate images and bit counts."""
+        quality = self.check_quality(quality)
+        pil = load_image(image)
+        x, size = pad_to_multiple(pil_to_tensor(pil).to(self._device), CorrDiffConfig.pad_multiple)
+        model, config = self.model, self.model.config
+        y = model.g_a(x)
+        z_symbols = torch.round(model.h_a(torch.abs(y))).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT).cpu()
+        y_symbols = torch.round(y * model.gain(quality)).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT).cpu()
+        z_coder, y_coder, side_coder = (constriction.stream.queue.RangeEncoder() for _ in range(3))
+        model.entropy_bottleneck.compress(z_coder, z_symbols)
+        model.gaussian_conditional.compress(y_coder, y_symbols, self._indexes(z_symbols, quality))
+        x_e2e = self._e2e(y_symbols, quality)
+        steps, reconstruction, uncorrected, choices = self._steps(), x_e2e, None, None
+        if steps > 0:
+            result = corrected_sample(
+                model.unet, x_e2e, int(self.settings["seed"]), steps, config.block_size, config.codebook, size,
+                target=x, distortion_weight=self._distortion_weight(),
+            )  # fmt: skip
+            reconstruction, uncorrected, choices = result.image, result.uncorrected, result.choices
+            encode_choices(side_coder, choices.cpu().numpy(), len(config.codebook))
+        streams = tuple(_stream_bytes(coder) for coder in (z_coder, y_coder, side_coder))
+        header = Header(
+            magic=bitstream.MAGIC, version=bitstream.VERSION, flags=int(steps > 0), model_hash=model.table_hash(),
+            quality=quality, height=size[0], width=size[1], pad_h=x.shape[-2] - size[0], pad_w=x.shape[-1] - size[1],
+            y_h=y.shape[-2], y_w=y.shape[-1], z_h=z_symbols.shape[-2], z_w=z_symbols.shape[-1],
+            seed=int(self.settings["seed"]), num_steps=steps, block_size=config.block_size,
+            codebook_size=len(config.codebook), z_len=0, y_len=0, side_len=0,
+        )  # fmt: skip
+        data = bitstream.pack(header, streams)
+        bits = {"header": 8 * bitstream.HEADER_SIZE, "z": 8 * len(streams[0]), "y": 8 * len(streams[1])}
+        bits["side"] = 8 * len(streams[2])
+        crop = lambda t: None if t is None else crop_to_size(t, size)  # noqa: E731
+        return CorrDiffEncoding(data, crop(reconstruction), crop(x_e2e), crop(uncorrected), choices, bits)
+
+    def compress(self, image, quality: int | None = None) -> bytes:
+        """Compress an image (anything ``load_image`` reads) to the bytes of a ``.crdf`` file."""
+        return self.encode_details(image, quality).data
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, decoder: str = "corrected") -> Image.Image:
+        """Decode a ``.crdf`` file to an RGB PIL image of the original size.
+
+        Args:
+            data: the file's bytes.
+            decoder: ``"corrected"`` (the diffusion trajectory the encoder chose, when the file carries one) or
+                ``"e2e"`` (the end-to-end decoder alone, skipping the diffusion decoder).
+
+        Raises:
+            BitstreamError: not a CorrDiff file, truncated, corrupt, or written by another model.
+        """
+        if decoder not in ("corrected", "e2e"):
+            raise ValueError(f"decoder must be 'corrected' or 'e2e', got {decoder!r}")
+        header, (z_stream, y_stream, side_stream) = bitstream.unpack(data)
+        model, config = self.model, self.model.config
+        if header.model_hash != model.table_hash():
+            raise BitstreamError(
+                f"this file was written by CorrDiff model {header.model_hash.hex()}, but the loaded model is "
+                f"{model.table_hash().hex()}: load the model that wrote it"
+            )
+        if header.quality >= len(config.gains) or header.codebook_size != len(config.codebook):
+            raise BitstreamError(f"header does not fit the loaded model (quality {header.quality}, codebook)")
+        if (header.z_h * 4, header.z_w * 4) != (header.y_h, header.y_w):
+            raise BitstreamError(f"inconsistent CorrDiff header: z shape does not match y shape ({header})")
+        try:
+            z_symbols = model.entropy_bottleneck.decompress(
+                constriction.stream.queue.RangeDecoder(bitstream.bytes_to_words(z_stream)), (header.z_h, header.z_w)
+            )
+            indexes = self._indexes(z_symbols, header.quality)
+            y_decoder = constriction.stream.queue.RangeDecoder(bitstream.bytes_to_words(y_stream))
+            y_symbols = model.gaussian_conditional.decompress(y_decoder, indexes)
+        except (ValueError, RuntimeError) as error:
+            raise BitstreamError(f"corrupt CorrDiff stream: entropy decoding failed ({error})") from error
+        x_e2e = self._e2e(y_symbols, header.quality)
+        size, image = (header.height, header.width), x_e2e
+        if header.has_diffusion and decoder == "corrected":
+            if model.unet is None:
+                raise BitstreamError("this file needs the diffusion decoder, which the loaded model lacks")
+            grid = (header.num_steps, -(-header.height // header.block_size), -(-header.width // header.block_size))
+            side_decoder = constriction.stream.queue.RangeDecoder(bitstream.bytes_to_words(side_stream))
+            try:
+                choices = torch.from_numpy(decode_choices(side_decoder, grid, header.codebook_size))
+            except (ValueError, RuntimeError) as error:
+                raise BitstreamError(f"corrupt CorrDiff side information ({error})") from error
+            image = corrected_sample(
+                model.unet, x_e2e, header.seed, header.num_steps, header.block_size, config.codebook, size,
+                choices=choices,
+            ).image  # fmt: skip
+        return tensor_to_pil(crop_to_size(image, size))[0]
+
+    def _encode(self, image, quality: int) -> bytes:
+        return self.compress(image, quality)
+
+    def _decode(self, data: bytes) -> Image.Image:
+        try:
+            return self.decompress(data)
+        except BitstreamError as error:
+            raise CodecError(f"corrdiff: {error}") from error

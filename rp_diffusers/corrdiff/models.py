@@ -1,0 +1,167 @@
+"""CorrDiff's networks: analysis/synthesis transforms, scale hyperprior and the end-to-end (MSE) decoder.
+
+Layout (Balle et al. 2018 scale hyperprior, CompressAI's ``ScaleHyperprior`` shapes):
+``x -> g_a -> y`` (stride 16), ``|y| -> h_a -> z`` (stride 4 more), ``z_hat -> h_s -> scales of y``,
+``y_hat -> g_s -> x_e2e``. Variable rate: quality ``q`` picks a gain ``g = gains[q]``; the coded symbols are
+``round(g * y)`` with scales ``g * h_s(z_hat)``, and ``y_hat = symbols / g`` (one model, several rates).
+The conditional diffusion decoder (``diffusion.py``) is attached as ``model.unet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .entropy import EntropyBottleneck, GaussianConditional, scale_table
+from .integer_net import IntegerHyperSynthesis
+
+
+@dataclass
+class CorrDiffConfig:
+    """Settings of a CorrDiff model (saved as ``config.json``). Image sides are padded to multiples of 64."""
+
+    channels: int = field(default=64, metadata={"help": "width N of the transforms"})
+    latent_channels: int = field(default=96, metadata={"help": "channels M of y"})
+    hyper_channels: int = field(default=64, metadata={"help": "channels of z"})
+    gains: tuple[float, ...] = field(
+        default=(0.5, 0.7071, 1.0, 1.4142, 2.0), metadata={"help": "quantisation gain per quality (ascending)"}
+    )
+    scale_min: float = field(default=0.11, metadata={"help": "smallest scale of the Gaussian table"})
+    scale_max: float = field(default=64.0, metadata={"help": "largest scale of the Gaussian table"})
+    num_scales: int = field(default=64, metadata={"help": "entries of the Gaussian scale table"})
+    tail_sigmas: float = field(default=6.0, metadata={"help": "Gaussian rows cover +-tail_sigmas * scale"})
+    z_half_range: int = field(default=64, metadata={"help": "factorized rows cover median +- this"})
+    num_inference_steps: int = field(default=4, metadata={"help": "DDIM steps of the diffusion decoder"})
+    block_size: int = field(default=64, metadata={"help": "side of the blocks with their own correction weight"})
+    codebook: tuple[float, ...] = field(
+        default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "weights w of x0' = w x0_diff + (1 - w) x_e2e"}
+    )
+    distortion_weight: float = field(default=0.5, metadata={"help": "1: choose by MSE only; 0: MSE + realism"})
+    lmbda: float = field(default=0.013, metadata={"help": "rate-distortion lambda of training (for the record)"})
+
+    pad_multiple = 64
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CorrDiffConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown CorrDiff config keys {unknown}; this version knows {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Balle et al. 2016); ``inverse=True`` gives IGDN."""
+
+    def __init__(self, channels: int, inverse: bool = False, pedestal: float = 2**-36):
+        super().__init__()
+        self.inverse, self.pedestal = inverse, pedestal
+        self.beta = nn.Parameter(torch.sqrt(torch.ones(channels) + pedestal))
+        self.gamma = nn.Parameter(torch.sqrt(0.1 * torch.eye(channels) + pedestal))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.clamp_min(math.sqrt(1e-6 + self.pedestal)) ** 2 - self.pedestal
+        gamma = self.gamma.clamp_min(math.sqrt(self.pedestal)) ** 2 - self.pedestal
+        norm = nn.functional.conv2d(x * x, gamma[:, :, None, None], beta)
+        return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
+
+
+def _conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def _deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, kernel, stride, padding=kernel // 2, output_padding=stride - 1)
+
+
+class CorrDiffModel(nn.Module):
+    """All CorrDiff networks. ``unet`` (the diffusion decoder) is ``None`` until phase 2 attaches one.
+
+    Args:
+        config: a ``CorrDiffConfig``.
+
+    Example:
+        >>> model = CorrDiffModel(CorrDiffConfig(channels=16, latent_channels=16, hyper_channels=8))
+        >>> out = model(torch.rand(2, 3, 64, 64), torch.tensor([0, 4]))
+        >>> out["x_e2e"].shape, out["bpp"].shape
+        (torch.Size([2, 3, 64, 64]), torch.Size([2]))
+    """
+
+    def __init__(self, config: CorrDiffConfig):
+        super().__init__()
+        self.config = config
+        n, m, k = config.channels, config.latent_channels, config.hyper_channels
+        self.g_a = nn.Sequential(_conv(3, n), GDN(n), _conv(n, n), GDN(n), _conv(n, n), GDN(n), _conv(n, m))
+        self.g_s = nn.Sequential(
+            _deconv(m, n), GDN(n, True), _deconv(n, n), GDN(n, True), _deconv(n, n), GDN(n, True), _deconv(n, 3)
+        )
+        self.h_a = nn.Sequential(_conv(m, n, 3, 1), nn.ReLU(), _conv(n, n), nn.ReLU(), _conv(n, k))
+        self.h_s = nn.Sequential(_deconv(k, n), nn.ReLU(), _deconv(n, n), nn.ReLU(), _conv(n, m, 3, 1), nn.ReLU())
+        self.entropy_bottleneck = EntropyBottleneck(k, config.z_half_range)
+        scales = scale_table(config.scale_min, config.scale_max, config.num_scales)
+        self.gaussian_conditional = GaussianConditional(scales, config.tail_sigmas, config.scale_min)
+        self.integer_h_s = IntegerHyperSynthesis(self.h_s, config.num_scales, len(config.gains))
+        self.unet = None
+
+    def gain(self, quality: torch.Tensor | int) -> torch.Tensor:
+        """Quantisation gain(s) for integer quality (or a (B,) tensor of qualities) -> (B, 1, 1, 1) float."""
+        gains = torch.tensor(self.config.gains, dtype=torch.float32, device=self.g_a[0].weight.device)
+        return gains[torch.as_tensor(quality, device=gains.device).long()].reshape(-1, 1, 1, 1)
+
+    def forward(self, image: torch.Tensor, quality: torch.Tensor, noise: torch.Tensor | None = None) -> dict:
+        """Training pass of phase 1: rate from noisy latents, reconstruction from rounded ones (straight-through).
+
+        Args:
+            image: (B, 3, H, W) in [0, 1], H and W multiples of 64.
+            quality: (B,) integer qualities (indexes into ``config.gains``).
+            noise: optional uniform noise in [-0.5, 0.5) for y and z, as a tuple; drawn here when ``None``.
+
+        Returns:
+            dict with ``x_e2e`` (B, 3, H, W), ``bpp`` (B,) and ``y_hat`` (B, M, H/16, W/16).
+        """
+        gain = self.gain(quality)
+        y = self.g_a(image).float()
+        z = self.h_a(torch.abs(y)).float()
+        noise_y, noise_z = noise if noise is not None else (torch.rand_like(y) - 0.5, torch.rand_like(z) - 0.5)
+        z_hat = z + (torch.round(z) - z).detach()
+        scales = self.h_s(z_hat).float() * gain
+        with torch.autocast(image.device.type, enabled=False):  # probabilities in float32 under mixed precision
+            z_likelihood = self.entropy_bottleneck.likelihood(z + noise_z)
+            y_likelihood = self.gaussian_conditional.likelihood(y * gain + noise_y, scales)
+        y_hat = (y * gain + (torch.round(y * gain) - y * gain).detach()) / gain
+        pixels = image.shape[-2] * image.shape[-1]
+        bits = -(torch.log2(y_likelihood).flatten(1).sum(1) + torch.log2(z_likelihood).flatten(1).sum(1))
+        return {"x_e2e": self.g_s(y_hat), "bpp": bits / pixels, "y_hat": y_hat}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Build every integer table the coder uses (call after training, before ``save_pretrained``)."""
+        self.entropy_bottleneck.update()
+        self.gaussian_conditional.update()
+        self.integer_h_s.update(self.h_s, self.gaussian_conditional.scale_values, list(self.config.gains))
+
+    def table_hash(self) -> bytes:
+        """8-byte SHA-256 digest of everything entropy decoding depends on (integer tables, gains, shapes)."""
+        keys = ("channels", "latent_channels", "hyper_channels", "gains", "num_scales", "z_half_range")
+        digest = hashlib.sha256(repr({key: self.config.to_dict()[key] for key in keys}).encode())
+        modules = (self.entropy_bottleneck, self.gaussian_conditional, self.integer_h_s)
+        for module in modules:
+            for name, buffer in sorted(module.state_dict().items()):
+                if not buffer.is_floating_point():
+                    digest.update(name.encode())
+                    array = buffer.detach().cpu().numpy()
+                    digest.update(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+        return digest.digest()[:8]
+
+    def has_tables(self) -> bool:
+        """Whether ``update()`` has run (the Gaussian rows are filled)."""
+        return bool(self.gaussian_conditional.freqs.any())

@@ -1,0 +1,336 @@
+#!/usr/bin/env python
+"""Train CorrDiff (seed 001) in two phases: the codec + end-to-end decoder, then the diffusion decoder.
+
+Phase ``codec``: analysis/synthesis transforms, scale hyperprior and the end-to-end decoder with the rate-distortion
+loss ``bpp + lambda_q * 255**2 * MSE(x_e2e, x)``, the quality q drawn per sample and ``lambda_q = lmbda * gain_q**2``
+(one variable-rate model; the gain sets the quantisation step). At the end the integer coding tables are built
+(``model.update()``) and the model is saved (``CorrDiffCodec.from_pretrained`` reads it).
+Phase ``diffusion``: the codec is frozen; the conditional UNet learns the x0 estimate of noisy images given x_e2e
+(decoded with real rounding at a random quality). The output folder holds the whole model.
+
+    accelerate launch training/train_corrdiff.py --phase codec --train_data_dir photos/ --resolution 256 \
+      --train_batch_size 8 --learning_rate 1e-4 --lmbda 0.013 --max_train_steps 200000 --output_dir corrdiff-codec
+    accelerate launch training/train_corrdiff.py --phase diffusion --pretrained_model_name_or_path corrdiff-codec \
+      --train_data_dir photos/ --resolution 256 --train_batch_size 8 --max_train_steps 200000 --output_dir corrdiff
+
+Checkpoints (``checkpoint-{step}/``) hold the trained weights and the optimiser state as safetensors plus a JSON
+state (no pickle); ``--resume_from_checkpoint latest`` continues exactly where the run stopped: crops depend on
+(seed, epoch, image index), the epoch order on (seed, epoch), and the noise/qualities of batch k on (seed, rank, k).
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors.torch import load_file, save_file
+
+from rp_diffusers.corrdiff import CorrDiffConfig, CorrDiffModel, load_model, save_model
+from rp_diffusers.corrdiff.diffusion import build_scheduler, build_unet, diffusion_loss
+from rp_diffusers.training_utils import (
+    IMAGE_EXTENSIONS,
+    RandomCropImageDataset,
+    build_optimizer,
+    checkpoint_step,
+    collate_images,
+    load_image_dataset,
+    resolve_resume_checkpoint,
+    rotate_checkpoints,
+    save_args,
+    step_generator,
+)
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Train CorrDiff: phase 'codec', then phase 'diffusion'.")
+    parser.add_argument("--phase", choices=["codec", "diffusion"], required=True, help="Which networks to train.")
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        default=None,
+        help="Phase diffusion: the phase-1 output (folder or Hub id). Phase codec: optional init.",
+    )
+    # model (phase codec)
+    parser.add_argument("--channels", type=int, default=128, help="Width N of the transforms.")
+    parser.add_argument("--latent_channels", type=int, default=192, help="Channels M of y.")
+    parser.add_argument("--hyper_channels", type=int, default=128, help="Channels of z.")
+    parser.add_argument(
+        "--gains",
+        type=str,
+        default="0.5,0.7071,1.0,1.4142,2.0",
+        help="Comma-separated quantisation gains, one per quality (ascending).",
+    )
+    parser.add_argument("--lmbda", type=float, default=0.013, help="Rate-distortion lambda at gain 1.")
+    # model (phase diffusion)
+    parser.add_argument("--unet_block_out_channels", type=str, default="64,128,128", help="UNet widths per level.")
+    parser.add_argument("--unet_layers_per_block", type=int, default=1, help="ResNet blocks per UNet level.")
+    parser.add_argument("--num_inference_steps", type=int, default=4, help="DDIM steps stored in the config.")
+    parser.add_argument("--block_size", type=int, default=64, help="Correction block side stored in the config.")
+    parser.add_argument("--distortion_weight", type=float, default=0.5, help="Default distortion weight (config).")
+    # data
+    parser.add_argument("--dataset_name", type=str, default=None, help="A Hub image dataset, e.g. user/photos.")
+    parser.add_argument("--dataset_config_name", type=str, default=None, help="The dataset's config, if any.")
+    parser.add_argument("--train_data_dir", type=str, default=None, help="A folder of images (datasets' imagefolder).")
+    parser.add_argument("--image_column", type=str, default=None, help="Image column (default: the first Image one).")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Where datasets are cached.")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N images.")
+    parser.add_argument("--resolution", type=int, default=256, help="Square crop size in pixels (multiple of 64).")
+    parser.add_argument("--random_flip", action="store_true", help="Random horizontal flips.")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
+    # optimisation
+    parser.add_argument("--train_batch_size", type=int, default=8, help="Batch size per device.")
+    parser.add_argument("--max_train_steps", type=int, default=1000, help="Total optimisation steps.")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate.")
+    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Linear warm-up steps.")
+    parser.add_argument(
+        "--lr_decay_start",
+        type=float,
+        default=0.9,
+        help="Fraction of max_train_steps after which the learning rate is divided by 10.",
+    )
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    parser.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Autocast precision (entropy models stay float32).",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of everything random (init, crops, noise).")
+    # outputs
+    parser.add_argument("--output_dir", type=str, required=True, help="Where the model and checkpoints go.")
+    parser.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder inside output_dir.")
+    parser.add_argument("--report_to", type=str, default="none", help='"tensorboard", "wandb", "all" or "none".')
+    parser.add_argument("--logging_steps", type=int, default=20, help="Print the running losses every N steps.")
+    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint-{step} every N steps.")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
+    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='"latest" or a checkpoint folder.')
+    args = parser.parse_args(input_args)
+    if args.resolution % CorrDiffConfig.pad_multiple:
+        parser.error(f"--resolution must be a multiple of {CorrDiffConfig.pad_multiple}")
+    if args.phase == "diffusion" and args.pretrained_model_name_or_path is None:
+        parser.error("--phase diffusion needs --pretrained_model_name_or_path (the phase-1 output)")
+    if args.dataset_name is None and args.train_data_dir is None:
+        parser.error("pass --train_data_dir (a folder of images) or --dataset_name")
+    return args
+
+
+def image_entries(args) -> tuple[list | object, str | None]:
+    """A folder's images, listed here (datasets' imagefolder would read a file named ``train_*`` as a split
+    marker and drop the others), or a Hub dataset through ``load_image_dataset``."""
+    if args.train_data_dir is None:
+        return load_image_dataset(args.dataset_name, None, args.image_column, args.dataset_config_name,
+                                  args.cache_dir, max_samples=args.max_train_samples)  # fmt: skip
+    files = sorted(p for p in Path(args.train_data_dir).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {args.train_data_dir}")
+    return [{"path": str(p)} for p in files[: args.max_train_samples]], None
+
+
+def build_model(args) -> tuple[CorrDiffModel, list[torch.nn.Parameter]]:
+    """The model of this phase and the parameters it trains."""
+    if args.phase == "codec":
+        if args.pretrained_model_name_or_path:
+            model = load_model(args.pretrained_model_name_or_path)
+            model.config.lmbda = args.lmbda
+        else:
+            config = CorrDiffConfig(
+                channels=args.channels, latent_channels=args.latent_channels, hyper_channels=args.hyper_channels,
+                gains=tuple(float(g) for g in args.gains.split(",")), lmbda=args.lmbda,
+                num_inference_steps=args.num_inference_steps, block_size=args.block_size,
+                distortion_weight=args.distortion_weight,
+            )  # fmt: skip
+            model = CorrDiffModel(config)
+        model.unet = None
+        return model, [p for p in model.parameters()]
+    model = load_model(args.pretrained_model_name_or_path)
+    model.requires_grad_(False)
+    model.config.num_inference_steps, model.config.block_size = args.num_inference_steps, args.block_size
+    model.config.distortion_weight = args.distortion_weight
+    if model.unet is None:
+        widths = tuple(int(c) for c in args.unet_block_out_channels.split(","))
+        model.unet = build_unet(widths, args.unet_layers_per_block)
+    model.unet.requires_grad_(True)
+    return model, list(model.unet.parameters())
+
+
+# --------------------------------------------------------------------------- checkpoints (safetensors + JSON)
+
+
+def save_checkpoint(folder: Path, module: torch.nn.Module, optimizer, step: int, accelerator) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors")
+    )
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+    meta = {"step": step, "param_groups": state["param_groups"], "scalars": scalars, "scaler": scaler}
+    (folder / "trainer_state.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_checkpoint(folder: Path, module: torch.nn.Module, optimizer, accelerator) -> int:
+    module.load_state_dict(load_file(str(folder / "model.safetensors")))
+    meta = json.loads((folder / "trainer_state.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state: dict = {}
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if meta.get("scaler") and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(meta["scaler"])
+    return int(meta["step"])
+
+
+def learning_rate(args, step: int) -> float:
+    warmup = min(1.0, (step + 1) / args.lr_warmup_steps) if args.lr_warmup_steps else 1.0
+    decay = 0.1 if step >= args.lr_decay_start * args.max_train_steps else 1.0
+    return args.learning_rate * warmup * decay
+
+
+# --------------------------------------------------------------------------- losses of the two phases
+
+
+def codec_loss(model, pixels: torch.Tensor, generator: torch.Generator, lmbda: float) -> tuple[torch.Tensor, dict]:
+    """Rate-distortion loss of a batch with one random quality per sample."""
+    b, _, h, w = pixels.shape
+    cfg = model.config
+    quality = torch.randint(0, len(cfg.gains), (b,), generator=generator)
+    noise_y = torch.rand((b, cfg.latent_channels, h // 16, w // 16), generator=generator) - 0.5
+    noise_z = torch.rand((b, cfg.hyper_channels, h // 64, w // 64), generator=generator) - 0.5
+    out = model(pixels, quality.to(pixels.device), (noise_y.to(pixels.device), noise_z.to(pixels.device)))
+    mse = F.mse_loss(out["x_e2e"].float(), pixels, reduction="none").flatten(1).mean(1)
+    gains = torch.tensor(cfg.gains, device=pixels.device)[quality.to(pixels.device)]
+    loss = (out["bpp"] + lmbda * gains**2 * 255**2 * mse).mean()
+    return loss, {"bpp": float(out["bpp"].detach().mean()), "psnr": float((-10 * torch.log10(mse.detach())).mean())}
+
+
+@torch.no_grad()
+def hard_e2e(model: CorrDiffModel, pixels: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """x_e2e as the decoder sees it (real rounding of g * y), in [0, 1]."""
+    gain = model.gain(quality)
+    return model.g_s(torch.round(model.g_a(pixels) * gain) / gain).clamp(0, 1)
+
+
+def main(args):
+    logging_dir = Path(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    set_seed(args.seed)  # the initial weights
+    if accelerator.is_main_process:
+        save_args(vars(args), args.output_dir)
+
+    # 1. Model and the parameters of this phase
+    model, params = build_model(args)
+    trained = model if args.phase == "codec" else model.unet
+    model.to(accelerator.device)
+    optimizer = build_optimizer(params, args.learning_rate)
+    trained_prepared, optimizer = accelerator.prepare(trained, optimizer)
+    if args.phase == "codec":
+        model_call = trained_prepared
+    else:
+        model.unet = trained_prepared
+    scheduler = build_scheduler()
+
+    # 2. Data: crops depend on (seed, epoch, index); the order of epoch e on (seed, e)
+    dataset, image_column = image_entries(args)
+    train_dataset = RandomCropImageDataset(
+        dataset, image_column, args.resolution, args.seed, random_flip=args.random_flip
+    )
+    per_epoch = len(train_dataset) // (args.train_batch_size * accelerator.num_processes)
+    if per_epoch == 0:
+        raise ValueError(f"{len(train_dataset)} images are fewer than one batch; lower --train_batch_size")
+
+    # 3. Resume
+    global_step = 0
+    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        global_step = load_checkpoint(checkpoint, accelerator.unwrap_model(trained_prepared), optimizer, accelerator)
+        assert global_step == checkpoint_step(checkpoint), f"{checkpoint} holds step {global_step}"
+        logger.info(f"resumed from {checkpoint} at step {global_step}")
+    elif args.resume_from_checkpoint:
+        logger.info("no checkpoint to resume from; starting a new run")
+
+    # 4. Loop
+    if accelerator.is_main_process and accelerator.trackers == [] and args.report_to != "none":
+        accelerator.init_trackers(f"corrdiff-{args.phase}", config={k: str(v) for k, v in vars(args).items()})
+    trained_prepared.train()
+    running: dict[str, float] = {}
+    while global_step < args.max_train_steps:
+        epoch, skip = divmod(global_step, per_epoch)
+        train_dataset.set_epoch(epoch)
+        order = torch.randperm(len(train_dataset), generator=step_generator(args.seed, epoch)).tolist()
+        order = order[accelerator.process_index :: accelerator.num_processes][skip * args.train_batch_size :]
+        loader = torch.utils.data.DataLoader(train_dataset, batch_size=args.train_batch_size, sampler=order,
+                                             collate_fn=collate_images, drop_last=True,
+                                             num_workers=args.dataloader_num_workers)  # fmt: skip
+        for batch in loader:
+            pixels = batch["pixel_values"].to(accelerator.device)
+            generator = step_generator(args.seed, accelerator.process_index, global_step)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args, global_step)
+            with accelerator.autocast():
+                if args.phase == "codec":
+                    loss, logs = codec_loss(model_call, pixels, generator, args.lmbda)
+                else:
+                    quality = torch.randint(0, len(model.config.gains), (pixels.shape[0],), generator=generator)
+                    x_e2e = hard_e2e(model, pixels, quality.to(pixels.device))
+                    loss = diffusion_loss(model.unet, scheduler, pixels, x_e2e, generator)
+                    logs = {"psnr_e2e": float(-10 * torch.log10(F.mse_loss(x_e2e, pixels)))}
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            for key, value in {"loss": float(loss), **logs}.items():
+                running[key] = running.get(key, 0.0) + value
+            if global_step % args.logging_steps == 0:
+                means = {k: v / args.logging_steps for k, v in running.items()}
+                logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+                accelerator.log(means, step=global_step)
+                running = {}
+            if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
+                rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
+                folder = Path(args.output_dir, f"checkpoint-{global_step}")
+                save_checkpoint(
+                    folder, accelerator.unwrap_model(trained_prepared), optimizer, global_step, accelerator
+                )
+                logger.info(f"saved {folder}")
+            if global_step >= args.max_train_steps:
+                break
+
+    # 5. Integer tables and the final model
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if args.phase == "diffusion":
+            model.unet = accelerator.unwrap_model(trained_prepared)
+        model = model.float().cpu()
+        if args.phase == "codec":
+            model.update()  # phase 2 keeps the tables it loaded: the codec is frozen
+        save_model(model, args.output_dir)
+        logger.info(f"saved the CorrDiff model to {args.output_dir} (table hash {model.table_hash().hex()})")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(parse_args())
