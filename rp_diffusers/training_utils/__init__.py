@@ -1,0 +1,63 @@
+"""Library side of the training scripts in ``training/``: data, checkpoints, loop pieces, validation and cards.
+
+The scripts keep only their loop and CLI; everything they share lives here and is tested here. Nothing in this
+package reads an argparse ``Namespace``: the scripts pass plain values.
+"""
+
+from .checkpoints import (
+    checkpoint_folders,
+    checkpoint_step,
+    load_trainable_weights,
+    resolve_resume_checkpoint,
+    resume_position,
+    rotate_checkpoints,
+    save_args,
+    save_trainable_weights,
+    trainable_state_dict,
+)
+from .data import (
+    IMAGE_EXTENSIONS,
+    RandomCropImageDataset,
+    collate_images,
+    list_images,
+    load_image_dataset,
+    random_crop,
+    step_generator,
+)
+from .loop import PreparedModel, build_optimizer, log_images, move_model, one_step_forward
+from .validation import (
+    VALIDATION_METRICS,
+    codec_validation,
+    load_validation_metric_models,
+    render_training_card,
+    validation_table,
+)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PreparedModel",
+    "RandomCropImageDataset",
+    "VALIDATION_METRICS",
+    "build_optimizer",
+    "checkpoint_folders",
+    "checkpoint_step",
+    "codec_validation",
+    "collate_images",
+    "list_images",
+    "load_image_dataset",
+    "load_trainable_weights",
+    "load_validation_metric_models",
+    "log_images",
+    "move_model",
+    "one_step_forward",
+    "random_crop",
+    "render_training_card",
+    "resolve_resume_checkpoint",
+    "resume_position",
+    "rotate_checkpoints",
+    "save_args",
+    "save_trainable_weights",
+    "step_generator",
+    "trainable_state_dict",
+    "validation_table",
+]

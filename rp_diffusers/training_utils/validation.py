@@ -1,0 +1,126 @@
+"""Validation of the training scripts: the real codec on "codec alone" vs "rp + codec", tables and the model card."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+
+VALIDATION_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
+MS_SSIM_MIN_SIDE = 161  # five scales of an 11-tap window
+
+
+def load_validation_metric_models(device="cpu") -> dict[str, torch.nn.Module]:
+    """LPIPS (Alex) and DISTS with their pretrained weights, leaving out (with a warning) those not available."""
+    from ..metrics import DISTS, LPIPS, MetricWeightsUnavailable
+
+    models = {}
+    for name, build in (("lpips", lambda: LPIPS("alex")), ("dists", DISTS)):
+        try:
+            models[name] = build().to(device)
+        except MetricWeightsUnavailable as error:
+            logger.warning("validation without %s: %s", name, error)
+    return models
+
+
+@torch.no_grad()
+def codec_validation(
+    originals: list[Image.Image],
+    preprocessed: list[Image.Image],
+    codec,
+    qualities: list[int],
+    metric_models: dict[str, torch.nn.Module] | None = None,
+) -> list[dict]:
+    """Encode with the REAL codec "codec alone" (originals) and "rp + codec" (pre-processed); measure the decodes.
+
+    Args:
+        originals: the validation images (RGB PIL), the reference of every metric.
+        preprocessed: the model's outputs, one per original, same sizes.
+        codec: a ``rp_diffusers.codecs.Codec`` (``get_codec(name)``).
+        qualities: integer codec qualities.
+        metric_models: ready LPIPS / DISTS networks by name (see :func:`load_validation_metric_models`); metrics
+            without a network are left out. MS-SSIM is averaged over the images of 161 pixels or more per side.
+
+    Returns:
+        One row per (quality, setting): ``{"quality", "setting", "bpp", "psnr", "ms_ssim", "lpips", "dists"}``
+        (means over images; bpp from the real bitstream over the original's pixels).
+    """
+    from ..metrics import compute_metrics
+    from ..utils.image import pil_to_tensor
+
+    if len(originals) != len(preprocessed):
+        raise ValueError(f"{len(originals)} originals but {len(preprocessed)} pre-processed images")
+    metric_models = metric_models or {}
+    rows = []
+    for quality in qualities:
+        for setting, inputs in (("codec alone", originals), ("rp + codec", preprocessed)):
+            sums: dict[str, list[float]] = {}
+            for original, image in zip(originals, inputs):
+                result = codec.run(image, int(quality))
+                names = ["psnr", *metric_models]
+                if min(original.size) >= MS_SSIM_MIN_SIDE:
+                    names.insert(1, "ms_ssim")
+                values = compute_metrics(
+                    pil_to_tensor(original), pil_to_tensor(result.reconstruction), names, models=metric_models
+                )
+                sums.setdefault("bpp", []).append(float(result.bpp))
+                for name, value in values.items():
+                    sums.setdefault(name, []).append(float(value[0]))
+            means = {name: sum(v) / len(v) for name, v in sums.items()}
+            rows.append(
+                {
+                    "quality": int(quality),
+                    "setting": setting,
+                    **{k: means[k] for k in ("bpp", *VALIDATION_METRICS) if k in means},
+                }
+            )
+    return rows
+
+
+def validation_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows of numbers -> a markdown table (floats with 4 significant digits); columns default to the first row's."""
+    if not rows:
+        return ""
+    columns = columns or list(rows[0])
+
+    def cell(value):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(cell(row.get(column, "")) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_training_card(
+    repo_id: str,
+    *,
+    adapters: list[dict],
+    validation_rows: list[dict],
+    base_model: str | None = None,
+    training: str = "",
+    template: str | os.PathLike | None = None,
+):
+    """Render ``model_card.md`` for a training run's output with its validation table -> ``ModelCard``.
+
+    Example:
+        >>> card = render_training_card("me/rp", adapters=[{"name": "rp_jpeg_lambda_1", "codec": "jpeg",
+        ...     "lam": 1.0, "rank": 4}], validation_rows=[{"quality": 30, "bpp codec": 0.5}])  # doctest: +SKIP
+    """
+    from ..utils.hub import render_model_card
+
+    return render_model_card(
+        repo_id,
+        adapters=adapters,
+        validation_table=validation_table(validation_rows),
+        base_model=base_model,
+        summary="Rate-perception LoRA adapters trained with `training/finetune_rp.py`.",
+        training=training,
+        limits="Validation numbers come from the training run's validation images, not from a test set.",
+        results_intro="See the validation table below; run `rp-diffusers evaluate` for full R-D curves.",
+        template=template,
+    )

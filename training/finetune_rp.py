@@ -1,0 +1,464 @@
+#!/usr/bin/env python
+"""Stage 2 of seed 000: a rate-perception LoRA on the one-step model, trained through a differentiable codec.
+
+For each batch a codec quality q is drawn from --quality_range; x' = G_lora(x); (x_hat, bits) = S(x', q) with the
+codec's surrogate; loss = lambda_rate x bpp + lambda_perceptual x P(x, x_hat) + lambda_mse x MSE(x, x_hat)
+(DESIGN.md section 4). Validation runs the REAL codec ("codec alone" vs "rp + codec"). The adapter is saved as
+`pytorch_lora_weights.safetensors` at the top of --output_dir, loadable with `pipe.load_lora_weights(output_dir)`.
+
+    accelerate launch training/finetune_rp.py --pretrained_model_name_or_path stabilityai/sd-turbo \
+      --train_data_dir photos/ --codec jpeg --quality_range 10 60 --lambda_rate 0.5 --perceptual_loss dists \
+      --resolution 512 --train_batch_size 4 --gradient_checkpointing --mixed_precision bf16 \
+      --max_train_steps 5000 --validation_data_dir val/ --output_dir rp-jpeg-0.5
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from tqdm.auto import tqdm
+
+from rp_diffusers.adapters import format_adapter_name, normalize_adapter_name, rp_lora_config, save_rp_adapter
+from rp_diffusers.codecs import get_codec
+from rp_diffusers.losses import PERCEPTUAL_LOSSES, RatePerceptionLoss, perceptual_distance
+from rp_diffusers.models.one_step import one_step_map
+from rp_diffusers.pipelines import RPPreprocessPipeline
+from rp_diffusers.surrogates import get_surrogate
+from rp_diffusers.training_utils import (
+    PreparedModel,
+    RandomCropImageDataset,
+    build_optimizer,
+    checkpoint_step,
+    codec_validation,
+    collate_images,
+    list_images,
+    load_image_dataset,
+    load_trainable_weights,
+    load_validation_metric_models,
+    log_images,
+    move_model,
+    render_training_card,
+    resolve_resume_checkpoint,
+    resume_position,
+    rotate_checkpoints,
+    save_args,
+    save_trainable_weights,
+    step_generator,
+)
+from rp_diffusers.utils.image import load_image
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Stage 2: train a rate-perception LoRA through a codec surrogate.")
+    # model and adapter
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        required=True,
+        help="The one-step model: a folder RPPreprocessPipeline loads (stage 1's output) or stabilityai/sd-turbo.",
+    )
+    parser.add_argument("--revision", type=str, default=None, help="Revision of the pretrained model on the Hub.")
+    parser.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
+    parser.add_argument("--timestep", type=int, default=None, help="Override the model's fixed t* (default: its own).")
+    parser.add_argument("--prompt", type=str, default=None, help="Override the fixed prompt (needs a text encoder).")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank (the paper's range: 4-16).")
+    parser.add_argument("--lora_alpha", type=float, default=None, help="LoRA alpha (default: the rank, scale 1).")
+    parser.add_argument(
+        "--lora_target_modules",
+        type=str,
+        nargs="+",
+        default=None,
+        help="LoRA target module names (default: to_q to_k to_v to_out.0 of every attention block).",
+    )
+    parser.add_argument(
+        "--adapter_name", type=str, default=None, help="Adapter name (default: rp_{codec}_lambda_{lambda_rate})."
+    )
+    # rate-perception loss
+    parser.add_argument("--codec", type=str, default="jpeg", help="Real codec used for validation (and its name).")
+    parser.add_argument("--surrogate", type=str, default=None, help="Differentiable surrogate (default: --codec).")
+    parser.add_argument(
+        "--quality_range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="Codec qualities drawn per batch, inclusive (default: the codec's sweep range).",
+    )
+    parser.add_argument("--lambda_rate", type=float, default=0.5, help="Weight of the bits per pixel.")
+    parser.add_argument("--lambda_perceptual", type=float, default=1.0, help="Weight of the perceptual loss.")
+    parser.add_argument("--lambda_mse", type=float, default=0.0, help="Weight of the MSE between x and x_hat.")
+    parser.add_argument(
+        "--perceptual_loss", type=str, default="dists", choices=PERCEPTUAL_LOSSES, help="The perceptual distance P."
+    )
+    parser.add_argument("--lpips_net", type=str, default="alex", choices=["alex", "vgg"], help="LPIPS backbone.")
+    parser.add_argument(
+        "--perceptual_weights_path",
+        type=str,
+        default=None,
+        help="Converted DISTS/LPIPS weights (file or folder); default: rp_diffusers.metrics' lookup.",
+    )
+    # data
+    parser.add_argument("--dataset_name", type=str, default=None, help="A Hub image dataset, e.g. user/photos.")
+    parser.add_argument("--dataset_config_name", type=str, default=None, help="The dataset's config, if any.")
+    parser.add_argument("--train_data_dir", type=str, default=None, help="A folder of images (datasets' imagefolder).")
+    parser.add_argument("--image_column", type=str, default=None, help="Image column (default: the first Image one).")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Where datasets and models are cached.")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N images.")
+    parser.add_argument("--resolution", type=int, default=512, help="Square crop size in pixels (multiple of 64).")
+    parser.add_argument("--center_crop", action="store_true", help="Center crops instead of random crops.")
+    parser.add_argument("--random_flip", action="store_true", help="Random horizontal flips.")
+    parser.add_argument(
+        "--resize_shorter_side",
+        type=int,
+        default=None,
+        help="Resize the shorter side to this before cropping (default: keep the content scale).",
+    )
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
+    # optimisation
+    parser.add_argument("--train_batch_size", type=int, default=4, help="Batch size per device.")
+    parser.add_argument(
+        "--num_train_epochs", type=int, default=1, help="Epochs (ignored when max_train_steps is set)."
+    )
+    parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimisation steps.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per update.")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Learning rate.")
+    parser.add_argument("--scale_lr", action="store_true", help="Scale the lr by GPUs x batch x accumulation.")
+    parser.add_argument(
+        "--lr_scheduler",
+        type=str,
+        default="constant",
+        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup".',
+    )
+    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up steps of the lr schedule.")
+    parser.add_argument("--adam_beta1", type=float, default=0.9, help="Adam beta1.")
+    parser.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2.")
+    parser.add_argument("--adam_weight_decay", type=float, default=1e-2, help="Weight decay.")
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam epsilon.")
+    parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    parser.add_argument(
+        "--mixed_precision",
+        type=str,
+        default=None,
+        choices=["no", "fp16", "bf16"],
+        help="Overrides the accelerate config. Frozen weights are cast to it; LoRA weights stay fp32.",
+    )
+    parser.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of everything random (crops, qualities, init).")
+    # outputs
+    parser.add_argument("--output_dir", type=str, default="rp-lora", help="Where the adapter and checkpoints go.")
+    parser.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder inside output_dir.")
+    parser.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all", "none".')
+    parser.add_argument("--tracker_project_name", type=str, default="rp-finetune", help="Tracker project name.")
+    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint-{step} every N steps.")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
+    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='"latest" or a checkpoint folder.')
+    parser.add_argument("--validation_data_dir", type=str, default=None, help="Folder of validation images.")
+    parser.add_argument("--validation_steps", type=int, default=500, help="Validate every N steps.")
+    parser.add_argument("--num_validation_images", type=int, default=4, help="Validation images used (first N).")
+    parser.add_argument(
+        "--validation_qualities",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Real-codec qualities of validation (default: the middle of --quality_range).",
+    )
+    parser.add_argument("--push_to_hub", action="store_true", help="Upload the adapter folder with a model card.")
+    parser.add_argument("--hub_model_id", type=str, default=None, help="Hub repository (default: output_dir's name).")
+    parser.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
+    args = parser.parse_args(input_args)
+
+    env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
+    if env_local_rank != -1:
+        args.local_rank = env_local_rank
+    if args.dataset_name is None and args.train_data_dir is None:
+        raise ValueError("pass --dataset_name or --train_data_dir")
+    if args.quality_range is not None and args.quality_range[0] > args.quality_range[1]:
+        raise ValueError(f"--quality_range LO HI needs LO <= HI, got {args.quality_range}")
+    return args
+
+
+@torch.no_grad()
+def log_validation(pipe, codec, args, accelerator, step, metric_models):
+    """Real codec on the validation images: "codec alone" vs "rp + codec"; log means, save images and JSON."""
+    files = list_images(args.validation_data_dir)[: args.num_validation_images]
+    originals = [load_image(f) for f in files]
+    with accelerator.autocast():
+        preprocessed = pipe(originals).images
+    rows = codec_validation(originals, preprocessed, codec, args.validation_qualities, metric_models)
+    for row in rows:
+        prefix = f"validation/q{row['quality']}/{row['setting'].replace(' ', '_').replace('+', 'plus')}"
+        accelerator.log({f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, float)}, step=step)
+    folder = Path(args.output_dir) / "validation" / f"step-{step}"
+    log_images(accelerator, {f.stem: image for f, image in zip(files, preprocessed)}, step, folder, "preprocessed")
+    (folder / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
+    logger.info(f"step {step} validation:\n" + "\n".join(str(row) for row in rows))
+    return rows
+
+
+def main(args):
+    logging_dir = Path(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+    codec = get_codec(args.codec)
+    if args.quality_range is None:
+        args.quality_range = [float(min(codec.sweep_qualities)), float(max(codec.sweep_qualities))]
+    if args.validation_qualities is None:
+        args.validation_qualities = [round(sum(args.quality_range) / 2)]
+    adapter_name = normalize_adapter_name(args.adapter_name or format_adapter_name(args.codec, args.lambda_rate))
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        save_args({**vars(args), "adapter_name": adapter_name}, args.output_dir)
+
+    # 1. The one-step model (frozen) and a fresh R-P adapter on its attention projections
+    pipe = RPPreprocessPipeline.from_pretrained(
+        args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant, cache_dir=args.cache_dir
+    )
+    pipe.set_progress_bar_config(disable=True)
+    if args.timestep is not None:
+        pipe.register_to_config(timestep=args.timestep)
+    if args.prompt is not None:
+        pipe.set_prompt(args.prompt)
+    pipe.drop_text_encoder()  # the prompt embedding is cached (and saved with the pipeline)
+    vae, unet = pipe.vae, pipe.unet
+    vae.requires_grad_(False)
+    unet.requires_grad_(False)
+    config_kwargs = {"target_modules": tuple(args.lora_target_modules)} if args.lora_target_modules else {}
+    unet.add_adapter(rp_lora_config(rank=args.rank, alpha=args.lora_alpha, **config_kwargs), adapter_name=adapter_name)
+    pipe.set_adapters([adapter_name])  # only this adapter is active and trainable
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    move_model(vae, accelerator.device, weight_dtype)
+    move_model(unet, accelerator.device, weight_dtype)
+    cast_training_params(unet, dtype=torch.float32)  # LoRA factors stay fp32
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    prompt_embeds = pipe.prompt_embeds.to(accelerator.device)
+    alphas_cumprod = pipe.scheduler.alphas_cumprod.to(accelerator.device)
+    prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+    latent_channels, vae_factor = unet.config.in_channels, pipe.config.vae_scale_factor
+
+    perceptual = None
+    if args.lambda_perceptual > 0:
+        perceptual = perceptual_distance(args.perceptual_loss, args.lpips_net, args.perceptual_weights_path)
+        perceptual = perceptual.to(accelerator.device)
+    surrogate = get_surrogate(args.surrogate or args.codec).to(accelerator.device)
+    loss_fn = RatePerceptionLoss(surrogate, perceptual, args.lambda_rate, args.lambda_perceptual, args.lambda_mse)
+    metric_models = load_validation_metric_models(accelerator.device) if args.validation_data_dir else {}
+
+    # 2. Checkpoints hold only the LoRA weights (safetensors); accelerate adds optimizer, scheduler, RNG states
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return  # sharded weights: accelerate saves them itself
+        for model in models:
+            save_trainable_weights(accelerator.unwrap_model(model), Path(output_dir) / "lora.safetensors")
+        weights.clear()
+
+    def load_model_hook(models, input_dir):
+        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return
+        while models:
+            load_trainable_weights(accelerator.unwrap_model(models.pop()), Path(input_dir) / "lora.safetensors")
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    # 3. Data: random crops at the images' own scale; unreadable images are skipped with a warning
+    dataset, image_column = load_image_dataset(
+        args.dataset_name,
+        args.train_data_dir,
+        args.image_column,
+        args.dataset_config_name,
+        args.cache_dir,
+        max_samples=args.max_train_samples,
+    )
+    train_dataset = RandomCropImageDataset(
+        dataset, image_column, args.resolution, args.seed, args.center_crop, args.random_flip, args.resize_shorter_side
+    )
+    train_dataloader = torch.utils.data.DataLoader(
+        train_dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        collate_fn=collate_images,
+        num_workers=args.dataloader_num_workers,
+    )
+
+    # 4. Optimiser and schedule
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    optimizer = build_optimizer(
+        unet.parameters(),
+        learning_rate,
+        (args.adam_beta1, args.adam_beta2),
+        args.adam_weight_decay,
+        args.adam_epsilon,
+        args.use_8bit_adam,
+    )
+    update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * update_steps_per_epoch
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    unet_prepared, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        unet, optimizer, train_dataloader, lr_scheduler
+    )
+    model = PreparedModel(unet_prepared, unet)  # one_step.py reads .dtype/.config, hidden by DDP/FSDP wrappers
+    update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    args.num_train_epochs = math.ceil(args.max_train_steps / update_steps_per_epoch)
+    if accelerator.is_main_process:
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name, config=config)
+
+    # 5. Resume (exact: LoRA weights, optimiser, schedule; draws are keyed by epoch and batch index)
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if args.resume_from_checkpoint and checkpoint is None:
+        logger.info("no checkpoint to resume from; starting a new run")
+    if checkpoint is not None:
+        logger.info(f"resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+        first_epoch, skip_batches = resume_position(
+            global_step, update_steps_per_epoch, args.gradient_accumulation_steps
+        )
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(f"{len(train_dataset)} images, {args.max_train_steps} steps of {total_batch} images, {adapter_name}")
+    progress_bar = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+    )
+    low, high = (int(math.ceil(args.quality_range[0])), int(math.floor(args.quality_range[1])))
+    validation_rows = []
+
+    # 6. Training loop
+    for epoch in range(first_epoch, args.num_train_epochs):
+        unet_prepared.train()
+        train_dataset.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)
+        loader, offset = train_dataloader, 0
+        if epoch == first_epoch and skip_batches > 0:
+            loader, offset = accelerator.skip_first_batches(train_dataloader, skip_batches), skip_batches
+        for index, batch in enumerate(loader, start=offset):
+            generator = step_generator(args.seed, accelerator.process_index, epoch, index)
+            image = batch["pixel_values"].to(accelerator.device)
+            quality = float(torch.randint(low, high + 1, (1,), generator=generator))  # integer, as real codecs
+            noise = None
+            if pipe.config.add_noise:
+                shape = (image.shape[0], latent_channels, image.shape[2] // vae_factor, image.shape[3] // vae_factor)
+                noise = torch.randn(shape, generator=generator).to(accelerator.device)
+            with accelerator.accumulate(unet_prepared), accelerator.autocast():
+                preprocessed = one_step_map(
+                    vae,
+                    model,
+                    image,
+                    prompt_embeds,
+                    pipe.config.timestep,
+                    alphas_cumprod,
+                    prediction_type,
+                    noise=noise,
+                    residual=pipe.config.residual,
+                )
+                terms = loss_fn(image, preprocessed, quality)
+                accelerator.backward(terms.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unet_prepared.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if accelerator.sync_gradients:
+                progress_bar.update(1)
+                global_step += 1
+                logs = {
+                    "loss": terms.loss.item(),
+                    "bpp": terms.bpp.item(),
+                    "perceptual": terms.perceptual.item(),
+                    "mse": terms.mse.item(),
+                    "quality": quality,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                }
+                accelerator.log(logs, step=global_step)
+                progress_bar.set_postfix(**logs)
+                if global_step % args.checkpointing_steps == 0 and (
+                    accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED
+                ):
+                    rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
+                    accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{global_step}"))
+                if (
+                    args.validation_data_dir
+                    and global_step % args.validation_steps == 0
+                    and accelerator.is_main_process
+                ):
+                    validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+
+    # 7. Save the adapter where `pipe.load_lora_weights(output_dir)` finds it; final validation; Hub upload
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        extra = {
+            "base_model": args.pretrained_model_name_or_path,
+            "quality_range": list(args.quality_range),
+            "lambda_perceptual": args.lambda_perceptual,
+            "lambda_mse": args.lambda_mse,
+            "perceptual_loss": args.perceptual_loss,
+            "surrogate": args.surrogate or args.codec,
+            "train_steps": global_step,
+        }
+        save_rp_adapter(unet, args.output_dir, adapter_name, args.codec, args.lambda_rate, args.rank, extra)
+        if args.validation_data_dir:
+            validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
+        if args.push_to_hub:
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = args.hub_model_id or Path(args.output_dir).name
+            card = render_training_card(
+                repo_id,
+                adapters=[{"name": adapter_name, "codec": args.codec, "lam": args.lambda_rate, "rank": args.rank}],
+                validation_rows=validation_rows,
+                base_model=args.pretrained_model_name_or_path,
+                training=f"`training/finetune_rp.py`, {global_step} steps; arguments in `args.json`.",
+            )
+            card.save(Path(args.output_dir) / "README.md")
+            repo_id = create_repo(repo_id, exist_ok=True, token=args.hub_token).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=args.output_dir,
+                token=args.hub_token,
+                commit_message=f"Rate-perception adapter {adapter_name}",
+                ignore_patterns=["checkpoint-*", "logs/*"],
+            )
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(parse_args())
