@@ -85,15 +85,22 @@ def seeded_network(name: str, seed: int = 0) -> nn.Module:
 
 
 def seeded_image_pair(shape: tuple[int, int, int, int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A reference batch (uniform noise) and a distorted one (dimmed, plus Gaussian noise), both in [0, 1].
+    """A reference batch and a distorted one, both in [0, 1], from exact (bit-reproducible) operations only.
+
+    The reference is blocky noise (4x4 blocks) plus fine noise; image ``i`` of the distorted batch is the
+    reference dimmed and shifted, plus Gaussian noise of standard deviation ``0.04 * (i + 1)``.
 
     Returns:
         `(reference, distorted)`, float32 tensors of ``shape``.
     """
+    batch, channels, height, width = shape
     generator = torch.Generator().manual_seed(seed)
-    reference = torch.rand(shape, generator=generator)
+    coarse = torch.rand((batch, channels, -(-height // 4), -(-width // 4)), generator=generator)
+    coarse = coarse.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)[:, :, :height, :width]
+    reference = (0.8 * coarse + 0.2 * torch.rand(shape, generator=generator)).contiguous()
     noise = torch.randn(shape, generator=generator)
-    return reference, (0.9 * reference + 0.05 + 0.1 * noise).clamp(0, 1)
+    strength = 0.04 * torch.arange(1, batch + 1, dtype=torch.float32).view(-1, 1, 1, 1)
+    return reference, (0.9 * reference + 0.05 + strength * noise).clamp(0, 1)
 
 
 def seeded_features(count: int, dim: int, seed: int, shift: float = 0.0) -> torch.Tensor:
