@@ -1,0 +1,230 @@
+"""The size of a baseline JPEG: libjpeg's exact Huffman bit count, and a calibrated differentiable proxy of it.
+
+Both read quantised coefficients in zigzag order, luma (N, 2R, 2C, 64) and chroma (N, 2, R, C, 64) on the
+MCU grid (R x C MCUs of 16x16 pixels), and code them as jchuff.c does for 4:2:0: per MCU four luma blocks
+(top-left, top-right, bottom-left, bottom-right) then Cb then Cr; DC predicted from the previous block of the
+same component; luma blocks outside the image are libjpeg's dummy blocks (DC of the previous block, no AC).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .jpeg_tables import HEADER_BYTES, huffman_lookup
+
+DEFAULT_CALIBRATION = Path(__file__).resolve().parent / "weights" / "jpeg_rate.json"
+_POWERS = [1 << k for k in range(16)]
+
+
+def coding_order(luma: torch.Tensor, chroma: torch.Tensor, size: tuple[int, int]):
+    """Put coefficients in the order jchuff.c codes them and replace dummy luma blocks as jccoefct.c does.
+
+    Returns:
+        luma (N, 4RC, 64) and chroma (N, 2, RC, 64), block sequences in coding order per component.
+    """
+    n, rows2, cols2, _ = luma.shape
+    r, c = rows2 // 2, cols2 // 2
+    luma_blocks = (math.ceil(size[0] / 8), math.ceil(size[1] / 8))
+    seq = luma.reshape(n, r, 2, c, 2, 64).permute(0, 1, 3, 2, 4, 5).reshape(n, 4 * r * c, 64)
+    grid_r = torch.arange(rows2, device=luma.device).view(r, 2, 1, 1) < luma_blocks[0]
+    grid_c = torch.arange(cols2, device=luma.device).view(1, 1, c, 2) < luma_blocks[1]
+    real = (grid_r & grid_c).permute(0, 2, 1, 3).reshape(-1)
+    if not bool(real.all()):
+        position = torch.arange(real.numel(), device=luma.device)
+        source = torch.where(real, position, torch.full_like(position, -1)).cummax(0).values
+        seq = torch.cat([seq[:, source, :1], seq[..., 1:] * real[:, None].to(seq.dtype)], dim=-1)
+    return seq, chroma.flatten(2, 3)
+
+
+def _nbits(magnitude: torch.Tensor) -> torch.Tensor:
+    """JPEG magnitude category of non-negative ints: 0 for 0, else floor(log2(x)) + 1."""
+    return (magnitude[..., None] >= torch.tensor(_POWERS, device=magnitude.device)).sum(-1)
+
+
+def _units(seq: torch.Tensor, cls: int, lut: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bit strings (value, length) of each block's DC, its 63 AC positions (with leading ZRLs) and EOB: (..., 65)."""
+    dc = seq[..., 0]
+    diff = dc - F.pad(dc, (1, 0))[..., :-1]
+    cat = _nbits(diff.abs())
+    extra = torch.where(diff < 0, diff - 1, diff) & ((1 << cat) - 1)
+    dc_value = (lut["dc_code"][cls][cat] << cat) | extra
+    dc_length = lut["dc_length"][cls][cat] + cat
+
+    ac = seq[..., 1:]
+    nonzero = ac != 0
+    k = torch.arange(1, 64, device=seq.device)
+    last = torch.where(nonzero, k, torch.zeros_like(k)).cummax(-1).values
+    run = k - F.pad(last, (1, 0))[..., :-1] - 1
+    cat = _nbits(ac.abs())
+    extra = torch.where(ac < 0, ac - 1, ac) & ((1 << cat) - 1)
+    symbol = ((run & 15) << 4) | cat
+    code, length = lut["ac_code"][cls][symbol], lut["ac_length"][cls][symbol]
+    zrl_code, zrl_length = lut["ac_code"][cls][0xF0], lut["ac_length"][cls][0xF0]
+    zrls = run >> 4
+    zrl_value = sum(((zrls > i).long() * zrl_code) << (zrl_length * (zrls - 1 - i)).clamp_min(0) for i in range(3))
+    ac_value = ((((zrl_value << length) | code) << cat) | extra) * nonzero
+    ac_length = (zrls * zrl_length + length + cat) * nonzero
+
+    eob = (ac[..., -1] == 0).long()
+    eob_value, eob_length = lut["ac_code"][cls][0] * eob, lut["ac_length"][cls][0] * eob
+    values = torch.cat([dc_value[..., None], ac_value, eob_value[..., None]], dim=-1)
+    lengths = torch.cat([dc_length[..., None], ac_length, eob_length[..., None]], dim=-1)
+    return values, lengths
+
+
+def _stuffed_bytes(values: torch.Tensor, lengths: torch.Tensor) -> tuple[int, int]:
+    """Pack one scan's bit strings (padding with 1s as jchuff.c flushes) -> (bytes, 0xFF bytes needing a 0x00)."""
+    keep = lengths > 0
+    values, lengths = values[keep], lengths[keep]
+    ends = lengths.cumsum(0)
+    total = int(ends[-1]) if ends.numel() else 0
+    if total == 0:
+        return 0, 0
+    unit = torch.repeat_interleave(torch.arange(values.numel(), device=values.device), lengths)
+    shift = ends[unit] - 1 - torch.arange(total, device=values.device)
+    bits = (values[unit] >> shift) & 1
+    bits = F.pad(bits, (0, (-total) % 8), value=1).view(-1, 8)
+    packed = (bits << torch.arange(7, -1, -1, device=bits.device)).sum(-1)
+    return packed.numel(), int((packed == 255).sum())
+
+
+@torch.no_grad()
+def exact_bits(luma: torch.Tensor, chroma: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Exact size in bits of the baseline JPEG file Pillow writes for these integer coefficients.
+
+    Args:
+        luma: int64 (N, 2R, 2C, 64), chroma: int64 (N, 2, R, C, 64), zigzag order.
+        size: (H, W) of the image (luma blocks past ``ceil(H / 8) x ceil(W / 8)`` are dummy blocks).
+
+    Returns:
+        float64 tensor (N,): 8 x (headers + entropy-coded bytes + stuffed zero bytes).
+    """
+    lut = huffman_lookup(luma.device)
+    luma_seq, chroma_seq = coding_order(luma.long(), chroma.long(), size)
+    luma_values, luma_lengths = _units(luma_seq, 0, lut)
+    chroma_values, chroma_lengths = _units(chroma_seq, 1, lut)
+    n, mcus = luma.shape[0], chroma_seq.shape[2]
+    values = torch.cat([luma_values.view(n, mcus, 4, 65), chroma_values.transpose(1, 2)], dim=2).view(n, -1)
+    lengths = torch.cat([luma_lengths.view(n, mcus, 4, 65), chroma_lengths.transpose(1, 2)], dim=2).view(n, -1)
+    sizes = [sum(_stuffed_bytes(value, length)) for value, length in zip(values, lengths)]
+    return 8.0 * (HEADER_BYTES + torch.tensor(sizes, dtype=torch.float64, device=luma.device))
+
+
+def _interp(x: torch.Tensor, knots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of ``values`` at ``knots`` (sorted), constant outside; differentiable in x."""
+    idx = torch.searchsorted(knots, x.detach().contiguous()).clamp(1, knots.numel() - 1)
+    k0, k1 = knots[idx - 1], knots[idx]
+    weight = ((x - k0) / (k1 - k0)).clamp(0, 1)
+    return values[idx - 1] + weight * (values[idx] - values[idx - 1])
+
+
+class JPEGRateModel(nn.Module):
+    """Differentiable estimate of the real JPEG file size from the continuous scaled coefficients.
+
+    Per block it follows jchuff.c with soft quantities: a coefficient is non-zero with probability
+    ``p = sigmoid(sharpness * (|u| - 0.5))`` and, if so, has magnitude category ``log2(|u| + 0.5) + offset``
+    (clamped to the valid range); the expected zero run before each AC position follows the recurrence
+    ``r[k+1] = (1 - p[k]) * (r[k] + 1)``; each position costs ``p * (L(run, category) + category)`` with the
+    standard Huffman code lengths L interpolated bilinearly, plus ZRL codes for runs past 15 and an EOB code
+    when the last coefficient is zero. DC differences use the DC table. The raw entropy estimate E (bits) is
+    mapped to the file size with a calibration fitted on real encodes (``training/calibrate_jpeg_rate.py``):
+    ``bits = 8 * header_bytes + pixels * exp(a(q) + b(q) * log(E / pixels))``, a and b piecewise linear in q.
+
+    Args:
+        knots: qualities (ascending) where ``log_scale`` (a) and ``exponent`` (b) are given.
+        sharpness: slope of the soft non-zero test, per unit of scaled coefficient.
+        category_offset: added to ``log2(|u| + 0.5)`` (0.42 matches category centres 1, 2.5, 5.5, 11.5).
+    """
+
+    def __init__(
+        self,
+        knots: tuple[float, ...] = (1.0, 100.0),
+        log_scale: tuple[float, ...] = (0.0, 0.0),
+        exponent: tuple[float, ...] = (1.0, 1.0),
+        sharpness: float = 6.0,
+        category_offset: float = 0.42,
+    ):
+        super().__init__()
+        if not (len(knots) == len(log_scale) == len(exponent) >= 2):
+            raise ValueError("knots, log_scale and exponent need the same length (at least 2)")
+        self.sharpness, self.category_offset = float(sharpness), float(category_offset)
+        lut = huffman_lookup()
+        self.register_buffer("dc_length", lut["dc_length"][:, :12].float(), persistent=False)
+        self.register_buffer("ac_length", lut["ac_length"].float().view(2, 16, 16)[:, :, :11], persistent=False)
+        self.register_buffer("eob_length", lut["ac_length"][:, 0x00].float(), persistent=False)
+        self.register_buffer("zrl_length", lut["ac_length"][:, 0xF0].float(), persistent=False)
+        self.register_buffer("knots", torch.tensor(knots, dtype=torch.float32), persistent=False)
+        self.register_buffer("log_scale", torch.tensor(log_scale, dtype=torch.float32), persistent=False)
+        self.register_buffer("exponent", torch.tensor(exponent, dtype=torch.float32), persistent=False)
+
+    @classmethod
+    def from_json(cls, calibration: str | Path | dict | None = None) -> JPEGRateModel:
+        """Load a calibration (a path, a dict of constructor arguments, or ``None`` for the packaged file)."""
+        if isinstance(calibration, dict):
+            return cls(**calibration)
+        path = Path(calibration) if calibration is not None else DEFAULT_CALIBRATION
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"JPEG rate calibration not found at {path}; run `python training/calibrate_jpeg_rate.py "
+                f"--output {path}` on a folder of training photographs to create it"
+            )
+        params = json.loads(path.read_text())
+        keys = ("knots", "log_scale", "exponent", "sharpness", "category_offset")
+        return cls(**{key: params[key] for key in keys if key in params})
+
+    def _component(self, seq: torch.Tensor, cls: int) -> torch.Tensor:
+        """Soft entropy-coded bits of block sequences (N, ..., B, 64) of one table class -> (N,)."""
+        beta, offset = self.sharpness, self.category_offset
+        dc = seq[..., 0]
+        magnitude = (dc - F.pad(dc, (1, 0))[..., :-1]).abs()
+        p = torch.sigmoid(beta * (magnitude - 0.5))
+        cat = (torch.log2(magnitude + 0.5) + offset).clamp(1, 11)
+        low = cat.detach().floor().clamp(max=10).long()
+        length = self.dc_length[cls][low] + (cat - low) * (self.dc_length[cls][low + 1] - self.dc_length[cls][low])
+        bits = ((1 - p) * self.dc_length[cls][0] + p * (length + cat)).flatten(1).sum(1)
+
+        magnitude = seq[..., 1:].abs()
+        p = torch.sigmoid(beta * (magnitude - 0.5))
+        cat = (torch.log2(magnitude + 0.5) + offset).clamp(1, 10)
+        runs, run = [], torch.zeros_like(p[..., 0])
+        for k in range(63):
+            runs.append(run)
+            run = (1 - p[..., k]) * (run + 1)
+        run = torch.stack(runs, dim=-1)
+        capped = run.clamp(max=15)
+        r0, c0 = capped.detach().floor().clamp(max=14).long(), cat.detach().floor().clamp(max=9).long()
+        fr, fc = capped - r0, cat - c0
+        table = self.ac_length[cls]
+        length = (
+            (1 - fr) * (1 - fc) * table[r0, c0]
+            + (1 - fr) * fc * table[r0, c0 + 1]
+            + fr * (1 - fc) * table[r0 + 1, c0]
+            + fr * fc * table[r0 + 1, c0 + 1]
+        )
+        zrl = self.zrl_length[cls] * (run - 15).clamp_min(0) / 16
+        bits = bits + (p * (length + cat + zrl)).flatten(1).sum(1)
+        return bits + ((1 - p[..., -1]) * self.eob_length[cls]).flatten(1).sum(1)
+
+    def entropy_bits(self, luma: torch.Tensor, chroma: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Uncalibrated soft Huffman bit count E of scaled coefficients (see ``coding_order``) -> (N,) float32."""
+        luma_seq, chroma_seq = coding_order(luma.float(), chroma.float(), size)
+        return self._component(luma_seq, 0) + self._component(chroma_seq, 1)
+
+    def calibrate(self, entropy: torch.Tensor, pixels: int | torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """Calibrated file size in bits from the raw estimate E (N,), the pixel count and quality (N,)."""
+        log_bpp = torch.log(entropy.clamp_min(1.0) / pixels)
+        a = _interp(quality.float(), self.knots, self.log_scale)
+        b = _interp(quality.float(), self.knots, self.exponent)
+        return 8.0 * HEADER_BYTES + pixels * torch.exp(a + b * log_bpp)
+
+    def forward(
+        self, luma: torch.Tensor, chroma: torch.Tensor, size: tuple[int, int], quality: torch.Tensor
+    ) -> torch.Tensor:
+        """Estimated file size (N,) in bits from scaled coefficients of an image of ``size`` (H, W)."""
+        return self.calibrate(self.entropy_bits(luma, chroma, size), size[0] * size[1], quality)
