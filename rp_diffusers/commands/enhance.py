@@ -63,7 +63,9 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
     from ..pipelines.perceptual_decode import PerceptualDecodePipeline
 
     try:
-        pipe = PerceptualDecodePipeline.from_pretrained(model, torch_dtype=getattr(torch, dtype))
+        # float32 is the default; other dtypes go through torch_dtype, which every diffusers >= 0.30 accepts
+        kwargs = {} if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
+        pipe = PerceptualDecodePipeline.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as error:
         raise RuntimeError(
             f"cannot load model {model!r} ({error}). Online, it downloads from the Hugging Face Hub; offline, run "

@@ -154,12 +154,15 @@ def search_sigma(
     rtol: float = 0.02,
     max_iter: int = 24,
 ) -> tuple[float, float]:
-    """Geometric bisection for sigma with ``mse_fn(sigma) = target``, ``mse_fn`` increasing in sigma.
+    """Find sigma with ``mse_fn(sigma) = target`` for an increasing ``mse_fn``: bracketed secant in log-log space.
+
+    Each step interpolates log(MSE) linearly in log(sigma) between the bracket ends (Illinois variant, so one end
+    cannot stall), falling back to the geometric midpoint; a handful of evaluations usually suffice.
 
     Args:
         mse_fn: sigma -> MSE (evaluate with fixed noise so the function is deterministic).
         target: the MSE to hit.
-        sigma_low, sigma_high: the bracket (e.g. the model's trained range); ``mse_fn(sigma_low) <= target``.
+        sigma_low, sigma_high: the bracket (e.g. 1e-3 and the model's useful maximum).
         rtol: stop when |mse / target - 1| <= rtol.
         max_iter: at most this many evaluations inside the bracket.
 
@@ -170,24 +173,42 @@ def search_sigma(
         CalibrationError: when the target is not bracketed (the model cannot move the image that far).
 
     Example:
-        >>> sigma, value = search_sigma(lambda s: s**2, 4.0, 0.01, 100.0)
-        >>> abs(sigma - 2.0) < 0.03
-        True
+        >>> sigma, value = search_sigma(lambda s: 1e-3 + s**2, 4.001e-2, 1e-3, 10.0)
+        >>> abs(value / 4.001e-2 - 1) <= 0.02, abs(sigma - 0.2) < 0.005
+        (True, True)
     """
-    low, high = float(sigma_low), float(sigma_high)
-    value_high = mse_fn(high)
+    log_target = math.log(target)
+    low, high = math.log(sigma_low), math.log(sigma_high)
+    value_high = mse_fn(sigma_high)
     if value_high < target:
         raise CalibrationError(
-            f"even sigma={high:.4g} gives MSE {value_high:.4g} < target {target:.4g}: the model cannot reach twice "
-            "the codec's distortion; pass an explicit sigma"
+            f"even sigma={sigma_high:.4g} gives MSE {value_high:.4g} < target {target:.4g}: the model cannot reach "
+            "the target distortion; pass an explicit sigma"
         )
-    best = (high, value_high)
+    value_low = mse_fn(sigma_low)
+    best = min((sigma_high, value_high), (sigma_low, value_low), key=lambda p: abs(math.log(p[1]) - log_target))
+    if value_low >= target:
+        return best
+    f_low, f_high = math.log(max(value_low, 1e-30)) - log_target, math.log(value_high) - log_target
+    side = 0
     for _ in range(max_iter):
-        middle = math.sqrt(low * high)
-        value = mse_fn(middle)
-        if abs(value - target) < abs(best[1] - target):
-            best = (middle, value)
+        guess = high - f_high * (high - low) / (f_high - f_low) if f_high != f_low else 0.5 * (low + high)
+        if not low + 0.01 * (high - low) < guess < high - 0.01 * (high - low):
+            guess = 0.5 * (low + high)
+        value = mse_fn(math.exp(guess))
+        if abs(math.log(value) - log_target) < abs(math.log(best[1]) - log_target):
+            best = (math.exp(guess), value)
         if abs(value / target - 1) <= rtol:
             break
-        low, high = (middle, high) if value < target else (low, middle)
+        f_guess = math.log(max(value, 1e-30)) - log_target
+        if f_guess < 0:
+            low, f_low = guess, f_guess
+            if side == -1:
+                f_high /= 2  # Illinois: halve the stale end's residual
+            side = -1
+        else:
+            high, f_high = guess, f_guess
+            if side == 1:
+                f_low /= 2
+            side = 1
     return best

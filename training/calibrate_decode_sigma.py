@@ -1,0 +1,168 @@
+"""Build the noise-level table of PerceptualDecodePipeline (seed 002's rule) on training photographs.
+
+For each codec and quality: encode + decode every photograph with the real codec (``rp_diffusers.codecs``), record
+the mean codec MSE, then (unless ``--codec-mse-only``) search the sigma at which the enhanced images' MSE to the
+sources is ``--ratio`` (2) times the codec MSE with the given model and preset. Results are merged into a JSON
+table (default: the one shipped in ``rp_diffusers/decode/sigma_table.json``) that the pipeline interpolates in
+quality at run time. Photographs are centre-cropped to ``--crop`` pixels (never resized). Never run this on Kodak:
+it is the test set.
+
+Examples:
+    python training/calibrate_decode_sigma.py --codec-mse-only --codec jpeg webp avif hevc
+    python training/calibrate_decode_sigma.py --model openai/diffusers-cd_imagenet64_lpips --codec jpeg \\
+        --qualities 5,10,20,30,50,75 --preset fast --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from rp_diffusers.codecs import get_codec
+from rp_diffusers.commands.enhance import load_pipeline
+from rp_diffusers.decode.calibration import DEFAULT_TABLE_PATH, SigmaTable, search_sigma
+from rp_diffusers.utils.image import load_image, pil_to_tensor
+
+logger = logging.getLogger("calibrate_decode_sigma")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm"}
+DEFAULT_QUALITIES = {
+    "jpeg": "5,10,20,30,40,50,60,75,90",
+    "webp": "5,10,20,30,40,50,60,75,90",
+    "avif": "5,10,20,30,40,50,60,75,90",
+    "heic": "5,10,20,30,40,50,60,75,90",
+    "jxl": "5,10,20,30,40,50,60,75,90",
+    "hevc": "11,16,21,26,31,36,41",
+    "vvc": "18,23,28,33,38,43,48",
+}
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="../shared/data/train-sunhays80", help="folder of training photographs")
+    parser.add_argument("--num-images", type=int, default=80, help="use the first N photographs (sorted by name)")
+    parser.add_argument("--crop", type=int, default=256, help="centre crop side in pixels (0: whole images)")
+    parser.add_argument("--codec", nargs="+", default=["jpeg"], help="codec names from rp_diffusers.codecs")
+    parser.add_argument("--qualities", help="comma-separated qualities (default: a per-codec list)")
+    parser.add_argument("--codec-mse-only", action="store_true", help="only measure the codecs' MSE (no model)")
+    parser.add_argument("--model", default="openai/diffusers-cd_imagenet64_lpips", help="Hub id or local folder")
+    parser.add_argument("--model-key", help="id stored in the table (default: --model)")
+    parser.add_argument("--preset", choices=("fast", "medium", "slow"), default="fast", help="preset to calibrate")
+    parser.add_argument("--num-steps", type=int, help="model calls for medium/slow (pipeline default otherwise)")
+    parser.add_argument("--ratio", type=float, default=2.0, help="target MSE(enhanced, source) / codec MSE")
+    parser.add_argument("--rtol", type=float, default=0.02, help="relative tolerance of the ratio search")
+    parser.add_argument("--sigma-max", type=float, default=10.0, help="upper end of the sigma search bracket")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (the same noise for every sigma tried)")
+    parser.add_argument("--device", help="torch device (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--output", default=str(DEFAULT_TABLE_PATH), help="JSON table to create or update")
+    return parser.parse_args(input_args)
+
+
+def load_photographs(folder: str, num_images: int, crop: int) -> list[torch.Tensor]:
+    """The first ``num_images`` photographs of ``folder`` as (1, 3, h, w) tensors in [0, 1], centre-cropped."""
+    root = Path(folder)
+    if "kodak" in root.resolve().name.lower():
+        raise ValueError("Kodak is the test set: calibrate on training photographs (train-sunhays80)")
+    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:num_images]
+    if not paths:
+        raise FileNotFoundError(f"no images in {root}")
+    images = []
+    for path in paths:
+        image = load_image(path)
+        if crop and min(image.size) > crop:
+            left, top = (image.width - crop) // 2, (image.height - crop) // 2
+            image = image.crop((left, top, left + crop, top + crop))
+        images.append(pil_to_tensor(image))
+    return images
+
+
+def mean_mse(images: list[torch.Tensor], references: list[torch.Tensor]) -> float:
+    return float(sum((a.float() - b.float()).pow(2).mean() for a, b in zip(images, references)) / len(images))
+
+
+def encode_all(codec_name: str, quality: int, sources: list[torch.Tensor]) -> list[torch.Tensor]:
+    from rp_diffusers.utils.image import tensor_to_pil
+
+    codec = get_codec(codec_name)
+    return [pil_to_tensor(codec.run(tensor_to_pil(s)[0], quality).reconstruction) for s in sources]
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    sources = load_photographs(args.data, args.num_images, args.crop)
+    dataset = f"{Path(args.data).name}: {len(sources)} images, centre crop {args.crop or 'none'}"
+    output = Path(args.output)
+    table = SigmaTable.load(output) if output.is_file() else SigmaTable()
+    pipe = None if args.codec_mse_only else load_pipeline(args.model, args.device, args.dtype)
+    if pipe is not None:
+        pipe.set_progress_bar_config(disable=True)
+    for codec_name in args.codec:
+        qualities = [
+            int(q) for q in (args.qualities or DEFAULT_QUALITIES.get(codec_name, "10,30,50,70,90")).split(",")
+        ]
+        codec_mses, sigmas, ratios = [], [], []
+        for quality in qualities:
+            start = time.perf_counter()
+            decoded = encode_all(codec_name, quality, sources)
+            codec_mse = mean_mse(decoded, sources)
+            codec_mses.append(codec_mse)
+            if pipe is None:
+                logger.info(
+                    "%s q=%s codec MSE %.3e (%.1fs)", codec_name, quality, codec_mse, time.perf_counter() - start
+                )
+                continue
+
+            def mse(sigma: float, decoded=decoded, codec_name=codec_name, quality=quality) -> float:
+                out = pipe(
+                    decoded,
+                    preset=args.preset,
+                    sigma=sigma,
+                    num_steps=args.num_steps,
+                    generator=torch.Generator().manual_seed(args.seed),
+                    output_type="pt",
+                    codec=codec_name,
+                    quality=quality,
+                )
+                return mean_mse([o.unsqueeze(0) for o in out.images], sources)
+
+            sigma_low = 1e-3
+            sigma, value = search_sigma(mse, args.ratio * codec_mse, sigma_low, args.sigma_max, rtol=args.rtol)
+            sigmas.append(sigma)
+            ratios.append(value / codec_mse)
+            logger.info(
+                "%s q=%s codec MSE %.3e sigma %.4g ratio %.3f (%.1fs)",
+                codec_name,
+                quality,
+                codec_mse,
+                sigma,
+                value / codec_mse,
+                time.perf_counter() - start,
+            )
+        table.set_codec_mse(codec_name, qualities, codec_mses, dataset)
+        if pipe is not None:
+            table.add_entry(
+                {
+                    "model": args.model_key or args.model,
+                    "kind": pipe.model_kind,
+                    "preset": args.preset,
+                    "num_steps": args.num_steps,
+                    "codec": codec_name,
+                    "qualities": qualities,
+                    "sigmas": sigmas,
+                    "ratios": ratios,
+                    "codec_mse": codec_mses,
+                    "target_ratio": args.ratio,
+                    "dataset": dataset,
+                    "seed": args.seed,
+                }
+            )
+        table.save(output)
+        logger.info("wrote %s", output)
+
+
+if __name__ == "__main__":
+    main(parse_args())
