@@ -8,7 +8,9 @@ from collections.abc import Iterable
 import torch
 
 from .dists import DISTS
+from .dists import _pretrained as _pretrained_dists
 from .lpips import LPIPS
+from .lpips import _pretrained as _pretrained_lpips
 from .psnr import check_image_pair, psnr
 from .ssim import ms_ssim, ssim
 from .weights import MetricWeightsUnavailable
@@ -24,12 +26,9 @@ def _network(metric: str, models: dict[str, torch.nn.Module], repo_id: str | Non
     name = NETWORK_METRICS[metric]
     if name in models:
         return models[name]
-    from . import dists as dists_module
-    from . import lpips as lpips_module
-
     if name == "dists":
-        return dists_module._pretrained(repo_id, str(device))
-    return lpips_module._pretrained(name.removeprefix("lpips_"), repo_id, str(device))
+        return _pretrained_dists(repo_id, str(device))
+    return _pretrained_lpips(name.removeprefix("lpips_"), repo_id, str(device))
 
 
 @torch.no_grad()

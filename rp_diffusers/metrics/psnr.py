@@ -72,10 +72,11 @@ def mse(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, quantize: 
         `torch.Tensor` of shape `(N,)`, float64, in units of ``data_range**2``.
     """
     check_image_pair(x, y, name="mse")
-    if quantize:
-        x, y = quantize_8bit(x, data_range), quantize_8bit(y, data_range)
-    diff = x.double() - y.double()
-    return diff.square().flatten(1).mean(dim=1)
+    if quantize:  # exact: integer levels in float64, scaled once at the end
+        levels_x = (x / data_range).clamp(0.0, 1.0).mul(255.0).round().double()
+        levels_y = (y / data_range).clamp(0.0, 1.0).mul(255.0).round().double()
+        return (levels_x - levels_y).square().flatten(1).mean(dim=1) * (data_range / 255.0) ** 2
+    return (x.double() - y.double()).square().flatten(1).mean(dim=1)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, *, quantize: bool = True) -> torch.Tensor:
