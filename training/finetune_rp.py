@@ -197,12 +197,15 @@ def log_validation(pipe, codec, args, accelerator, step, metric_models):
     originals = [load_image(f) for f in files]
     with accelerator.autocast():
         preprocessed = pipe(originals).images
-    rows = codec_validation(originals, preprocessed, codec, args.validation_qualities, metric_models)
+    rows, decoded = codec_validation(originals, preprocessed, codec, args.validation_qualities, metric_models)
     for row in rows:
         prefix = f"validation/q{row['quality']}/{row['setting'].replace(' ', '_').replace('+', 'plus')}"
         accelerator.log({f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, float)}, step=step)
     folder = Path(args.output_dir) / "validation" / f"step-{step}"
     log_images(accelerator, {f.stem: image for f, image in zip(files, preprocessed)}, step, folder, "preprocessed")
+    for (quality, setting), images in decoded.items():
+        tag = f"decoded_q{quality}_{'rp' if setting.startswith('rp') else 'codec'}"
+        log_images(accelerator, {f"{f.stem}_{tag}": im for f, im in zip(files, images)}, step, folder, tag)
     (folder / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
     logger.info(f"step {step} validation:\n" + "\n".join(str(row) for row in rows))
     return rows
@@ -355,7 +358,7 @@ def main(args):
         range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     low, high = (int(math.ceil(args.quality_range[0])), int(math.floor(args.quality_range[1])))
-    validation_rows = []
+    validation_rows, validated_step = [], None
 
     # 6. Training loop
     for epoch in range(first_epoch, args.num_train_epochs):
@@ -417,6 +420,7 @@ def main(args):
                     and accelerator.is_main_process
                 ):
                     validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
+                    validated_step = global_step
             if global_step >= args.max_train_steps:
                 break
         if global_step >= args.max_train_steps:
@@ -435,7 +439,7 @@ def main(args):
             "train_steps": global_step,
         }
         save_rp_adapter(unet, args.output_dir, adapter_name, args.codec, args.lambda_rate, args.rank, extra)
-        if args.validation_data_dir:
+        if args.validation_data_dir and validated_step != global_step:
             validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
         if args.push_to_hub:
             from huggingface_hub import create_repo, upload_folder

@@ -47,8 +47,9 @@ def codec_validation(
             without a network are left out. MS-SSIM is averaged over the images of 161 pixels or more per side.
 
     Returns:
-        One row per (quality, setting): ``{"quality", "setting", "bpp", "psnr", "ms_ssim", "lpips", "dists"}``
-        (means over images; bpp from the real bitstream over the original's pixels).
+        ``(rows, decoded)``: one row per (quality, setting), ``{"quality", "setting", "bpp", "psnr", "ms_ssim",
+        "lpips", "dists"}`` (means over images; bpp from the real bitstream over the original's pixels), and the
+        decoded images by ``(quality, setting)``.
     """
     from ..metrics import compute_metrics
     from ..utils.image import pil_to_tensor
@@ -56,12 +57,13 @@ def codec_validation(
     if len(originals) != len(preprocessed):
         raise ValueError(f"{len(originals)} originals but {len(preprocessed)} pre-processed images")
     metric_models = metric_models or {}
-    rows = []
+    rows, decoded = [], {}
     for quality in qualities:
         for setting, inputs in (("codec alone", originals), ("rp + codec", preprocessed)):
             sums: dict[str, list[float]] = {}
             for original, image in zip(originals, inputs):
                 result = codec.run(image, int(quality))
+                decoded.setdefault((int(quality), setting), []).append(result.reconstruction)
                 names = ["psnr", *metric_models]
                 if min(original.size) >= MS_SSIM_MIN_SIDE:
                     names.insert(1, "ms_ssim")
@@ -79,7 +81,7 @@ def codec_validation(
                     **{k: means[k] for k in ("bpp", *VALIDATION_METRICS) if k in means},
                 }
             )
-    return rows
+    return rows, decoded
 
 
 def validation_table(rows: list[dict], columns: list[str] | None = None) -> str:

@@ -1,0 +1,392 @@
+"""Training: both Accelerate scripts on tiny components (outputs, exact resume, bad images) and their library code."""
+
+import importlib.util
+import json
+import logging
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from rp_diffusers.surrogates import CodecSurrogate, SurrogateOutput, available_surrogates, register_surrogate
+from rp_diffusers.training_utils import (
+    RandomCropImageDataset,
+    checkpoint_folders,
+    codec_validation,
+    load_image_dataset,
+    load_trainable_weights,
+    one_step_forward,
+    random_crop,
+    render_training_card,
+    resolve_resume_checkpoint,
+    rotate_checkpoints,
+    save_args,
+    save_trainable_weights,
+    step_generator,
+)
+
+TRAINING = Path(__file__).resolve().parents[1] / "training"
+RESOLUTION = 32
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"rp_training_{name}", TRAINING / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def finetune_rp():
+    return _load_script("finetune_rp")
+
+
+@pytest.fixture(scope="module")
+def distill_cid():
+    return _load_script("distill_cid")
+
+
+if "test_blur" not in available_surrogates():
+
+    @register_surrogate("test_blur")
+    class BlurSurrogate(CodecSurrogate):
+        """A differentiable stand-in codec: 2x2 box blur; bits grow with quality and with image detail."""
+
+        codec_name, quality_range = "jpeg", (0.0, 100.0)
+
+        def forward(self, image, quality):
+            q = self.check_inputs(image, quality)
+            blurred = torch.nn.functional.avg_pool2d(image, 2, ceil_mode=True)
+            reconstruction = blurred.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., : image.shape[-2], :]
+            reconstruction = reconstruction[..., : image.shape[-1]]
+            bits = (image[..., 1:] - image[..., :-1]).abs().flatten(1).sum(1) * (1 + q / 10)
+            return SurrogateOutput(reconstruction, bits)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, train_dir, val_dir):
+    """Tiny SD folder, 4 small training photographs plus one corrupt file, 2 small validation crops."""
+    from rp_diffusers.utils.testing import save_tiny_sd
+
+    root = tmp_path_factory.mktemp("training")
+    model = save_tiny_sd(root / "tiny-sd")
+    data = root / "train"
+    data.mkdir()
+    for path in sorted(train_dir.glob("*.jpg"))[:4]:
+        image = Image.open(path).convert("RGB")
+        image.reduce(8).save(data / f"{path.stem}.png")  # about 128 x 96: fast to decode, still larger than crops
+    (data / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    val = root / "val"
+    val.mkdir()
+    for path in sorted(val_dir.glob("*.png"))[:2]:
+        Image.open(path).convert("RGB").crop((0, 0, 40, 36)).save(val / path.name)
+    return {"root": root, "model": model, "data": data, "val": val}
+
+
+def _stage2_args(workspace, output_dir, *extra):
+    return [
+        "--pretrained_model_name_or_path", str(workspace["model"]),
+        "--train_data_dir", str(workspace["data"]),
+        "--cache_dir", str(workspace["root"] / "cache"),
+        "--resolution", str(RESOLUTION),
+        "--output_dir", str(output_dir),
+        "--report_to", "none",
+        "--codec", "jpeg",
+        "--surrogate", "test_blur",
+        "--quality_range", "20", "60",
+        "--lambda_rate", "0.5",
+        "--lambda_perceptual", "0",
+        "--lambda_mse", "1",
+        "--rank", "4",
+        "--learning_rate", "1e-3",
+        "--seed", "3",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stage2_run(finetune_rp, workspace):
+    output = workspace["root"] / "stage2"
+    args = finetune_rp.parse_args(
+        _stage2_args(workspace, output, "--train_batch_size", "2", "--max_train_steps", "2", "--validation_data_dir",
+                     str(workspace["val"]), "--validation_steps", "2", "--validation_qualities", "30")
+    )  # fmt: skip
+    finetune_rp.main(args)
+    return output
+
+
+@pytest.fixture(scope="module")
+def stage1_run(distill_cid, workspace):
+    output = workspace["root"] / "stage1"
+    args = distill_cid.parse_args(
+        [
+            "--pretrained_model_name_or_path", str(workspace["model"]),
+            "--train_data_dir", str(workspace["data"]),
+            "--cache_dir", str(workspace["root"] / "cache"),
+            "--resolution", str(RESOLUTION),
+            "--output_dir", str(output),
+            "--report_to", "none",
+            "--timestep", "625",
+            "--lambda_lpips", "0",
+            "--student_lora_rank", "4",
+            "--fake_score_lora_rank", "4",
+            "--learning_rate", "1e-3",
+            "--train_batch_size", "2",
+            "--max_train_steps", "2",
+        ]
+    )  # fmt: skip
+    distill_cid.main(args)
+    return output
+
+
+# ------------------------------------------------------------------------------------------ stage 2 script
+
+
+def test_finetune_rp_writes_args_and_adapter(stage2_run):
+    args = json.loads((stage2_run / "args.json").read_text())
+    assert args["rank"] == 4 and args["adapter_name"] == "rp_jpeg_lambda_0p5" and args["quality_range"] == [20, 60]
+    weights = load_file(str(stage2_run / "pytorch_lora_weights.safetensors"))
+    assert weights and all(key.startswith("unet.") and "lora" in key for key in weights)
+    assert any(".to_q." in key for key in weights) and any(".to_out.0." in key for key in weights)
+    info = json.loads((stage2_run / "rp_adapter.json").read_text())
+    assert (info["codec"], info["lambda"], info["rank"], info["train_steps"]) == ("jpeg", 0.5, 4, 2)
+
+
+def test_finetune_rp_validation_compares_real_codec(stage2_run):
+    rows = json.loads((stage2_run / "validation" / "step-2" / "metrics.json").read_text())
+    assert [(row["quality"], row["setting"]) for row in rows] == [(30, "codec alone"), (30, "rp + codec")]
+    assert all(row["bpp"] > 0 and 5 < row["psnr"] < 60 for row in rows)
+    assert rows[0]["bpp"] != rows[1]["bpp"] or rows[0]["psnr"] != rows[1]["psnr"]
+    assert len(list((stage2_run / "validation" / "step-2").glob("*.png"))) == 2 * 3  # pre-processed + 2 decodes
+
+
+def test_finetune_rp_lora_loads_and_changes_pipeline_output(stage2_run, workspace):
+    from rp_diffusers import RPPreprocessPipeline
+
+    pipe = RPPreprocessPipeline.from_pretrained(workspace["model"])
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 36, 40, generator=torch.Generator().manual_seed(0))
+    before = pipe(image, output_type="pt").images
+    pipe.load_lora_weights(str(stage2_run))
+    assert "rp_jpeg_lambda_0p5" in pipe.available_adapters()
+    after = pipe(image, adapter_name="rp_jpeg_lambda_0p5", output_type="pt").images
+    assert after.shape == before.shape == (1, 3, 36, 40)
+    assert (after - before).abs().max() > 1e-3
+
+
+def test_finetune_rp_resume_is_exact(finetune_rp, workspace, tmp_path):
+    # 5 samples (one corrupt, replaced) in batches of 2: 3 batches per epoch, so the checkpoint at step 2 is
+    # mid-epoch (2 batches skipped on resume) and step 4 lies in the next epoch
+    extra = ("--train_batch_size", "2", "--max_train_steps", "4", "--checkpointing_steps", "2",
+             "--lr_scheduler", "cosine")  # fmt: skip
+    finetune_rp.main(finetune_rp.parse_args(_stage2_args(workspace, tmp_path / "full", *extra)))
+
+    interrupted = tmp_path / "interrupted"
+    original, calls = finetune_rp.step_generator, []
+
+    def die_at_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # checkpoint-2 is on disk; the run dies before step 3
+            raise KeyboardInterrupt("simulated kill")
+        return original(*args, **kwargs)
+
+    with mock.patch.object(finetune_rp, "step_generator", die_at_third_batch):
+        with pytest.raises(KeyboardInterrupt):
+            finetune_rp.main(finetune_rp.parse_args(_stage2_args(workspace, interrupted, *extra)))
+    assert [p.name for p in checkpoint_folders(interrupted)] == ["checkpoint-2"]
+    assert not (interrupted / "pytorch_lora_weights.safetensors").exists()
+    resumed = _stage2_args(workspace, interrupted, *extra, "--resume_from_checkpoint", "latest")
+    finetune_rp.main(finetune_rp.parse_args(resumed))
+
+    full = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
+    again = load_file(str(interrupted / "pytorch_lora_weights.safetensors"))
+    assert full.keys() == again.keys()
+    assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6
+    # the weights moved after the checkpoint, so the equality above is not trivially true
+    at_checkpoint = {
+        "unet." + k.replace(".rp_jpeg_lambda_0p5", ""): v
+        for k, v in load_file(str(interrupted / "checkpoint-2" / "lora.safetensors")).items()
+    }
+    assert at_checkpoint.keys() == full.keys()
+    assert max((full[k] - at_checkpoint[k]).abs().max().item() for k in full) > 1e-5
+
+
+# ------------------------------------------------------------------------------------------ stage 1 script
+
+
+def test_distill_cid_output_loads_as_pipeline(stage1_run, workspace):
+    from rp_diffusers import RPPreprocessPipeline
+
+    pipe = RPPreprocessPipeline.from_pretrained(stage1_run)
+    assert pipe.config.timestep == 625 and pipe.available_adapters() == {}
+    assert (stage1_run / "prompt_embeds.safetensors").is_file() and pipe.text_encoder is None
+    teacher = RPPreprocessPipeline.from_pretrained(workspace["model"])
+    changed = [
+        name for name, p in pipe.unet.state_dict().items() if (p - teacher.unet.state_dict()[name]).abs().max() > 1e-6
+    ]
+    assert changed and all(any(t in name for t in ("to_q", "to_k", "to_v", "to_out.0")) for name in changed)
+    assert not any("lora" in name for name in pipe.unet.state_dict())  # fused, then unloaded
+
+
+def test_distill_cid_writes_args_and_checkpoint(stage1_run):
+    args = json.loads((stage1_run / "args.json").read_text())
+    assert args["timestep"] == 625 and args["sid_alpha"] == 1.0 and "hub_token" not in args
+
+
+def test_distill_cid_resume_is_exact(distill_cid, workspace, tmp_path):
+    common = [
+        "--pretrained_model_name_or_path", str(workspace["model"]),
+        "--train_data_dir", str(workspace["data"]),
+        "--cache_dir", str(workspace["root"] / "cache"),
+        "--resolution", str(RESOLUTION),
+        "--report_to", "none",
+        "--lambda_lpips", "0",
+        "--student_lora_rank", "4",
+        "--fake_score_lora_rank", "4",
+        "--learning_rate", "1e-3",
+        "--train_batch_size", "1",
+        "--max_train_steps", "3",
+        "--checkpointing_steps", "2",
+    ]  # fmt: skip
+    distill_cid.main(distill_cid.parse_args([*common, "--output_dir", str(tmp_path / "full")]))
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", part / "checkpoint-2")  # what a run killed at step 3 leaves
+    distill_cid.main(
+        distill_cid.parse_args([*common, "--output_dir", str(part), "--resume_from_checkpoint", "latest"])
+    )
+    full = load_file(str(tmp_path / "full" / "unet" / "diffusion_pytorch_model.safetensors"))
+    again = load_file(str(part / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6
+    for name in ("student", "fake_score"):  # the checkpoint stores the LoRA factors only
+        keys = load_file(str(part / "checkpoint-2" / f"{name}.safetensors")).keys()
+        assert keys and all("lora_" in key for key in keys)
+
+
+# ------------------------------------------------------------------------------------------ library code
+
+
+def test_dataset_skips_corrupt_image_with_warning(workspace, caplog):
+    dataset, column = load_image_dataset(train_data_dir=workspace["data"], cache_dir=workspace["root"] / "cache")
+    crops = RandomCropImageDataset(dataset, column, RESOLUTION, seed=0)
+    assert len(crops) == 5
+    with caplog.at_level(logging.WARNING, logger="rp_diffusers.training_utils.data"):
+        items = [crops[i]["pixel_values"] for i in range(len(crops))]
+    assert all(item.shape == (3, RESOLUTION, RESOLUTION) for item in items)
+    assert sum("corrupt.png" in record.getMessage() for record in caplog.records) == 1
+
+
+def test_dataset_all_unreadable_raises(tmp_path):
+    from rp_diffusers.utils.image import ImageLoadError
+
+    crops = RandomCropImageDataset([str(tmp_path / "missing.png")], None, RESOLUTION)
+    with pytest.raises(ImageLoadError, match="no readable image"):
+        crops[0]
+
+
+def test_random_crop_keeps_content_scale():
+    array = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    crop = random_crop(Image.fromarray(array), 32, np.random.default_rng(1))
+    crop_uint8 = (crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    matches = [
+        (top, left)
+        for top in range(50 - 31)
+        for left in range(70 - 31)
+        if np.array_equal(array[top : top + 32, left : left + 32], crop_uint8)
+    ]
+    assert len(matches) == 1  # an exact window of the original pixels: no resampling
+
+
+def test_random_crop_dataset_is_deterministic_per_epoch_and_index(workspace):
+    dataset, column = load_image_dataset(train_data_dir=workspace["data"], cache_dir=workspace["root"] / "cache")
+    first = RandomCropImageDataset(dataset, column, RESOLUTION, seed=5, random_flip=True)
+    second = RandomCropImageDataset(dataset, column, RESOLUTION, seed=5, random_flip=True)
+    assert torch.equal(first[1]["pixel_values"], second[1]["pixel_values"])
+    first.set_epoch(1)
+    assert not torch.equal(first[1]["pixel_values"], second[1]["pixel_values"])
+
+
+def test_step_generator_depends_only_on_keys():
+    a = torch.rand(3, generator=step_generator(0, 0, 1, 2))
+    torch.manual_seed(123)  # the global RNG state must not matter
+    assert torch.equal(a, torch.rand(3, generator=step_generator(0, 0, 1, 2)))
+    assert not torch.equal(a, torch.rand(3, generator=step_generator(0, 0, 1, 3)))
+
+
+def test_one_step_forward_matches_one_step_map():
+    from rp_diffusers.models import one_step_map
+    from rp_diffusers.utils.testing import tiny_sd_components
+
+    parts = tiny_sd_components()
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    embeds = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(1))
+    alphas = parts["scheduler"].alphas_cumprod
+    with torch.no_grad():
+        for residual in (False, True):
+            latents, output = one_step_forward(
+                parts["vae"], parts["unet"], image, embeds, 625, alphas, residual=residual
+            )
+            expected = one_step_map(parts["vae"], parts["unet"], image, embeds, 625, alphas, residual=residual)
+            assert latents.shape == (2, 4, 8, 8) and torch.equal(output, expected)
+
+
+def test_checkpoint_rotation_and_latest(tmp_path):
+    for step in (10, 2, 30):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-x").mkdir()
+    assert resolve_resume_checkpoint(tmp_path, "latest").name == "checkpoint-30"
+    removed = rotate_checkpoints(tmp_path, total_limit=2)  # room for the one about to be saved
+    assert [p.name for p in removed] == ["checkpoint-2", "checkpoint-10"]
+    assert [p.name for p in checkpoint_folders(tmp_path)] == ["checkpoint-30"]
+    assert resolve_resume_checkpoint(tmp_path / "empty", "latest") is None
+    with pytest.raises(FileNotFoundError, match="latest"):
+        resolve_resume_checkpoint(tmp_path, "checkpoint-99")
+
+
+def test_trainable_weights_round_trip_and_mismatch(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    save_trainable_weights(model, tmp_path / "w.safetensors")
+    assert set(load_file(str(tmp_path / "w.safetensors"))) == {"1.weight", "1.bias"}
+    other = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    other[0].requires_grad_(False)
+    load_trainable_weights(other, tmp_path / "w.safetensors")
+    assert torch.equal(other[1].weight, model[1].weight) and not torch.equal(other[0].weight, model[0].weight)
+    other[0].requires_grad_(True)
+    with pytest.raises(ValueError, match="missing"):
+        load_trainable_weights(other, tmp_path / "w.safetensors")
+
+
+def test_save_args_writes_json_without_token(tmp_path):
+    path = save_args({"rank": 4, "output_dir": tmp_path, "hub_token": "secret"}, tmp_path)
+    assert json.loads(path.read_text()) == {"rank": 4, "output_dir": str(tmp_path)}
+
+
+def test_codec_validation_measures_real_codec(val_dir):
+    from rp_diffusers.codecs import get_codec
+
+    originals = [Image.open(val_dir / "face.png").convert("RGB").crop((0, 0, 176, 168))]
+    identical = [originals[0].copy()]
+    rows, decoded = codec_validation(originals, identical, get_codec("jpeg"), [20, 80])
+    assert [(r["quality"], r["setting"]) for r in rows] == [
+        (20, "codec alone"), (20, "rp + codec"), (80, "codec alone"), (80, "rp + codec")
+    ]  # fmt: skip
+    assert rows[0]["bpp"] == rows[1]["bpp"] and rows[0]["psnr"] == rows[1]["psnr"]  # same input, same file
+    assert rows[2]["bpp"] > rows[0]["bpp"] and rows[2]["psnr"] > rows[0]["psnr"] and "ms_ssim" in rows[0]
+    expected = get_codec("jpeg").run(originals[0], 20)
+    assert rows[0]["bpp"] == pytest.approx(expected.bpp) and decoded[(20, "codec alone")][0].size == (176, 168)
+
+
+def test_render_training_card_includes_validation_table():
+    rows = [{"quality": 30, "setting": "codec alone", "bpp": 0.51234, "psnr": 30.1},
+            {"quality": 30, "setting": "rp + codec", "bpp": 0.40001, "psnr": 28.7}]  # fmt: skip
+    adapters = [{"name": "rp_jpeg_lambda_0p5", "codec": "jpeg", "lam": 0.5, "rank": 8}]
+    card = str(render_training_card("me/rp-jpeg", adapters=adapters, validation_rows=rows, base_model="sd-turbo"))
+    assert "| quality | setting | bpp | psnr |" in card
+    assert "| 30 | rp + codec | 0.4 | 28.7 |" in card and "| 30 | codec alone | 0.5123 | 30.1 |" in card
+    assert "rp_jpeg_lambda_0p5" in card and "me/rp-jpeg" in card
