@@ -302,10 +302,11 @@ def main(args):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
-            for key, value in {"loss": float(loss), **logs}.items():
+            for key, value in {"loss": float(loss.detach()), **logs, "steps": 1}.items():
                 running[key] = running.get(key, 0.0) + value
             if global_step % args.logging_steps == 0:
-                means = {k: v / args.logging_steps for k, v in running.items()}
+                count = running.pop("steps")
+                means = {k: v / count for k, v in running.items()}
                 logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
                 accelerator.log(means, step=global_step)
                 running = {}

@@ -1,0 +1,252 @@
+"""Tests of CorrDiff (seed 001): integer entropy tables, bit-exact bitstreams, privileged correction, training resume."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import constriction
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from rp_diffusers.codecs import CodecError, get_codec
+from rp_diffusers.corrdiff import BitstreamError, CorrDiffCodec, CorrDiffConfig, CorrDiffModel
+from rp_diffusers.corrdiff.bitstream import HEADER_SIZE
+from rp_diffusers.corrdiff.diffusion import build_unet
+from rp_diffusers.corrdiff.entropy import PRECISION, decode_choices, encode_choices
+from rp_diffusers.utils.image import load_image
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "rp_diffusers" / "assets" / "examples" / "canal_urban.png"
+
+
+def tiny_model(seed: int = 0) -> CorrDiffModel:
+    """Random tiny model; large gains so that the untrained y gives non-trivial symbols."""
+    torch.manual_seed(seed)
+    config = CorrDiffConfig(
+        channels=16, latent_channels=16, hyper_channels=8, gains=(4.0, 16.0, 64.0), block_size=32,
+        num_inference_steps=2, distortion_weight=1.0,
+    )  # fmt: skip
+    model = CorrDiffModel(config)
+    model.unet = build_unet((16, 32), 1)
+    model.update()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> CorrDiffModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corrdiff") / "model"
+    CorrDiffCodec(model=model).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    """A 60x50 crop of a bundled photograph (not a multiple of 64: exercises padding)."""
+    return load_image(EXAMPLE).crop((40, 30, 100, 80))
+
+
+@pytest.fixture(scope="module")
+def encoding(model, image):
+    """One encode (quality 1, seed 0) shared by the tests that only read it."""
+    return CorrDiffCodec(model=model).encode_details(image, quality=1)
+
+
+def as_array(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64) / 255.0
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.double() - b.double()) ** 2).mean())
+
+
+def test_entropy_tables_are_integers(model, saved):
+    state = load_file(str(saved / "codec.safetensors"))
+    for key in ("entropy_bottleneck.freqs", "gaussian_conditional.freqs", "integer_h_s.layer0_weight"):
+        assert state[key].dtype in (torch.int32, torch.int64), key
+    assert state["integer_h_s.thresholds"].dtype == torch.int64
+    gaussian = model.gaussian_conditional
+    for row, half in zip(gaussian.freqs, gaussian.halves.tolist()):
+        used = row[: 2 * half + 2]
+        assert int(used.sum()) == 2**PRECISION and int(used.min()) >= 1 and not row[2 * half + 2 :].any()
+    assert torch.all(model.entropy_bottleneck.freqs.sum(1) == 2**PRECISION)
+
+
+def test_gaussian_conditional_round_trip_with_escapes(model):
+    generator = torch.Generator().manual_seed(1)
+    indexes = torch.randint(0, model.config.num_scales, (1, 16, 4, 6), generator=generator)
+    symbols = torch.round(torch.randn(indexes.shape, generator=generator) * 3)
+    symbols[0, 0, 0, :3] = torch.tensor([500.0, -32767.0, 32767.0])  # far outside every row: escaped
+    encoder = constriction.stream.queue.RangeEncoder()
+    model.gaussian_conditional.compress(encoder, symbols, indexes)
+    decoder = constriction.stream.queue.RangeDecoder(encoder.get_compressed())
+    assert torch.equal(model.gaussian_conditional.decompress(decoder, indexes), symbols)
+
+
+def test_entropy_bottleneck_round_trip(model):
+    z = torch.round(torch.randn(1, 8, 3, 5, generator=torch.Generator().manual_seed(2)) * 20)
+    z[0, 1, 0, 0] = 1000.0
+    encoder = constriction.stream.queue.RangeEncoder()
+    model.entropy_bottleneck.compress(encoder, z)
+    decoder = constriction.stream.queue.RangeDecoder(encoder.get_compressed())
+    assert torch.equal(model.entropy_bottleneck.decompress(decoder, (3, 5)), z)
+
+
+def test_choices_round_trip_with_adaptive_counts():
+    choices = np.random.default_rng(3).integers(0, 5, size=(3, 4, 7))
+    choices[1] = 4  # a constant step costs far less than log2(5) bits per choice
+    encoder = constriction.stream.queue.RangeEncoder()
+    encode_choices(encoder, choices, 5)
+    decoder = constriction.stream.queue.RangeDecoder(encoder.get_compressed())
+    assert np.array_equal(decode_choices(decoder, choices.shape, 5), choices)
+
+
+def test_integer_hyper_synthesis_is_independent_of_summation_order(model):
+    """Permuting z's channels (and the weights' input channels) reorders every sum: the result must not move."""
+    net = model.integer_h_s
+    z = torch.round(torch.randn(1, 8, 3, 4, generator=torch.Generator().manual_seed(4)) * 4)
+    reference = net(z)
+    permutation = torch.randperm(8, generator=torch.Generator().manual_seed(5))
+    original = net.layer0_weight.clone()
+    try:
+        net.layer0_weight.copy_(original[permutation])  # ConvTranspose2d weight: (in, out, k, k)
+        assert torch.equal(net(z[:, permutation]), reference)
+    finally:
+        net.layer0_weight.copy_(original)
+    assert torch.equal(reference, torch.round(reference))
+
+
+def test_integer_hyper_synthesis_matches_float_indexes(model):
+    z = torch.round(torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(6)) * 4)
+    scales = model.h_s(z).double() * model.config.gains[1]
+    table = model.gaussian_conditional.scale_values
+    float_index = (scales.unsqueeze(-1) >= table[1:]).sum(-1)
+    integer_index = model.integer_h_s.indexes(z, 1)
+    assert (float_index - integer_index).abs().max() <= 1
+    assert (float_index == integer_index).double().mean() > 0.98
+
+
+def test_codec_round_trip_in_second_process_is_pixel_identical(saved, encoding, tmp_path):
+    codec = CorrDiffCodec.from_pretrained(saved)
+    (tmp_path / "image.crdf").write_bytes(encoding.data)
+    script = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[3])); "
+        "from rp_diffusers.corrdiff import CorrDiffCodec; "
+        "codec = CorrDiffCodec.from_pretrained(sys.argv[1]); "
+        "codec.decompress(open(sys.argv[2], 'rb').read()).save(sys.argv[2] + '.png')"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", script, str(saved), str(tmp_path / "image.crdf"), str(torch.get_num_threads())]
+    subprocess.run(args, check=True, cwd=REPO, env=env, timeout=120)
+    other = np.asarray(Image.open(tmp_path / "image.crdf.png"))
+    here = np.asarray(codec.decompress(encoding.data))
+    assert other.shape == (50, 60, 3)
+    assert np.array_equal(other, here)
+    encoder_side = np.round(encoding.reconstruction[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert np.array_equal(here, encoder_side)
+
+
+def test_codec_bpp_equals_file_size(model, image, encoding):
+    codec = CorrDiffCodec(model=model, num_inference_steps=0)  # the rate does not depend on the decoder
+    result = codec.run(image, quality=2)
+    assert result.bpp == 8 * len(result.data) / (60 * 50)
+    assert sum(encoding.bits.values()) == 8 * len(encoding.data)
+    assert encoding.bits["header"] == 8 * HEADER_SIZE and encoding.bits["side"] > 0
+    assert codec.run(image, quality=0).bpp < result.bpp  # higher quality, more bits
+
+
+def test_correction_never_increases_mse_over_uncorrected_sampling(model, image):
+    target = torch.from_numpy(as_array(image)).permute(2, 0, 1)[None]
+    for seed in (1, 2):
+        codec = CorrDiffCodec(model=model, seed=seed, distortion_weight=1.0)
+        encoding = codec.encode_details(image, quality=1)
+        corrected, plain = mse(encoding.reconstruction, target), mse(encoding.uncorrected, target)
+        assert corrected <= plain
+        assert corrected <= mse(torch.round(encoding.x_e2e * 255) / 255, target)  # w = 0 is in the codebook
+        assert corrected < plain or torch.equal(encoding.reconstruction, encoding.uncorrected)
+
+
+def test_codec_e2e_decoder_skips_the_diffusion(model, encoding):
+    codec = CorrDiffCodec(model=model)
+    assert encoding.choices.shape == (2, 2, 2)  # steps x ceil(50 / 32) x ceil(60 / 32)
+    e2e = np.asarray(codec.decompress(encoding.data, decoder="e2e"))
+    assert np.array_equal(e2e, np.round(encoding.x_e2e[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+
+
+def test_bitstream_rejects_corrupt_and_truncated_files(model, encoding):
+    codec, data = CorrDiffCodec(model=model), encoding.data
+    with pytest.raises(BitstreamError, match="truncated"):
+        codec.decompress(data[:-3])
+    with pytest.raises(BitstreamError, match="truncated"):
+        codec.decompress(data[:20])
+    flipped = bytearray(data)
+    flipped[-5] ^= 0x10
+    with pytest.raises(BitstreamError, match="CRC"):
+        codec.decompress(bytes(flipped))
+    with pytest.raises(BitstreamError, match="not a CorrDiff file"):
+        codec.decompress(b"JUNK" + data[4:])
+    with pytest.raises(CodecError, match="corrdiff"):
+        codec.decode(data[:-1])
+
+
+def test_bitstream_rejects_a_file_from_another_model(model, image):
+    data = CorrDiffCodec(model=tiny_model(seed=1), num_inference_steps=0).compress(image, quality=1)
+    with pytest.raises(BitstreamError, match="load the model that wrote it"):
+        CorrDiffCodec(model=model).decompress(data)
+
+
+def test_get_codec_corrdiff_loads_a_saved_model(saved, image):
+    codec = get_codec("corrdiff", model=str(saved), num_inference_steps=0)
+    assert isinstance(codec, CorrDiffCodec) and codec.quality_range == (0, 2)
+    result = codec.run(image)
+    assert result.reconstruction.size == image.size and result.extension == ".crdf"
+    assert result.settings["num_inference_steps"] == 0
+    with pytest.raises(ValueError, match="needs a trained model"):
+        get_codec("corrdiff")
+
+
+def test_from_pretrained_offline_repo_id_raises_a_clear_error():
+    with pytest.raises(OSError, match="download"):
+        CorrDiffCodec.from_pretrained("no-such-org/no-such-corrdiff")
+
+
+def test_root_package_exports_corrdiff_codec():
+    import rp_diffusers
+
+    assert rp_diffusers.CorrDiffCodec is CorrDiffCodec
+
+
+@pytest.mark.slow
+def test_train_corrdiff_resume_is_exact(tmp_path):
+    pytest.importorskip("accelerate")
+    import importlib.util  # the script is loaded from its file, not through a sys.path edit
+
+    spec = importlib.util.spec_from_file_location("train_corrdiff", REPO / "training" / "train_corrdiff.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    data = tmp_path / "photos"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(data / f"train_{i}.png")
+    common = [
+        "--phase", "codec", "--train_data_dir", str(data), "--resolution", "64", "--train_batch_size", "2",
+        "--max_train_steps", "4", "--checkpointing_steps", "2", "--channels", "8", "--latent_channels", "8",
+        "--hyper_channels", "8", "--learning_rate", "1e-3", "--logging_steps", "100",
+    ]  # fmt: skip
+    train.main(train.parse_args([*common, "--output_dir", str(tmp_path / "a")]))
+    (tmp_path / "b").mkdir()
+    os.rename(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")  # as if run b stopped at step 2
+    train.main(train.parse_args([*common, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"]))
+    a, b = load_file(str(tmp_path / "a" / "codec.safetensors")), load_file(str(tmp_path / "b" / "codec.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    halfway = load_file(str(tmp_path / "b" / "checkpoint-2" / "model.safetensors"))
+    assert not torch.equal(a["g_a.0.weight"], halfway["g_a.0.weight"])  # steps 3-4 changed the weights
