@@ -46,6 +46,7 @@ from rp_diffusers.training_utils import (
     build_optimizer,
     checkpoint_step,
     collate_images,
+    is_sharded,
     list_images,
     load_image_dataset,
     load_trainable_weights,
@@ -255,6 +256,14 @@ def main(args):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError(
+            "stage 1 trains two networks (student and fake score); accelerate's DeepSpeed integration prepares one "
+            "model per engine. Use DDP (training/configs/multi_gpu.yaml) or FSDP (training/configs/fsdp.yaml)"
+        )
+    if is_sharded(accelerator) and args.validation_data_dir:
+        logger.warning("weights are sharded (FSDP): validation during training is skipped")
+        args.validation_data_dir = None
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         save_args(vars(args), args.output_dir)
@@ -514,7 +523,15 @@ def main(args):
 
     # 7. Save the one-step pipeline: student LoRA fused into the UNet, then unloaded
     accelerator.wait_for_everyone()
+    gathered = accelerator.get_state_dict(student) if is_sharded(accelerator) else None  # every process
     if accelerator.is_main_process:
+        if gathered is not None:  # rebuild the student on this process from the gathered weights
+            rebuilt = load_unet(student_source, args)
+            add_lora_or_train_full(
+                rebuilt, args.train_full_student, args.student_lora_rank, STUDENT, args.lora_target_modules
+            )
+            rebuilt.load_state_dict(gathered, strict=False)
+            pipe.register_modules(unet=rebuilt)
         pipe.unet.to(torch.float32)  # fuse in fp32, not in the frozen weights' training dtype
         pipe.vae.to(torch.float32)
         if not args.train_full_student:

@@ -40,6 +40,7 @@ from rp_diffusers.training_utils import (
     checkpoint_step,
     codec_validation,
     collate_images,
+    is_sharded,
     list_images,
     load_image_dataset,
     load_trainable_weights,
@@ -223,6 +224,9 @@ def main(args):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     set_seed(args.seed)
+    if is_sharded(accelerator) and args.validation_data_dir:
+        logger.warning("weights are sharded (FSDP / ZeRO-3): validation during training is skipped")
+        args.validation_data_dir = None
     codec = get_codec(args.codec)
     if args.quality_range is None:
         args.quality_range = [float(min(codec.sweep_qualities)), float(max(codec.sweep_qualities))]
@@ -247,7 +251,8 @@ def main(args):
     vae.requires_grad_(False)
     unet.requires_grad_(False)
     config_kwargs = {"target_modules": tuple(args.lora_target_modules)} if args.lora_target_modules else {}
-    unet.add_adapter(rp_lora_config(rank=args.rank, alpha=args.lora_alpha, **config_kwargs), adapter_name=adapter_name)
+    lora_config = rp_lora_config(rank=args.rank, alpha=args.lora_alpha, **config_kwargs)
+    unet.add_adapter(lora_config, adapter_name=adapter_name)
     pipe.set_adapters([adapter_name])  # only this adapter is active and trainable
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -428,7 +433,17 @@ def main(args):
 
     # 7. Save the adapter where `pipe.load_lora_weights(output_dir)` finds it; final validation; Hub upload
     accelerator.wait_for_everyone()
+    gathered = accelerator.get_state_dict(unet_prepared) if is_sharded(accelerator) else None  # every process
     if accelerator.is_main_process:
+        if gathered is not None:  # rebuild the adapted UNet on this process from the gathered weights
+            unet = RPPreprocessPipeline.from_pretrained(
+                args.pretrained_model_name_or_path,
+                revision=args.revision,
+                variant=args.variant,
+                cache_dir=args.cache_dir,
+            ).unet
+            unet.add_adapter(lora_config, adapter_name=adapter_name)
+            unet.load_state_dict(gathered, strict=False)
         extra = {
             "base_model": args.pretrained_model_name_or_path,
             "quality_range": list(args.quality_range),

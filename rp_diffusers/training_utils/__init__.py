@@ -24,7 +24,7 @@ from .data import (
     random_crop,
     step_generator,
 )
-from .loop import PreparedModel, build_optimizer, log_images, move_model, one_step_forward
+from .loop import PreparedModel, build_optimizer, is_sharded, log_images, move_model, one_step_forward
 from .validation import (
     VALIDATION_METRICS,
     codec_validation,
@@ -43,6 +43,7 @@ __all__ = [
     "checkpoint_step",
     "codec_validation",
     "collate_images",
+    "is_sharded",
     "list_images",
     "load_image_dataset",
     "load_trainable_weights",

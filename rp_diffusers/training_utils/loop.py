@@ -100,3 +100,17 @@ def log_images(accelerator, images: dict[str, Image.Image], step: int, folder: s
             import wandb
 
             tracker.log({tag: [wandb.Image(image, caption=name) for name, image in images.items()]}, step=step)
+
+
+def is_sharded(accelerator) -> bool:
+    """True when the trained weights are sharded across processes (FSDP, DeepSpeed ZeRO-3).
+
+    Then every process must take part in gathering them (``accelerator.get_state_dict``) before the main process
+    saves, and single-process inference (validation) on the raw module is not possible.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
