@@ -1,0 +1,144 @@
+"""Fidelity and speed of the learned codec proxies against the real codecs on Kodak.
+
+For each codec with shipped proxy weights, at a low, the default and a high quality, over the 24 Kodak images:
+PSNR between the proxy's output and the real decode (min and median, 8-bit), the identity baseline (PSNR between
+the input and the real decode: what a proxy that changed nothing would score), median absolute relative error of
+the predicted file size in bits, Pearson correlation of log bits across images, and time per megapixel of the
+proxy (forward; forward + backward) against the real codec's encode + decode, in the same run.
+
+Kodak is the TEST set: nothing here feeds back into training or tuning.
+
+Example:
+    python benchmarks/surrogates_proxy.py --codecs heic vvc --output benchmarks/results/surrogates_proxy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rp_diffusers.codecs import get_codec
+from rp_diffusers.surrogates.proxy import PROXY_CODECS, WEIGHTS_DIR, load_proxy, measure_fidelity
+from rp_diffusers.utils.image import load_image
+
+DEFAULT_KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--codecs", nargs="+", default=None, help="Proxies to measure (default: all shipped).")
+    parser.add_argument("--images", type=str, default=str(DEFAULT_KODAK), help="Folder of test images (Kodak).")
+    parser.add_argument("--max_images", type=int, default=24, help="Use at most this many images.")
+    parser.add_argument("--weights_dir", type=str, default=None, help="Proxy weights folder (default: shipped).")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--output", type=str, default="benchmarks/results/surrogates_proxy.json", help="JSON path.")
+    return parser.parse_args(input_args)
+
+
+def bench_qualities(codec) -> dict[str, int]:
+    """Low, default and high quality: halfway from the bottom of the range to the default, and to the top."""
+    lo, hi = codec.quality_range
+    mid = codec.default_quality
+    return {"low": lo + (mid - lo) // 2, "default": mid, "high": mid + (hi - mid) // 2}
+
+
+def time_proxy(proxy, image: torch.Tensor, quality: float, backward: bool, repeats: int = 2) -> float:
+    """Seconds per call (best of ``repeats``) of the proxy on one image, optionally with a backward pass."""
+    best = float("inf")
+    for _ in range(repeats):
+        x = image.clone().requires_grad_(backward)
+        start = time.perf_counter()
+        if backward:
+            out = proxy(x, quality)
+            (out.reconstruction.mean() + out.bits.sum() * 1e-6).backward()
+        else:
+            with torch.no_grad():
+                proxy(x, quality)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    folder = Path(args.images)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".ppm"))[: args.max_images]
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder}: pass --images with the Kodak folder")
+    images = [load_image(p) for p in paths]
+    weights_dir = Path(args.weights_dir) if args.weights_dir else WEIGHTS_DIR
+    names = args.codecs or [c for c in PROXY_CODECS if (weights_dir / f"proxy_{c}.safetensors").is_file()]
+    rows = []
+    for name in names:
+        proxy = load_proxy(name, weights_dir)
+        settings = proxy.metadata.get("training", {}).get("codec_settings", {})
+        codec = get_codec(name, **{k: v for k, v in settings.items() if k != "timeout"})
+        for label, quality in bench_qualities(codec).items():
+            cache, codec_seconds = {}, 0.0
+            for index, image in enumerate(images):
+                result = codec.run(image, quality)
+                codec_seconds += result.encode_seconds + result.decode_seconds
+                cache[(index, quality)] = (np.asarray(result.reconstruction), 8 * len(result.data))
+            fidelity = measure_fidelity(proxy, codec, images, quality, cache=cache)
+            identity = [
+                10 * np.log10(255.0**2 / np.mean((np.asarray(im, np.float64) - cache[(i, quality)][0]) ** 2))
+                for i, im in enumerate(images)
+            ]
+            megapixels = sum(im.width * im.height for im in images) / 1e6
+            x = torch.from_numpy(np.asarray(images[0])).permute(2, 0, 1)[None].float() / 255.0
+            mp0 = images[0].width * images[0].height / 1e6
+            row = {
+                "codec": name,
+                "level": label,
+                "quality": quality,
+                **fidelity,
+                "psnr_identity_median": round(float(np.median(identity)), 3),
+                "real_bpp_median": round(
+                    float(np.median([cache[(i, quality)][1] / (im.width * im.height) for i, im in enumerate(images)])),
+                    4,
+                ),
+                "proxy_s_per_mp": round(time_proxy(proxy, x, float(quality), backward=False) / mp0, 4),
+                "proxy_fwd_bwd_s_per_mp": round(time_proxy(proxy, x, float(quality), backward=True) / mp0, 4),
+                "codec_s_per_mp": round(codec_seconds / megapixels, 4),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    header = (
+        f"{'codec':6} {'level':7} {'q':>3} {'PSNR min':>8} {'PSNR med':>8} {'ident.':>7} {'bits err':>8} "
+        f"{'pearson':>7} {'s/MP fwd':>8} {'s/MP f+b':>8} {'codec s/MP':>10} {'ratio':>6}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['codec']:6} {r['level']:7} {r['quality']:>3} {r['psnr_min']:8.2f} {r['psnr_median']:8.2f} "
+            f"{r['psnr_identity_median']:7.2f} {100 * r['bits_median_abs_rel_err']:7.1f}% {r['log_bits_pearson']:7.3f} "
+            f"{r['proxy_s_per_mp']:8.3f} {r['proxy_fwd_bwd_s_per_mp']:8.3f} {r['codec_s_per_mp']:10.3f} "
+            f"{r['proxy_s_per_mp'] / r['codec_s_per_mp']:6.2f}"
+        )
+    report = {
+        "benchmark": "surrogates_proxy",
+        "images": f"{folder.name} ({len(images)} images)",
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads",
+        "columns": {
+            "psnr_min/psnr_median": "dB, proxy output vs real decode (8-bit RGB)",
+            "psnr_identity_median": "dB, input vs real decode (a proxy that returns its input)",
+            "bits_median_abs_rel_err": "median |bits_proxy - bits_real| / bits_real over images",
+            "log_bits_pearson": "Pearson r of log bits (proxy vs real) across images",
+            "proxy_s_per_mp / proxy_fwd_bwd_s_per_mp / codec_s_per_mp": "seconds per megapixel; ratio = proxy/codec",
+        },
+        "results": rows,
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main(parse_args())

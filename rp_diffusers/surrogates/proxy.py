@@ -1,0 +1,193 @@
+"""Learned differentiable proxies of codecs with no closed form (HEIC/HEVC, VVC, WebP, AVIF): loading and calling.
+
+Each proxy is a small quality-conditioned network (``proxy_model.CodecProxyNet``) fitted by
+``training/train_surrogate.py`` to the real codec's decoded image and file size. Shipped weights live in
+``surrogates/weights/proxy_{codec}.safetensors`` with ``proxy_{codec}.json`` beside them: the architecture, the
+codec settings it imitates, the exact training command and its measured fidelity to the real codec.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .base import CodecSurrogate, SurrogateOutput, register_surrogate
+from .proxy_model import CodecProxyNet
+
+PROXY_CODECS = ("heic", "hevc", "vvc", "webp", "avif")
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+class CodecProxySurrogate(CodecSurrogate):
+    """Differentiable stand-in for a real codec: ``(image, quality) -> SurrogateOutput(reconstruction, bits)``.
+
+    Args:
+        net: the fitted ``CodecProxyNet``.
+        codec: the registered codec name it imitates (``rp_diffusers.codecs.get_codec(codec)``).
+        quality_range: the codec's inclusive ``(lo, hi)`` quality scale (higher = better).
+        default_quality: quality used when ``quality`` is ``None`` (the codec's default).
+        metadata: the contents of ``proxy_{codec}.json`` (settings, training command, measured fidelity).
+
+    Example:
+        >>> from rp_diffusers.surrogates import get_surrogate
+        >>> proxy = get_surrogate("heic")
+        >>> out = proxy(torch.rand(1, 3, 64, 96, requires_grad=True), quality=50)
+        >>> out.reconstruction.shape, out.bits.shape
+        (torch.Size([1, 3, 64, 96]), torch.Size([1]))
+    """
+
+    def __init__(
+        self,
+        net: CodecProxyNet,
+        codec: str,
+        quality_range: tuple[int, int],
+        default_quality: float | None = None,
+        metadata: dict | None = None,
+    ):
+        super().__init__()
+        lo, hi = quality_range
+        if not hi > lo:
+            raise ValueError(f"quality_range must be (lo, hi) with hi > lo, got {quality_range}")
+        self.net = net
+        self.codec_name = codec
+        self.quality_range = (lo, hi)
+        self.default_quality = (lo + hi) / 2 if default_quality is None else default_quality
+        self.metadata = metadata or {}
+
+    def forward(self, image: torch.Tensor, quality=None) -> SurrogateOutput:
+        """Imitate one encode + decode.
+
+        Args:
+            image: (N, 3, H, W) RGB in [0, 1], any H and W, float32 or bfloat16, on any device.
+            quality: float or (N,) tensor on the real codec's scale (``quality_range``, higher = better;
+                non-integer values interpolate); ``None`` uses the codec's default quality.
+
+        Returns:
+            ``SurrogateOutput`` with ``reconstruction`` (N, 3, H, W) in [0, 1] in the input's dtype (clamped with a
+            straight-through gradient) and ``bits`` (N,) float32, the predicted size of the whole file in bits.
+        """
+        quality = self.check_inputs(image, self.default_quality if quality is None else quality)
+        param = next(self.net.parameters())
+        lo, hi = self.quality_range
+        q_norm = ((quality - lo) / (hi - lo)).to(param.dtype)
+        recon, bits = self.net(image.to(param.dtype), q_norm)
+        recon = recon + (recon.clamp(0, 1) - recon).detach()  # real decodes are clipped; keep the gradient
+        return SurrogateOutput(reconstruction=recon.to(image.dtype), bits=bits.float())
+
+    @classmethod
+    def from_pretrained(cls, codec: str, weights_dir: str | Path | None = None) -> CodecProxySurrogate:
+        """Load ``proxy_{codec}.safetensors`` + ``proxy_{codec}.json`` from ``weights_dir`` (default: shipped).
+
+        Raises:
+            FileNotFoundError: no fitted weights for ``codec`` there (the message says how to train them).
+        """
+        folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+        weights, config = folder / f"proxy_{codec}.safetensors", folder / f"proxy_{codec}.json"
+        if not weights.is_file() or not config.is_file():
+            raise FileNotFoundError(
+                f"no proxy weights for codec {codec!r} in {folder} (need {weights.name} and {config.name}); "
+                f"fit them with `python training/train_surrogate.py --codec {codec} --output_dir DIR` and pass "
+                f"weights_dir=DIR"
+            )
+        metadata = json.loads(config.read_text())
+        architecture = metadata["architecture"]
+        net = CodecProxyNet(channels=tuple(architecture["channels"]), matrix=architecture["matrix"])
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        net.load_state_dict(state)
+        net.eval().requires_grad_(False)
+        return cls(net, codec, tuple(metadata["quality_range"]), metadata.get("default_quality"), metadata)
+
+    def save_pretrained(
+        self, directory: str | Path, training: dict | None = None, fidelity: dict | None = None
+    ) -> Path:
+        """Write ``proxy_{codec}.safetensors`` (float32) and ``proxy_{codec}.json``; return the weights path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().float().contiguous().cpu() for k, v in self.net.state_dict().items()}
+        path = directory / f"proxy_{self.codec_name}.safetensors"
+        save_file(state, str(path), metadata={"format": "pt", "codec": self.codec_name})
+        metadata = dict(self.metadata)
+        metadata.update(
+            codec=self.codec_name,
+            quality_range=list(self.quality_range),
+            default_quality=self.default_quality,
+            architecture={"class": "CodecProxyNet", "channels": list(self.net.channels), "matrix": self.net.matrix},
+            parameters=sum(v.numel() for v in state.values()),
+        )
+        if training is not None:
+            metadata["training"] = training
+        if fidelity is not None:
+            metadata.setdefault("fidelity", {}).update(fidelity)
+        (directory / f"proxy_{self.codec_name}.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+        return path
+
+
+def load_proxy(codec: str, weights_dir: str | Path | None = None) -> CodecProxySurrogate:
+    """The fitted proxy of ``codec`` (one of ``PROXY_CODECS``), in eval mode with frozen weights, float32 on CPU."""
+    return CodecProxySurrogate.from_pretrained(codec, weights_dir)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+@torch.no_grad()
+def measure_fidelity(
+    surrogate: CodecProxySurrogate, codec, images: list, quality: int, cache: dict | None = None
+) -> dict:
+    """Compare a proxy with the real codec on a list of PIL images at one quality.
+
+    Args:
+        surrogate: the proxy to check.
+        codec: the real codec (``rp_diffusers.codecs.get_codec(...)``).
+        images: RGB PIL images (any sizes).
+        quality: integer quality on the codec's scale.
+        cache: optional dict reused across calls to avoid re-encoding (keyed by image index and quality).
+
+    Returns:
+        dict with ``psnr_min``/``psnr_median`` (dB, proxy decode vs real decode, 8-bit), ``psnr_codec_median``
+        (real decode vs original, for scale), ``bits_median_abs_rel_err``, ``bits_max_abs_rel_err`` and
+        ``log_bits_pearson`` (nan for fewer than 3 images).
+    """
+    psnr, psnr_codec, real_bits, proxy_bits = [], [], [], []
+    for index, image in enumerate(images):
+        key = (index, quality)
+        if cache is None or key not in cache:
+            result = codec.run(image, quality)
+            entry = (np.asarray(result.reconstruction.convert("RGB")), 8 * len(result.data))
+            if cache is not None:
+                cache[key] = entry
+        else:
+            entry = cache[key]
+        decoded, bits = entry
+        original = np.array(image.convert("RGB"))
+        x = torch.from_numpy(original).permute(2, 0, 1)[None].float() / 255.0
+        out = surrogate(x, float(quality))
+        recon = (out.reconstruction[0].float().clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round()
+        psnr.append(_psnr(recon, decoded))
+        psnr_codec.append(_psnr(original, decoded))
+        real_bits.append(bits)
+        proxy_bits.append(float(out.bits[0]))
+    real, pred = np.asarray(real_bits, dtype=np.float64), np.asarray(proxy_bits)
+    rel = np.abs(pred - real) / real
+    pearson = float(np.corrcoef(np.log(real), np.log(pred))[0, 1]) if len(real) >= 3 else float("nan")
+    return {
+        "n": len(images),
+        "psnr_min": round(float(np.min(psnr)), 3),
+        "psnr_median": round(float(np.median(psnr)), 3),
+        "psnr_codec_median": round(float(np.median(psnr_codec)), 3),
+        "bits_median_abs_rel_err": round(float(np.median(rel)), 4),
+        "bits_max_abs_rel_err": round(float(np.max(rel)), 4),
+        "log_bits_pearson": round(pearson, 4),
+    }
+
+
+for _name in PROXY_CODECS:
+    register_surrogate(_name)(partial(load_proxy, _name))

@@ -1,0 +1,197 @@
+"""The learned codec proxy network: a quality-conditioned residual U-Net with an analytic 4:2:0 prior and a rate head.
+
+The network maps ``(image, quality)`` to the real codec's decoded image and its bit count:
+
+- **Prior.** The image in YCbCr (BT.601, full range) with its chroma averaged over 2x2 blocks and bilinearly
+  upsampled (the 4:2:0 round trip every codec here performs), then blended per channel with a Gaussian blur of
+  itself by a quality-dependent weight in [0, 1]: a strong analytic start, so the U-Net only learns the residual.
+- **Residual U-Net.** Pixel-unshuffle by 2, three levels (H/2, H/4, H/8), residual blocks with FiLM conditioning
+  on a Fourier embedding of the normalised quality, pixel-shuffle back to a YCbCr residual added to the prior.
+- **Rate head.** Per 8x8 block of the padded image: bottleneck features plus log gradient energy and log variance
+  of Y, Cb, Cr -> a small FiLM-conditioned MLP -> log bits of that block. Bits of the image = sum over blocks
+  (weighted by the fraction of each block inside the unpadded image) + a quality-dependent header size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..utils.tiling import crop_to_size, pad_to_multiple
+
+# Luma weights (Kr, Kb) of the YCbCr matrices the codecs signal: BT.601 (JFIF, HEIC/WebP/AVIF here), BT.709 (the
+# ffmpeg HEVC/VVC codecs here).
+LUMA_WEIGHTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+RATE_BLOCK = 8  # side of the blocks the rate head scores, in pixels
+PAD_MULTIPLE = 8  # the U-Net's total down-sampling factor
+
+
+def ycbcr_matrix(matrix: str = "bt601") -> torch.Tensor:
+    """(3, 3) full-range RGB -> YCbCr matrix on [0, 1] values (Y in [0, 1], Cb and Cr in [-0.5, 0.5])."""
+    if matrix not in LUMA_WEIGHTS:
+        raise ValueError(f"matrix must be one of {sorted(LUMA_WEIGHTS)}, got {matrix!r}")
+    kr, kb = LUMA_WEIGHTS[matrix]
+    kg = 1.0 - kr - kb
+    y = torch.tensor([kr, kg, kb], dtype=torch.float64)
+    cb = (torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) - y) / (2 * (1 - kb))
+    cr = (torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) - y) / (2 * (1 - kr))
+    return torch.stack([y, cb, cr]).float()
+
+
+def _apply_matrix(matrix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,njhw->nihw", matrix.to(image), image)
+
+
+def _gaussian_blur(x: torch.Tensor) -> torch.Tensor:
+    """Separable 5-tap binomial blur (sigma ~ 1 pixel) with reflect padding, per channel."""
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device) / 16.0
+    c = x.shape[1]
+    x = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    x = F.conv2d(x, taps.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
+    return F.conv2d(x, taps.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
+
+
+class QualityEmbedding(nn.Module):
+    """Normalised quality in [0, 1], shape (N,) -> (N, dim) embedding (Fourier features + MLP), smooth in q."""
+
+    def __init__(self, dim: int = 64, frequencies: int = 6):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * torch.arange(1, frequencies + 1, dtype=torch.float32), False)
+        self.mlp = nn.Sequential(nn.Linear(2 * frequencies + 1, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU())
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        angles = q[:, None] * self.freqs.to(q)
+        return self.mlp(torch.cat([q[:, None], angles.sin(), angles.cos()], dim=1))
+
+
+class FiLMBlock(nn.Module):
+    """conv3x3 -> FiLM(quality) -> SiLU -> conv3x3, added to the input."""
+
+    def __init__(self, channels: int, embed_dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.film = nn.Linear(embed_dim, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.conv1(x) * (1 + scale) + shift
+        return x + self.conv2(F.silu(h))
+
+
+class CodecProxyNet(nn.Module):
+    """Quality-conditioned proxy of one codec: ``(image, q_norm) -> (reconstruction, bits)``.
+
+    Args:
+        channels: widths of the three U-Net levels (H/2, H/4, H/8).
+        matrix: the YCbCr matrix of the codec (``"bt601"`` or ``"bt709"``), where the 4:2:0 prior is applied.
+        embed_dim: size of the quality embedding.
+        rate_hidden: width of the rate head's hidden layer.
+
+    Example:
+        >>> net = CodecProxyNet()
+        >>> recon, bits = net(torch.rand(2, 3, 37, 50), torch.tensor([0.2, 0.8]))
+        >>> tuple(recon.shape), tuple(bits.shape)
+        ((2, 3, 37, 50), (2,))
+    """
+
+    def __init__(
+        self,
+        channels: tuple[int, int, int] = (32, 64, 96),
+        matrix: str = "bt601",
+        embed_dim: int = 64,
+        rate_hidden: int = 64,
+    ):
+        super().__init__()
+        self.channels, self.matrix = tuple(channels), matrix
+        forward = ycbcr_matrix(matrix)
+        self.register_buffer("rgb_to_ycc", forward, persistent=False)
+        self.register_buffer("ycc_to_rgb", torch.linalg.inv(forward), persistent=False)
+        c0, c1, c2 = channels
+        self.embed = QualityEmbedding(embed_dim)
+        self.blur_weight = nn.Linear(embed_dim, 3)  # per YCbCr channel, through a sigmoid
+        self.head = nn.Conv2d(24, c0, 3, padding=1)  # pixel-unshuffled (x, prior) in YCbCr
+        self.enc0 = FiLMBlock(c0, embed_dim)
+        self.down1 = nn.Conv2d(c0, c1, 3, stride=2, padding=1)
+        self.enc1 = FiLMBlock(c1, embed_dim)
+        self.down2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)
+        self.mid = nn.ModuleList([FiLMBlock(c2, embed_dim), FiLMBlock(c2, embed_dim)])
+        self.up2 = nn.Conv2d(c2, 4 * c1, 1)
+        self.dec1 = FiLMBlock(c1, embed_dim)
+        self.up1 = nn.Conv2d(c1, 4 * c0, 1)
+        self.dec0 = FiLMBlock(c0, embed_dim)
+        self.tail = nn.Conv2d(c0, 12, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)
+        # Rate head: bottleneck features + 6 block statistics, FiLM on quality, -> log bits per 8x8 block.
+        self.rate_in = nn.Conv2d(c2 + 6, rate_hidden, 1)
+        self.rate_film = nn.Linear(embed_dim, 2 * rate_hidden)
+        self.rate_out = nn.Sequential(nn.SiLU(), nn.Conv2d(rate_hidden, rate_hidden, 1), nn.SiLU())
+        self.rate_proj = nn.Conv2d(rate_hidden, 1, 1)
+        self.header = nn.Linear(embed_dim, 1)  # log header bits
+        # Start near real files: ~0.25 bit per pixel (16 bits per 8x8 block) and a ~1000-bit header.
+        nn.init.constant_(self.rate_proj.bias, math.log(16.0))
+        nn.init.constant_(self.header.bias, math.log(1000.0))
+
+    def prior(self, ycc: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The analytic 4:2:0 + quality-dependent blur prior, (N, 3, H, W) YCbCr with even H, W."""
+        chroma = F.interpolate(F.avg_pool2d(ycc[:, 1:], 2), scale_factor=2, mode="bilinear", align_corners=False)
+        ycc = torch.cat([ycc[:, :1], chroma], dim=1)
+        weight = torch.sigmoid(self.blur_weight(emb) - 3.0)[:, :, None, None]
+        return ycc + weight * (_gaussian_blur(ycc) - ycc)
+
+    @staticmethod
+    def block_statistics(ycc: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 6, H/8, W/8): log mean squared gradient and log variance of Y, Cb, Cr per block."""
+        dx = F.pad(ycc[..., :, 1:] - ycc[..., :, :-1], (0, 1, 0, 0))
+        dy = F.pad(ycc[..., 1:, :] - ycc[..., :-1, :], (0, 0, 0, 1))
+        grad = F.avg_pool2d(dx.square() + dy.square(), RATE_BLOCK)
+        mean = F.avg_pool2d(ycc, RATE_BLOCK)
+        var = (F.avg_pool2d(ycc.square(), RATE_BLOCK) - mean.square()).clamp_min(0)
+        return torch.cat([torch.log(grad + 1e-5), torch.log(var + 1e-5)], dim=1) / 5.0
+
+    def forward(self, image: torch.Tensor, q_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict the codec's decode and bit count.
+
+        Args:
+            image: (N, 3, H, W) RGB in [0, 1], any H, W >= 1.
+            q_norm: (N,) quality mapped linearly to [0, 1] over the codec's quality range (float32 preferred).
+
+        Returns:
+            ``(reconstruction, bits)``: (N, 3, H, W) un-clamped RGB and (N,) positive predicted bits of the file.
+        """
+        height, width = image.shape[-2:]
+        padded, _ = pad_to_multiple(image, PAD_MULTIPLE)
+        emb = self.embed(q_norm.float()).to(image.dtype)
+        ycc = _apply_matrix(self.rgb_to_ycc, padded)
+        prior = self.prior(ycc, emb)
+        h0 = self.enc0(self.head(F.pixel_unshuffle(torch.cat([ycc, prior], dim=1), 2)), emb)
+        h1 = self.enc1(self.down1(F.silu(h0)), emb)
+        h2 = self.down2(F.silu(h1))
+        for block in self.mid:
+            h2 = block(h2, emb)
+        d1 = self.dec1(F.pixel_shuffle(self.up2(F.silu(h2)), 2) + h1, emb)
+        d0 = self.dec0(F.pixel_shuffle(self.up1(F.silu(d1)), 2) + h0, emb)
+        residual = F.pixel_shuffle(self.tail(F.silu(d0)), 2)
+        reconstruction = crop_to_size(_apply_matrix(self.ycc_to_rgb, prior + residual), (height, width))
+        return reconstruction, self.rate(h2, ycc, emb, (height, width))
+
+    def rate(
+        self, features: torch.Tensor, ycc: torch.Tensor, emb: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Bits of the file: sum of per-block bits over the unpadded image plus the header, (N,) float32."""
+        stats = self.block_statistics(ycc.float()).to(features.dtype)
+        scale, shift = self.rate_film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.rate_in(torch.cat([features, stats], dim=1)) * (1 + scale) + shift
+        log_bits = self.rate_proj(self.rate_out(h)).float().clamp(-10.0, 12.0)
+        # Fraction of each 8x8 block that lies inside the unpadded image (padding carries no bits).
+        inside = torch.zeros(1, 1, *ycc.shape[-2:], device=ycc.device)
+        inside[..., : size[0], : size[1]] = 1.0
+        weight = F.avg_pool2d(inside, RATE_BLOCK)
+        blocks = (log_bits.exp() * weight).flatten(1).sum(1)
+        return blocks + self.header(emb).float().squeeze(1).clamp(-10.0, 20.0).exp()

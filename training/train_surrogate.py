@@ -1,0 +1,374 @@
+"""Fit a learned differentiable proxy of a real codec (HEIC/HEVC, VVC, WebP, AVIF) on real encodes.
+
+Training pairs come from running the REAL codec (``rp_diffusers.codecs``) on random crops of a folder of
+photographs at random qualities; they are cached as a ``datasets.Dataset`` saved to disk, so later runs with the
+same data settings reuse them. The proxy (``rp_diffusers.surrogates.proxy_model.CodecProxyNet``) is then trained
+with Accelerate to reproduce the real decode (loss: mean over samples of log MSE, i.e. minus the mean PSNR) and
+the real file size (squared error of log bits). Validation runs the real codec on centre crops of a different
+folder (never Kodak, the test set). The result is ``proxy_{codec}.safetensors`` + ``proxy_{codec}.json``.
+
+Example:
+    accelerate launch training/train_surrogate.py --codec heic --resolution 128 --num_pairs 2000 \\
+        --max_train_steps 3000 --output_dir out/proxy-heic
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from tqdm.auto import tqdm
+
+from rp_diffusers.codecs import get_codec
+from rp_diffusers.surrogates.proxy import CodecProxySurrogate, measure_fidelity
+from rp_diffusers.surrogates.proxy_model import CodecProxyNet
+from rp_diffusers.utils.image import load_image
+
+logger = get_logger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--codec", type=str, required=True, help="Codec to imitate: heic, hevc, vvc, webp, avif.")
+    parser.add_argument(
+        "--codec_settings", type=str, default="{}", help="JSON dict of codec setting overrides (get_codec kwargs)."
+    )
+    parser.add_argument(
+        "--train_data_dir", type=str, default="../shared/data/train-sunhays80", help="Folder of training photos."
+    )
+    parser.add_argument(
+        "--validation_data_dir",
+        type=str,
+        default="../shared/data/val-set14",
+        help="Folder of validation photos (never the test set).",
+    )
+    parser.add_argument("--resolution", type=int, default=128, help="Largest side of the random training crops.")
+    parser.add_argument(
+        "--min_resolution",
+        type=int,
+        default=None,
+        help="Smallest crop side (default: resolution / 2). Crop heights and widths are drawn independently from "
+        "{min, halfway, max} (multiples of 8): varied sizes separate the fixed header from the per-pixel bits.",
+    )
+    parser.add_argument("--num_pairs", type=int, default=2000, help="Number of (crop, real encode) pairs to build.")
+    parser.add_argument("--quality_min", type=int, default=None, help="Lowest quality sampled (default: codec's).")
+    parser.add_argument("--quality_max", type=int, default=None, help="Highest quality sampled (default: codec's).")
+    parser.add_argument(
+        "--pairs_dir",
+        type=str,
+        default=None,
+        help="Folder of cached pair datasets, one sub-folder per data setting (default: ~/.cache/rp-diffusers/proxy-pairs).",
+    )
+    parser.add_argument("--encode_workers", type=int, default=1, help="Threads running the real codec.")
+    parser.add_argument("--channels", type=str, default="32,64,96", help="Widths of the three U-Net levels.")
+    parser.add_argument(
+        "--matrix",
+        type=str,
+        default=None,
+        choices=["bt601", "bt709"],
+        help="YCbCr matrix of the codec (default: bt709 when the codec has a 'matrix' setting, else bt601).",
+    )
+    parser.add_argument("--train_batch_size", type=int, default=16, help="Crops per step.")
+    parser.add_argument("--max_train_steps", type=int, default=3000, help="Optimisation steps.")
+    parser.add_argument("--learning_rate", type=float, default=2e-3, help="Peak AdamW learning rate.")
+    parser.add_argument("--lr_scheduler", type=str, default="cosine", help="diffusers scheduler name.")
+    parser.add_argument("--lr_warmup_steps", type=int, default=100, help="Linear warm-up steps.")
+    parser.add_argument("--adam_weight_decay", type=float, default=1e-4, help="AdamW weight decay.")
+    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    parser.add_argument("--rate_weight", type=float, default=1.0, help="Weight of the log-bits loss.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of crops, qualities and initialisation.")
+    parser.add_argument("--output_dir", type=str, default="proxy-out", help="Where weights and checkpoints go.")
+    parser.add_argument(
+        "--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"], help="Accelerate precision."
+    )
+    parser.add_argument("--checkpointing_steps", type=int, default=1000, help="Save a resumable state every N steps.")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep at most this many checkpoints.")
+    parser.add_argument(
+        "--resume_from_checkpoint", type=str, default=None, help="A checkpoint-{step} folder or 'latest'."
+    )
+    parser.add_argument("--validation_steps", type=int, default=1000, help="Validate on real encodes every N steps.")
+    parser.add_argument("--validation_resolution", type=int, default=256, help="Side of the validation centre crops.")
+    parser.add_argument("--num_validation_images", type=int, default=13, help="Validation photos used (0: none).")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+    parser.add_argument("--report_to", type=str, default=None, help="Accelerate tracker (tensorboard, wandb).")
+    args = parser.parse_args(input_args)
+    args.command_line = list(sys.argv[1:] if input_args is None else input_args)
+    if args.min_resolution is None:
+        args.min_resolution = max(8, args.resolution // 16 * 8)
+    for flag in ("resolution", "min_resolution"):
+        if getattr(args, flag) < 8 or getattr(args, flag) % 8:
+            raise ValueError(f"--{flag} must be a positive multiple of 8, got {getattr(args, flag)}")
+    if args.min_resolution > args.resolution:
+        raise ValueError(f"--min_resolution ({args.min_resolution}) must not exceed --resolution ({args.resolution})")
+    json.loads(args.codec_settings)
+    return args
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder}: pass a folder of photographs (--train_data_dir)")
+    return paths
+
+
+def _pairs_key(args: argparse.Namespace, quality_range: tuple[int, int]) -> str:
+    fields = [args.codec, args.codec_settings, args.resolution, args.min_resolution, args.num_pairs, quality_range]
+    digest = hashlib.sha1(json.dumps([str(f) for f in fields] + [os.path.abspath(args.train_data_dir)]).encode())
+    return f"{args.codec}-r{args.resolution}-n{args.num_pairs}-s{args.seed}-{digest.hexdigest()[:8]}"
+
+
+def crop_sides(args: argparse.Namespace) -> list[int]:
+    """The crop sides drawn for heights and widths: min, halfway (rounded to 8) and max resolution."""
+    mid = (args.min_resolution + args.resolution) // 16 * 8
+    return sorted({args.min_resolution, mid, args.resolution})
+
+
+def build_pairs(args: argparse.Namespace, codec, quality_range: tuple[int, int]):
+    """Run the real codec on random crops at random integer qualities; cache and return a ``datasets.Dataset``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import datasets
+
+    root = args.pairs_dir or os.path.expanduser("~/.cache/rp-diffusers/proxy-pairs")
+    path = os.path.join(root, _pairs_key(args, quality_range))
+    if os.path.isdir(path):
+        logger.info(f"reusing cached pairs at {path}")
+        return datasets.load_from_disk(path)
+    rng = np.random.default_rng(args.seed)
+    photos = [load_image(p) for p in list_images(args.train_data_dir)]
+    jobs, sides = [], crop_sides(args)
+    for i in range(args.num_pairs):
+        photo = photos[rng.integers(len(photos))] if i >= len(photos) else photos[i]
+        side_w, side_h = (min(int(rng.choice(sides)), size) for size in photo.size)
+        left, top = rng.integers(photo.width - side_w + 1), rng.integers(photo.height - side_h + 1)
+        crop = photo.crop((int(left), int(top), int(left + side_w), int(top + side_h)))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        jobs.append((crop, int(rng.integers(quality_range[0], quality_range[1] + 1))))
+
+    def encode(job):
+        crop, quality = job
+        result = codec.run(crop, quality)
+        return {"image": crop, "decoded": result.reconstruction, "quality": quality, "bits": 8 * len(result.data)}
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.encode_workers)) as pool:
+        rows = list(tqdm(pool.map(encode, jobs), total=len(jobs), desc=f"real {args.codec} encodes"))
+    logger.info(f"built {len(rows)} pairs in {time.perf_counter() - start:.0f} s")
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "decoded": datasets.Image(),
+            "quality": datasets.Value("int32"),
+            "bits": datasets.Value("int64"),
+        }
+    )
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    dataset.save_to_disk(path)
+    return datasets.load_from_disk(path)
+
+
+class PairsInMemory(torch.utils.data.Dataset):
+    """The pairs as uint8 (3, h, w) tensors plus quality and bits: a few hundred MB at most, kept in memory."""
+
+    def __init__(self, dataset):
+        def to_tensor(image: Image.Image) -> torch.Tensor:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+        self.images = [to_tensor(im) for im in dataset["image"]]
+        self.decoded = [to_tensor(im) for im in dataset["decoded"]]
+        self.quality = torch.tensor(dataset["quality"], dtype=torch.float32)
+        self.bits = torch.tensor(dataset["bits"], dtype=torch.float64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.decoded[index], self.quality[index], self.bits[index]
+
+
+class SameShapeBatchSampler(torch.utils.data.Sampler):
+    """Shuffled batches whose crops share one shape (crops come in a few shapes), re-shuffled every epoch."""
+
+    def __init__(self, shapes: list[tuple[int, int]], batch_size: int, seed: int):
+        self.groups: dict[tuple[int, int], list[int]] = {}
+        for index, shape in enumerate(shapes):
+            self.groups.setdefault(shape, []).append(index)
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed + epoch)
+        batches = []
+        for indices in self.groups.values():
+            indices = rng.sample(indices, len(indices))
+            batches += [indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        self.epoch += 1
+        return iter(self._batches(self.epoch))
+
+    def __len__(self) -> int:
+        return len(self._batches(0))
+
+
+def validation_set(args: argparse.Namespace) -> list[Image.Image]:
+    if args.num_validation_images <= 0 or not os.path.isdir(args.validation_data_dir):
+        return []
+    images = []
+    for path in list_images(args.validation_data_dir)[: args.num_validation_images]:
+        image = load_image(path)
+        side = args.validation_resolution
+        left, top = max(0, (image.width - side) // 2), max(0, (image.height - side) // 2)
+        images.append(image.crop((left, top, min(image.width, left + side), min(image.height, top + side))))
+    return images
+
+
+def validation_qualities(codec, quality_range: tuple[int, int]) -> list[int]:
+    lo, hi = quality_range
+    mid = min(max(codec.default_quality, lo), hi)
+    return sorted({lo + (mid - lo) // 2, mid, mid + (hi - mid) // 2})
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Build or reuse the pairs, train, validate, save ``proxy_{codec}.safetensors`` + ``.json``; return the path."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    set_seed(args.seed)
+    codec = get_codec(args.codec, **json.loads(args.codec_settings))
+    quality_range = (
+        codec.quality_range[0] if args.quality_min is None else args.quality_min,
+        codec.quality_range[1] if args.quality_max is None else args.quality_max,
+    )
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        build_pairs(args, codec, quality_range)  # the other processes wait and then read the cache
+    accelerator.wait_for_everyone()
+    data = PairsInMemory(build_pairs(args, codec, quality_range))
+    lo, hi = codec.quality_range
+
+    channels = tuple(int(c) for c in args.channels.split(","))
+    matrix = args.matrix or ("bt709" if codec.settings.get("matrix") == "bt709" else "bt601")
+    net = CodecProxyNet(channels=channels, matrix=matrix)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    scheduler = get_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
+    )
+    shapes = [tuple(image.shape[-2:]) for image in data.images]
+    loader = torch.utils.data.DataLoader(
+        data, batch_sampler=SameShapeBatchSampler(shapes, args.train_batch_size, args.seed)
+    )
+    net, optimizer, loader, scheduler = accelerator.prepare(net, optimizer, loader, scheduler)
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        name = args.resume_from_checkpoint
+        if name == "latest":
+            found = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            name = str(found[-1]) if found else None
+        if name is None:
+            logger.info("no checkpoint found: starting from scratch")
+        else:
+            accelerator.load_state(name)
+            global_step = int(Path(name).name.split("-")[1])
+    if accelerator.is_main_process:
+        accelerator.init_trackers("train_surrogate", config={k: str(v) for k, v in vars(args).items()})
+    val_images = validation_set(args) if accelerator.is_main_process else []
+    val_qualities = validation_qualities(codec, quality_range)
+    val_cache: dict = {}
+
+    def validate(step: int) -> dict:
+        surrogate = CodecProxySurrogate(accelerator.unwrap_model(net), args.codec, codec.quality_range)
+        report = {}
+        for quality in val_qualities:
+            report[str(quality)] = measure_fidelity(surrogate, codec, val_images, quality, cache=val_cache)
+            logger.info(f"step {step} val q={quality}: {report[str(quality)]}")
+        return report
+
+    progress = tqdm(range(global_step, args.max_train_steps), disable=not accelerator.is_local_main_process)
+    start = time.perf_counter()
+    while global_step < args.max_train_steps:
+        net.train()
+        for image, decoded, quality, bits in loader:
+            image, decoded = image.float() / 255.0, decoded.float() / 255.0
+            q_norm = (quality - lo) / (hi - lo)
+            with accelerator.autocast():
+                recon, bits_pred = net(image, q_norm)
+            mse = (recon.float() - decoded).square().flatten(1).mean(1)
+            loss_d = torch.log(mse + 1e-6).mean()
+            loss_r = (torch.log(bits_pred) - torch.log(bits.float())).square().mean()
+            loss = loss_d + args.rate_weight * loss_r
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(net.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            global_step += 1
+            progress.update(1)
+            psnr = (-10 * torch.log10(mse.detach() + 1e-10)).mean().item()
+            logs = {"psnr": psnr, "log_bits_rmse": loss_r.detach().sqrt().item(), "lr": scheduler.get_last_lr()[0]}
+            progress.set_postfix(**logs)
+            accelerator.log(logs, step=global_step)
+            if accelerator.is_main_process and global_step % args.checkpointing_steps == 0:
+                _rotate_checkpoints(output_dir, args.checkpoints_total_limit - 1)
+                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+            last = global_step >= args.max_train_steps
+            if accelerator.is_main_process and val_images and global_step % args.validation_steps == 0 and not last:
+                validate(global_step)
+            if global_step >= args.max_train_steps:
+                break
+    train_seconds = time.perf_counter() - start
+
+    accelerator.wait_for_everyone()
+    path = output_dir / f"proxy_{args.codec}.safetensors"
+    if accelerator.is_main_process:
+        report = validate(global_step) if val_images else {}
+        surrogate = CodecProxySurrogate(accelerator.unwrap_model(net).float(), args.codec, codec.quality_range)
+        training = {
+            "command": "python training/train_surrogate.py " + " ".join(args.command_line),
+            "args": {k: v for k, v in vars(args).items() if k != "command_line"},
+            "num_pairs": len(data),
+            "codec_settings": codec.settings,
+            "codec_description": codec.description,
+            "train_seconds": round(train_seconds, 1),
+            "steps": global_step,
+        }
+        surrogate.save_pretrained(output_dir, training=training, fidelity={"val-set14": report})
+    accelerator.end_training()
+    return path
+
+
+def _rotate_checkpoints(output_dir: Path, keep: int) -> None:
+    found = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in found[: max(0, len(found) - max(keep, 0))]:
+        shutil.rmtree(old)
+
+
+if __name__ == "__main__":
+    random.seed(0)
+    main(parse_args())
