@@ -473,3 +473,91 @@ def test_enhance_command_writes_lossless_pngs(tmp_path, capsys):
         assert png.format == "PNG" and png.size == (35, 27)
     assert "decoded.jpg" in capsys.readouterr().out
     assert main(["enhance", str(source), "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+
+
+def test_slow_preset_defaults_to_the_codec_surrogate(image_odd):
+    from rp_diffusers.surrogates import get_surrogate
+
+    try:
+        get_surrogate("jpeg")
+    except FileNotFoundError as error:  # DiffJPEG's rate calibration is built by training/calibrate_jpeg_rate.py
+        pytest.skip(f"DiffJPEG not usable here: {error}")
+    out = cm_pipe()(
+        image_odd,
+        preset="slow",
+        sigma=0.3,
+        num_steps=2,
+        codec="jpeg",
+        quality=30,
+        generator=torch.manual_seed(0),
+        output_type="pt",
+    )
+    assert out.images.shape == image_odd.shape and torch.isfinite(out.images).all()
+
+
+# --------------------------------------------------------------------------------------------- calibration script
+def _calibration_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "training" / "calibrate_decode_sigma.py"
+    spec = importlib.util.spec_from_file_location("calibrate_decode_sigma", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibration_script_writes_an_entry_the_pipeline_uses(tmp_path, train_dir):
+    script = _calibration_script()
+    ConsistencyModelPipeline(unet=tiny_unet(), scheduler=CMStochasticIterativeScheduler()).save_pretrained(
+        tmp_path / "cm"
+    )
+    table_path = tmp_path / "table.json"
+    script.main(
+        script.parse_args(
+            [
+                "--data",
+                str(train_dir),
+                "--num-images",
+                "2",
+                "--crop",
+                "32",
+                "--codec",
+                "jpeg",
+                "--qualities",
+                "10,60",
+                "--model",
+                str(tmp_path / "cm"),
+                "--model-key",
+                "tiny/cm",
+                "--rtol",
+                "0.05",
+                "--device",
+                "cpu",
+                "--output",
+                str(table_path),
+            ]
+        )
+    )
+    entry = SigmaTable.load(table_path).find_entry("tiny/cm", "fast", "jpeg")
+    assert entry["qualities"] == [10, 60] and all(abs(r - 2) <= 0.1 for r in entry["ratios"])
+    assert entry["codec_mse"][0] > entry["codec_mse"][1]  # quality 10 distorts more than 60
+    pipe = PerceptualDecodePipeline.from_pretrained(tmp_path / "cm", calibration_key="tiny/cm")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(torch.rand(1, 3, 20, 20), codec="jpeg", quality=35, calibration=str(table_path))
+    assert min(entry["sigmas"]) <= out.sigmas[0] <= max(entry["sigmas"])
+
+
+def test_calibration_script_refuses_kodak(tmp_path):
+    (tmp_path / "kodak").mkdir()
+    with pytest.raises(ValueError, match="test set"):
+        _calibration_script().load_photographs(str(tmp_path / "kodak"), 1, 32)
+
+
+def test_shipped_table_codec_mse_decreases_with_quality():
+    table = SigmaTable.load()
+    assert "jpeg" in table.codec_mse
+    for codec, record in table.codec_mse.items():
+        mse = [m for _, m in sorted(zip(record["qualities"], record["mse"]))]
+        assert all(a > b for a, b in zip(mse, mse[1:])), codec
+    assert table.codec_mse_for("jpeg", 10) > table.codec_mse_for("jpeg", 15) > table.codec_mse_for("jpeg", 20)
