@@ -41,6 +41,15 @@ def _load_script(name: str):
     return module
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread on a shared 2-core machine (and do not starve other tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def finetune_rp():
     return _load_script("finetune_rp")
