@@ -234,14 +234,16 @@ class PerceptualDecodePipeline(DiffusionPipeline):
         if num_classes is None:
             return None
         if class_labels is None:  # as ConsistencyModelPipeline: a random class, here from the generator
-            return torch.randint(0, num_classes, (1,), generator=generator).to(self._execution_device)
+            device = generator.device if generator is not None else "cpu"
+            return torch.randint(0, num_classes, (1,), generator=generator, device=device).to(self._execution_device)
         label = class_labels[index] if isinstance(class_labels, (list, tuple)) else class_labels
         return torch.tensor([int(label)], device=self._execution_device)
 
     def _auto_sigma(self, image, preset, codec, generator, table, **kwargs) -> float:
         """Source-free search: MSE(out, x_dec) = codec MSE (see ``rp_diffusers.decode.calibration``)."""
         target = table.codec_mse_for(codec, kwargs["quality"])
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        device = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
 
         def mse(sigma: float) -> float:
             out = self.enhance_tensor(image, sigma, preset, generator=torch.Generator().manual_seed(seed), **kwargs)
