@@ -81,6 +81,36 @@ def measure(reference: Image.Image, distorted: Image.Image, metrics: Sequence[st
     return {RESULT_KEYS.get(name, name): float(v[0]) for name, v in values.items()}
 
 
+def usable_metrics(metrics: Sequence[str]) -> list[str]:
+    """The metrics whose networks load here; the others are dropped with one warning each.
+
+    Probed once, in parallel threads, before a sweep: offline, each missing weight file costs the Hub client's
+    retries (about 30 s), which must not be paid once per image or per worker process.
+    """
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..metrics import compute_metrics
+
+    probe = torch.zeros(1, 3, 176, 176)
+
+    def works(metric: str) -> tuple[bool, str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values = compute_metrics(probe, probe, metrics=(metric,))
+        return metric in values, "; ".join(str(w.message) for w in caught)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(metrics))) as pool:
+        outcomes = list(pool.map(works, metrics))
+    usable = []
+    for metric, (ok, message) in zip(metrics, outcomes):
+        if ok:
+            usable.append(metric)
+        else:
+            warnings.warn(message or f"skipping {metric}: its weights are unavailable", UserWarning, stacklevel=2)
+    return usable
+
+
 def _init_worker(codec_name: str, codec_settings: dict, threads: int) -> None:
     torch.set_num_threads(threads)
     _WORKER_STATE.clear()
@@ -167,6 +197,8 @@ def evaluate(
         names = [f"image_{i}" for i in range(len(originals))]
     if not originals:
         raise ValueError("no images to evaluate")
+
+    metrics = usable_metrics(metrics)
 
     # 1. Pre-process once per image (the encoder side of rp + codec).
     preprocess_seconds = 0.0

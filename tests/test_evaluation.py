@@ -1,0 +1,132 @@
+"""Evaluation sweeps, results files in CompressAI's schema, plots, BD tables and the evaluate/bd-rate commands."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rp_diffusers.cli import main
+from rp_diffusers.codecs import get_codec
+from rp_diffusers.evaluation import EXAMPLES_DIR, bd_table, evaluate, list_images, load_results, parse_qualities
+
+QUALITIES = [10, 30, 50, 70]
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> list:
+    """Two 192x176 crops of the bundled example photos, saved as PNG."""
+    folder = tmp_path_factory.mktemp("crops")
+    for path in list_images(EXAMPLES_DIR)[:2]:
+        Image.open(path).convert("RGB").crop((40, 30, 232, 206)).save(folder / f"{path.stem}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def jpeg_result(crops):
+    return evaluate(crops, "jpeg", QUALITIES, metrics=("psnr", "ms_ssim"), workers=0, progress=False)
+
+
+def test_parse_qualities_list_and_range():
+    assert parse_qualities("30,10, 20") == [10, 20, 30]
+    assert parse_qualities("10:50:20") == [10, 30, 50]
+    assert parse_qualities([5, 5.0, 7]) == [5.0, 7.0]
+
+
+@pytest.mark.parametrize("spec", ["", "a,b", "50:10:10", "10:50:0"])
+def test_parse_qualities_rejects_bad_specs(spec):
+    with pytest.raises(ValueError, match="qualities"):
+        parse_qualities(spec)
+
+
+def test_evaluate_records_match_the_real_codec(crops, jpeg_result):
+    assert len(jpeg_result.records) == 2 * len(QUALITIES)
+    first = jpeg_result.records[0]
+    image = Image.open(crops / f"{first['image']}.png")
+    real = get_codec("jpeg").run(image, quality=first["quality"])
+    assert first["bpp"] == pytest.approx(real.bpp, rel=0, abs=0)
+    reference = np.asarray(image, dtype=np.float64)
+    mse = np.mean((reference - np.asarray(real.reconstruction, dtype=np.float64)) ** 2)
+    assert first["psnr-rgb"] == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-4)
+
+
+def test_evaluate_results_follow_compressai_schema(jpeg_result):
+    data = jpeg_result.to_dict()
+    assert set(data) >= {"name", "description", "results", "meta", "per_image"}
+    results = data["results"]
+    assert results["quality"] == QUALITIES
+    assert len(results["bpp"]) == len(results["psnr-rgb"]) == len(results["ms-ssim-rgb"]) == len(QUALITIES)
+    assert results["bpp"] == sorted(results["bpp"]) and results["psnr-rgb"] == sorted(results["psnr-rgb"])
+    first_q = [r["bpp"] for r in data["per_image"] if r["quality"] == QUALITIES[0]]
+    assert results["bpp"][0] == pytest.approx(sum(first_q) / len(first_q))
+
+
+def test_evaluate_parallel_equals_serial(crops, jpeg_result):
+    parallel = evaluate(crops, "jpeg", QUALITIES, metrics=("psnr", "ms_ssim"), workers=2, progress=False)
+    strip = [{k: v for k, v in r.items() if not k.endswith("_time")} for r in parallel.records]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("_time")} for r in jpeg_result.records]
+
+
+def test_evaluate_preprocess_identity_is_neutral_and_resize_refused(crops, jpeg_result):
+    same = evaluate(crops, "jpeg", QUALITIES, metrics=("psnr",), preprocess=lambda ims: ims, workers=0, progress=False)
+    assert [r["bpp"] for r in same.records] == [r["bpp"] for r in jpeg_result.records]
+    with pytest.raises(RuntimeError, match="changed image sizes"):
+        evaluate(crops, "jpeg", [50], preprocess=lambda ims: [im.resize((8, 8)) for im in ims], workers=0)
+
+
+def test_evaluate_enhance_is_measured_against_originals(crops):
+    blank = evaluate(
+        crops, "jpeg", [50], metrics=("psnr",), enhance=lambda ims, q: [Image.new("RGB", im.size) for im in ims],
+        workers=0, progress=False,
+    )
+    assert all(r["psnr-rgb"] < 12 for r in blank.records)
+
+
+def test_evaluate_skips_unavailable_network_metrics_with_warning(crops, monkeypatch, tmp_path):
+    monkeypatch.setenv("RP_DIFFUSERS_METRIC_WEIGHTS", str(tmp_path))
+    with pytest.warns(UserWarning, match="lpips"):
+        result = evaluate(crops, "jpeg", [50], metrics=("psnr", "lpips"), workers=0, progress=False)
+    assert "lpips" not in result.records[0] and "psnr-rgb" in result.records[0]
+
+
+def test_evaluate_quality_out_of_range(crops):
+    with pytest.raises(ValueError, match="outside jpeg's range"):
+        evaluate(crops, "jpeg", [0, 500], workers=0)
+
+
+def test_bd_table_self_is_zero_and_worse_curve_positive(jpeg_result):
+    data = jpeg_result.to_dict()
+    assert bd_table(data, data) == pytest.approx({"psnr-rgb": 0.0, "ms-ssim-rgb": 0.0}, abs=1e-9)
+    costly = json.loads(json.dumps(data))
+    costly["results"]["bpp"] = [b * 1.25 for b in costly["results"]["bpp"]]
+    assert bd_table(data, costly)["psnr-rgb"] == pytest.approx(25.0, abs=1e-6)
+
+
+def test_cli_evaluate_writes_json_plot_and_bd_table(crops, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["evaluate", "--images", str(crops), "--codec", "jpeg,webp", "--qualities", "10,30,50,70",
+                 "--metrics", "psnr,ms_ssim", "--output", str(out), "--workers", "0", "--no-progress"])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"jpeg.json", "webp.json", "rd.png", "bd_rate.json"}
+    assert load_results(out / "webp.json")["results"]["quality"] == QUALITIES
+    bd = json.loads((out / "bd_rate.json").read_text())
+    assert bd["anchor"] == "jpeg" and set(bd["bd_rate"]["webp"]) == {"psnr-rgb", "ms-ssim-rgb"}
+    assert "BD-rate [%] vs jpeg" in capsys.readouterr().out
+    assert Image.open(out / "rd.png").size[0] > 500
+
+    code = main(["bd-rate", str(out / "jpeg.json"), str(out / "webp.json"), "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0 and printed["bd_rate"]["webp"] == pytest.approx(bd["bd_rate"]["webp"])
+
+
+def test_cli_unknown_codec_is_one_line_error(crops, tmp_path, capsys):
+    code = main(["evaluate", "--images", str(crops), "--codec", "nope", "--output", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "jpeg" in err
+
+
+def test_cli_bd_rate_rejects_non_results_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"x": 1}')
+    assert main(["bd-rate", str(bad), str(bad)]) == 2
+    assert "results.bpp" in capsys.readouterr().err
