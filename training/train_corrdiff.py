@@ -21,6 +21,7 @@ state (no pickle); ``--resume_from_checkpoint latest`` continues exactly where t
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -87,6 +88,12 @@ def parse_args(input_args=None):
     # optimisation
     parser.add_argument("--train_batch_size", type=int, default=8, help="Batch size per device.")
     parser.add_argument("--max_train_steps", type=int, default=1000, help="Total optimisation steps.")
+    parser.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="Also stop (and save) after this many minutes of training (small machines).",
+    )
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate.")
     parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Linear warm-up steps.")
     parser.add_argument(
@@ -197,6 +204,32 @@ def load_checkpoint(folder: Path, module: torch.nn.Module, optimizer, accelerato
     return int(meta["step"])
 
 
+class _EpochCrops(torch.utils.data.Dataset):
+    """Items keyed by (epoch, index), so that worker processes draw the crop of the right epoch."""
+
+    def __init__(self, crops: RandomCropImageDataset):
+        self.crops = crops
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        self.crops.set_epoch(epoch)
+        return self.crops[index]
+
+
+def crop_keys(count: int, args, accelerator, start_step: int, per_epoch: int):
+    """Endless (epoch, index) stream from batch ``start_step`` on: epoch e is a permutation drawn from (seed, e)."""
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        order = torch.randperm(count, generator=step_generator(args.seed, epoch)).tolist()
+        order = order[accelerator.process_index :: accelerator.num_processes][: per_epoch * args.train_batch_size]
+        for index in order[skip * args.train_batch_size :]:
+            yield epoch, index
+        epoch, skip = epoch + 1, 0
+
+
 def learning_rate(args, step: int) -> float:
     warmup = min(1.0, (step + 1) / args.lr_warmup_steps) if args.lr_warmup_steps else 1.0
     decay = 0.1 if step >= args.lr_decay_start * args.max_train_steps else 1.0
@@ -275,50 +308,47 @@ def main(args):
         accelerator.init_trackers(f"corrdiff-{args.phase}", config={k: str(v) for k, v in vars(args).items()})
     trained_prepared.train()
     running: dict[str, float] = {}
-    while global_step < args.max_train_steps:
-        epoch, skip = divmod(global_step, per_epoch)
-        train_dataset.set_epoch(epoch)
-        order = torch.randperm(len(train_dataset), generator=step_generator(args.seed, epoch)).tolist()
-        order = order[accelerator.process_index :: accelerator.num_processes][skip * args.train_batch_size :]
-        loader = torch.utils.data.DataLoader(train_dataset, batch_size=args.train_batch_size, sampler=order,
-                                             collate_fn=collate_images, drop_last=True,
-                                             num_workers=args.dataloader_num_workers)  # fmt: skip
-        for batch in loader:
-            pixels = batch["pixel_values"].to(accelerator.device)
-            generator = step_generator(args.seed, accelerator.process_index, global_step)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(args, global_step)
-            with accelerator.autocast():
-                if args.phase == "codec":
-                    loss, logs = codec_loss(model_call, pixels, generator, args.lmbda)
-                else:
-                    quality = torch.randint(0, len(model.config.gains), (pixels.shape[0],), generator=generator)
-                    x_e2e = hard_e2e(model, pixels, quality.to(pixels.device))
-                    loss = diffusion_loss(model.unet, scheduler, pixels, x_e2e, generator)
-                    logs = {"psnr_e2e": float(-10 * torch.log10(F.mse_loss(x_e2e, pixels)))}
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            for key, value in {"loss": float(loss.detach()), **logs, "steps": 1}.items():
-                running[key] = running.get(key, 0.0) + value
-            if global_step % args.logging_steps == 0:
-                count = running.pop("steps")
-                means = {k: v / count for k, v in running.items()}
-                logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
-                accelerator.log(means, step=global_step)
-                running = {}
-            if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
-                rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                folder = Path(args.output_dir, f"checkpoint-{global_step}")
-                save_checkpoint(
-                    folder, accelerator.unwrap_model(trained_prepared), optimizer, global_step, accelerator
-                )
-                logger.info(f"saved {folder}")
-            if global_step >= args.max_train_steps:
-                break
+    keys = crop_keys(len(train_dataset), args, accelerator, global_step, per_epoch)
+    loader = torch.utils.data.DataLoader(_EpochCrops(train_dataset), batch_size=args.train_batch_size, sampler=keys,
+                                         collate_fn=collate_images, num_workers=args.dataloader_num_workers)  # fmt: skip
+    start_time = time.monotonic()
+    for batch in loader:  # one pass over an endless stream of crops: ends at max_train_steps or the time limit
+        if global_step >= args.max_train_steps:
+            break
+        pixels = batch["pixel_values"].to(accelerator.device)
+        generator = step_generator(args.seed, accelerator.process_index, global_step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args, global_step)
+        with accelerator.autocast():
+            if args.phase == "codec":
+                loss, logs = codec_loss(model_call, pixels, generator, args.lmbda)
+            else:
+                quality = torch.randint(0, len(model.config.gains), (pixels.shape[0],), generator=generator)
+                x_e2e = hard_e2e(model, pixels, quality.to(pixels.device))
+                loss = diffusion_loss(model.unet, scheduler, pixels, x_e2e, generator)
+                logs = {"psnr_e2e": float(-10 * torch.log10(F.mse_loss(x_e2e, pixels)))}
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        for key, value in {"loss": float(loss.detach()), **logs, "steps": 1}.items():
+            running[key] = running.get(key, 0.0) + value
+        if global_step % args.logging_steps == 0:
+            count = running.pop("steps")
+            means = {k: v / count for k, v in running.items()}
+            logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+            accelerator.log(means, step=global_step)
+            running = {}
+        if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
+            rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
+            folder = Path(args.output_dir, f"checkpoint-{global_step}")
+            save_checkpoint(folder, accelerator.unwrap_model(trained_prepared), optimizer, global_step, accelerator)
+            logger.info(f"saved {folder}")
+        if args.max_train_minutes and time.monotonic() - start_time > 60 * args.max_train_minutes:
+            logger.info(f"stopping at step {global_step}: --max_train_minutes {args.max_train_minutes} reached")
+            break
 
     # 5. Integer tables and the final model
     accelerator.wait_for_everyone()
