@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from functools import partial
@@ -253,6 +254,7 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "repeats": args.repeats,
+        "load_average_1min_at_end": os.getloadavg()[0],  # other jobs on the machine inflate absolute times
         "note": "random weights; the paper's budgets are A30 GPU times at 256x256 (fast 0.1 s, medium 1-10 s)",
     }
     output.write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")

@@ -561,3 +561,32 @@ def test_shipped_table_codec_mse_decreases_with_quality():
         mse = [m for _, m in sorted(zip(record["qualities"], record["mse"]))]
         assert all(a > b for a, b in zip(mse, mse[1:])), codec
     assert table.codec_mse_for("jpeg", 10) > table.codec_mse_for("jpeg", 15) > table.codec_mse_for("jpeg", 20)
+
+
+def test_slow_preset_with_diffjpeg_makes_the_output_reencode_to_the_received_jpeg():
+    from rp_diffusers.codecs import get_codec
+    from rp_diffusers.surrogates import get_surrogate
+    from rp_diffusers.utils.image import pil_to_tensor, tensor_to_pil
+
+    try:
+        jpeg = get_surrogate("jpeg")
+    except FileNotFoundError as error:
+        pytest.skip(f"DiffJPEG not usable here: {error}")
+    sources, _ = gaussian_world(num=1, size=32)
+    received = pil_to_tensor(get_codec("jpeg").run(tensor_to_pil(sources)[0], 30).reconstruction)
+
+    def residual(scale):
+        out = toy_pipe()(
+            received,
+            preset="slow",
+            sigma=0.2,
+            num_steps=6,
+            codec="jpeg",
+            quality=30,
+            dps_scale=scale,
+            generator=torch.manual_seed(0),
+            output_type="pt",
+        ).images
+        return float((jpeg(out, 30).reconstruction - received).pow(2).sum().sqrt())
+
+    assert residual(2.0) < 0.5 * residual(0.0)
