@@ -72,6 +72,12 @@ def parse_args(input_args=None):
     # model (phase diffusion)
     parser.add_argument("--unet_block_out_channels", type=str, default="64,128,128", help="UNet widths per level.")
     parser.add_argument("--unet_layers_per_block", type=int, default=1, help="ResNet blocks per UNet level.")
+    parser.add_argument(
+        "--unet_patch_size",
+        type=int,
+        default=2,
+        help="Pixel-unshuffle factor of the UNet input (2: the UNet runs at half resolution).",
+    )
     parser.add_argument("--num_inference_steps", type=int, default=4, help="DDIM steps stored in the config.")
     parser.add_argument("--block_size", type=int, default=64, help="Correction block side stored in the config.")
     parser.add_argument("--distortion_weight", type=float, default=0.5, help="Default distortion weight (config).")
@@ -163,7 +169,7 @@ def build_model(args) -> tuple[CorrDiffModel, list[torch.nn.Parameter]]:
     model.config.distortion_weight = args.distortion_weight
     if model.unet is None:
         widths = tuple(int(c) for c in args.unet_block_out_channels.split(","))
-        model.unet = build_unet(widths, args.unet_layers_per_block)
+        model.unet = build_unet(widths, args.unet_layers_per_block, args.unet_patch_size)
     model.unet.requires_grad_(True)
     return model, list(model.unet.parameters())
 

@@ -30,12 +30,19 @@ from diffusers import DDIMScheduler, UNet2DModel
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]) / 4.0
 
 
-def build_unet(block_out_channels: tuple[int, ...] = (32, 64, 64), layers_per_block: int = 1) -> UNet2DModel:
-    """A convolutional (attention-free, any size) ``UNet2DModel`` taking ``[x_t, x_e2e]`` (6 channels)."""
+def build_unet(
+    block_out_channels: tuple[int, ...] = (32, 64, 64), layers_per_block: int = 1, patch_size: int = 2
+) -> UNet2DModel:
+    """A convolutional (attention-free, any size) ``UNet2DModel`` taking ``[x_t, x_e2e]``.
+
+    With ``patch_size`` p > 1 the UNet sees ``pixel_unshuffle(., p)`` of its input (6 p**2 channels at 1/p of the
+    resolution) and its output is pixel-shuffled back: p**2 times less compute per image; p is read back from
+    ``unet.config.in_channels``.
+    """
     levels = len(block_out_channels)
     return UNet2DModel(
-        in_channels=6,
-        out_channels=3,
+        in_channels=6 * patch_size**2,
+        out_channels=3 * patch_size**2,
         block_out_channels=tuple(block_out_channels),
         down_block_types=("DownBlock2D",) * levels,
         up_block_types=("UpBlock2D",) * levels,
@@ -60,8 +67,10 @@ def build_scheduler() -> DDIMScheduler:
 def predict_x0(unet: UNet2DModel, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     """x0 estimate (B, 3, H, W) in model space [-1, 1] from noisy ``x_t`` and the condition ``cond`` = x_e2e."""
     dtype = next(unet.parameters()).dtype
-    out = unet(torch.cat([x_t, cond], 1).to(dtype), timesteps).sample
-    return cond + out.float()
+    patch = math.isqrt(unet.config.in_channels // 6)
+    inputs = F.pixel_unshuffle(torch.cat([x_t, cond], 1), patch) if patch > 1 else torch.cat([x_t, cond], 1)
+    out = unet(inputs.to(dtype), timesteps).sample.float()
+    return cond + (F.pixel_shuffle(out, patch) if patch > 1 else out)
 
 
 def diffusion_loss(unet, scheduler, image: torch.Tensor, x_e2e: torch.Tensor, generator: torch.Generator):
