@@ -17,6 +17,12 @@ from PIL import Image
 from ..utils.image import load_image
 
 
+def _as_rgb(image) -> Image.Image:
+    """Any input -> 8-bit RGB; in-memory images of any size are accepted, files keep the decompression-bomb limit."""
+    in_memory = isinstance(image, Image.Image) or type(image).__module__.split(".")[0] in ("numpy", "torch")
+    return load_image(image, max_pixels=None) if in_memory else load_image(image)
+
+
 class CodecError(RuntimeError):
     """A codec failed to encode or decode (corrupt data, missing tool, timeout); the message says why."""
 
@@ -134,14 +140,15 @@ class Codec:
 
         Args:
             image: anything ``rp_diffusers.utils.load_image`` reads (PIL, uint8/uint16/float array, tensor in
-                [0, 1], path, encoded bytes); converted to 8-bit RGB there.
+                [0, 1], path, encoded bytes); converted to 8-bit RGB there (files over 64 megapixels are
+                refused as possible decompression bombs: open them yourself and pass the PIL image).
             quality: integer in ``quality_range`` (higher = better); ``None`` uses ``default_quality``.
 
         Returns:
             ``bytes`` of a ``self.extension`` file.
         """
         quality = self.check_quality(quality)
-        return self._encode(load_image(image, max_pixels=None), quality)
+        return self._encode(_as_rgb(image), quality)
 
     def decode(self, data: bytes, size: tuple[int, int] | None = None) -> Image.Image:
         """Decode a bitstream produced by ``encode``.
@@ -178,7 +185,7 @@ class Codec:
             ``CodecResult`` whose ``bpp`` counts every byte of ``data`` over the original pixels.
         """
         quality = self.check_quality(quality)
-        image = load_image(image, max_pixels=None)
+        image = _as_rgb(image)
         start = time.perf_counter()
         data = self._encode(image, quality)
         encode_seconds = time.perf_counter() - start
@@ -214,7 +221,7 @@ class Codec:
         """
         if not target_bpp > 0:
             raise ValueError(f"target_bpp must be a positive number of bits per pixel, got {target_bpp!r}")
-        image = load_image(image, max_pixels=None)
+        image = _as_rgb(image)
         cache: dict[int, CodecResult] = {}
 
         def at(quality: int) -> CodecResult:

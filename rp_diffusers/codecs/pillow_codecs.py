@@ -168,7 +168,7 @@ class JXLCodec(PillowCodec):
     Butteraugli distance), ``effort`` 7, bare codestream (no container)."""
 
     extension = ".jxl"
-    quality_range = (0, 99)  # 100 would switch libjxl to lossless mode
+    quality_range = (0, 99)  # libjxl refuses 100 (distance 0) outside lossless mode
     default_quality = 75  # the plugin's 90 is near-visually-lossless (~2 bpp)
     sweep_qualities = (0, 20, 40, 60, 75, 85)
     save_format = open_format = "JXL"
