@@ -218,6 +218,7 @@ def bench_model(model: str, args: argparse.Namespace, surrogate, surrogate_name:
                 "model_evals": counter.count // args.repeats,
                 "x_baseline": seconds / base,
                 "surrogate": surrogate_name if preset == "slow" else None,
+                "load_1min": os.getloadavg()[0],
             }
             rows.append(row)
             print(
@@ -248,6 +249,10 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
         )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if output.is_file():  # keep earlier rows of cells not re-measured in this run (runs per model are long on CPU)
+        measured = {(r["model"], r["size"], r["preset"]) for r in rows}
+        earlier = json.loads(output.read_text()).get("results", [])
+        rows = [r for r in earlier if (r["model"], r["size"], r["preset"]) not in measured] + rows
     meta = {
         "device": args.device,
         "threads": args.threads,
