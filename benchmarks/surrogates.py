@@ -3,9 +3,12 @@
 For every surrogate name (``--codecs jpeg,webp,...``: any name ``get_surrogate`` knows that is also a codec in
 ``rp_diffusers.codecs``) and quality, over every image:
 
-- PSNR (dB) between the surrogate's reconstruction and the real codec's decode (min and median);
+- PSNR (dB) between the surrogate's reconstruction and the real codec's decode (min and median), and how many
+  reconstructions, rounded to 8 bits, equal the real decode exactly;
 - the estimated size against the real file: median and max absolute relative error, Pearson r of log bits
   (per quality and pooled over qualities); for surrogates with an ``exact_bits`` method, its error too;
+- rate descent: the relative change of the real file size after a step of RMS 2/255 along -grad(bits), and
+  after a random step of the same size (a useful rate gradient makes the first clearly negative);
 - seconds per megapixel of the surrogate's forward (no grad) and forward + backward, and of the real codec's
   encode + decode in the same run (the plain baseline), with the ratio surrogate / real.
 
@@ -76,15 +79,28 @@ def measure_one(surrogate, codec, image, quality: int, device: torch.device) -> 
     _sync(device)
     backward = time.perf_counter() - start
 
+    # Rate descent: a step of RMS 2/255 along -grad(bits) against a random step of the same size (real sizes).
+    leaf = tensor.clone().requires_grad_(True)
+    surrogate(leaf, float(quality)).bits.sum().backward()
+    scale = 2 / 255 * math.sqrt(leaf.numel())
+    noise = torch.randn(leaf.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    descent = {}
+    for key, direction in (("descent", leaf.grad), ("random", noise)):
+        stepped = (tensor - direction / direction.norm().clamp_min(1e-12) * scale).clamp(0, 1)
+        descent[key] = 8.0 * len(codec.run(stepped.cpu(), quality).data) / (8.0 * len(result.data)) - 1
+
     ours = out.reconstruction[0].float().permute(1, 2, 0).cpu().numpy().astype(np.float64) * 255
     mse = float(np.mean((ours - real) ** 2))
     row = {
         "psnr": math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse),
+        "identical": bool(np.array_equal(np.clip(np.round(ours), 0, 255), real)),
         "bits": float(out.bits[0]),
         "real_bits": 8.0 * len(result.data),
         "forward_s_per_mp": forward / megapixels,
         "forward_backward_s_per_mp": backward / megapixels,
         "real_codec_s_per_mp": (result.encode_seconds + result.decode_seconds) / megapixels,
+        "descent_rel_change": descent["descent"],
+        "random_rel_change": descent["random"],
     }
     if hasattr(surrogate, "exact_bits"):
         row["exact_bits"] = float(surrogate.exact_bits(tensor, float(quality))[0])
@@ -99,6 +115,7 @@ def summarise(rows: list[dict]) -> dict:
         "images": len(rows),
         "psnr_min": float(min(psnrs)),
         "psnr_median": float(np.median(psnrs)),
+        "identical_decodes": int(sum(r["identical"] for r in rows)),
         "bits_median_abs_rel_error": float(np.median(rel)),
         "bits_max_abs_rel_error": float(max(rel)),
         "log_bits_pearson": _pearson([math.log(r["bits"]) for r in rows], [math.log(r["real_bits"]) for r in rows]),
@@ -106,6 +123,8 @@ def summarise(rows: list[dict]) -> dict:
     }
     if "exact_bits" in rows[0]:
         out["exact_bits_max_abs_rel_error"] = float(max(abs(r["exact_bits"] / r["real_bits"] - 1) for r in rows))
+    out["descent_rel_change_mean"] = float(np.mean([r["descent_rel_change"] for r in rows]))
+    out["random_rel_change_mean"] = float(np.mean([r["random_rel_change"] for r in rows]))
     for key in ("forward_s_per_mp", "forward_backward_s_per_mp", "real_codec_s_per_mp"):
         out[key] = float(np.median([r[key] for r in rows]))
     out["forward_over_real_codec"] = out["forward_s_per_mp"] / out["real_codec_s_per_mp"]
@@ -160,8 +179,8 @@ def main(args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     header = (
-        f"{'codec':6} {'q':>4} {'PSNR min':>9} {'PSNR med':>9} {'bits MedARE':>11} {'bits MaxARE':>11} "
-        f"{'logbits r':>9} {'exact MaxARE':>12} {'fwd s/MP':>9} {'f+b s/MP':>9} {'real s/MP':>9} {'fwd/real':>8}"
+        f"{'codec':6} {'q':>4} {'PSNR min':>9} {'PSNR med':>9} {'exact':>6} {'bits MedARE':>11} {'bits MaxARE':>11} "
+        f"{'logbits r':>9} {'exact MaxARE':>12} {'descent':>8} {'random':>7} {'fwd s/MP':>9} {'f+b s/MP':>9} {'real s/MP':>9} {'fwd/real':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -169,8 +188,10 @@ def print_table(report: dict) -> None:
         for quality, s in result["per_quality"].items():
             print(
                 f"{name:6} {quality:>4} {s['psnr_min']:9.2f} {s['psnr_median']:9.2f} "
+                f"{s['identical_decodes']:>3}/{s['images']:<2} "
                 f"{100 * s['bits_median_abs_rel_error']:10.2f}% {100 * s['bits_max_abs_rel_error']:10.2f}% "
                 f"{s['log_bits_pearson']:9.4f} {100 * s.get('exact_bits_max_abs_rel_error', math.nan):11.3f}% "
+                f"{100 * s['descent_rel_change_mean']:7.2f}% {100 * s['random_rel_change_mean']:6.2f}% "
                 f"{s['forward_s_per_mp']:9.3f} {s['forward_backward_s_per_mp']:9.3f} "
                 f"{s['real_codec_s_per_mp']:9.4f} {s['forward_over_real_codec']:8.1f}"
             )

@@ -73,9 +73,9 @@ def register_surrogate(name: str) -> Callable[[Callable[..., CodecSurrogate]], C
     """Decorator registering a surrogate class (or a factory returning one) under ``name``.
 
     Example:
-        >>> @register_surrogate("webp")
-        ... class WebPProxy(CodecSurrogate):
-        ...     codec_name, quality_range = "webp", (0.0, 100.0)
+        >>> @register_surrogate("my-codec")
+        ... class MyCodecProxy(CodecSurrogate):
+        ...     codec_name, quality_range = "my-codec", (0.0, 100.0)
     """
     if not isinstance(name, str) or not name or name != name.lower():
         raise ValueError(f"surrogate names are non-empty lower-case strings, got {name!r}")

@@ -30,7 +30,7 @@ class JPEGAnalysis:
     """Quantised DCT coefficients of a batch, in zigzag order, luma (N, 2R, 2C, 64) and chroma (N, 2, R, C, 64).
 
     R, C are the MCU rows and columns (16x16 pixels each). ``*_scaled`` hold the continuous DCT / table values
-    before rounding, ``*_exact`` libjpeg's integers (``None`` when ``need_exact=False``), ``luma``/``chroma``
+    before rounding, ``*_exact`` libjpeg's integers (int64), ``luma``/``chroma``
     the rounded values the decoder sees (exact forward values with ``rounding="ste"``).
     """
 
@@ -38,8 +38,8 @@ class JPEGAnalysis:
     chroma: torch.Tensor
     luma_scaled: torch.Tensor
     chroma_scaled: torch.Tensor
-    luma_exact: torch.Tensor | None
-    chroma_exact: torch.Tensor | None
+    luma_exact: torch.Tensor
+    chroma_exact: torch.Tensor
     tables: torch.Tensor  # (N, 2, 64) zigzag, float32, differentiable in quality
     size: tuple[int, int]  # (H, W) of the image
 
@@ -96,8 +96,10 @@ class DiffJPEG(CodecSurrogate):
         rounding: ``"ste"`` (default: exact forward, identity gradient), ``"soft"`` (soft-round of Agustsson &
             Theis with ``soft_alpha``) or ``"cubic"`` (``round(x) + (x - round(x))**3``); the last two change the
             forward values, so only ``"ste"`` reproduces the real decode.
-        rate: ``"proxy"`` (default: the calibrated differentiable rate model) or ``"exact"`` (forward value
-            from the exact Huffman count of the hard coefficients, gradient from the proxy).
+        rate: how ``bits`` gets its value; the gradient is always the soft rate model's (``JPEGRateModel``).
+            ``"proxy"`` (default): libjpeg's exact Huffman bit count times a calibrated per-quality factor
+            for byte stuffing and padding, plus headers. ``"exact"``: the exact file size, stuffing counted by
+            packing the bitstream (slower, synchronises with the device).
         soft_alpha: sharpness of the soft rounding (larger is closer to hard rounding).
         calibration: path of a rate calibration JSON (default: the packaged ``weights/jpeg_rate.json``).
 
@@ -125,7 +127,7 @@ class DiffJPEG(CodecSurrogate):
         self.register_buffer("rgb_to_ycc", torch.tensor(_RGB_TO_YCC), persistent=False)
         self.register_buffer("ycc_to_rgb", torch.tensor(_YCC_TO_RGB), persistent=False)
 
-    def _round(self, scaled: torch.Tensor, exact: torch.Tensor | None) -> torch.Tensor:
+    def _round(self, scaled: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
         if self.rounding == "ste":
             return scaled + (exact.to(scaled.dtype) - scaled).detach()
         hard = _round_half_away(scaled)
@@ -135,13 +137,13 @@ class DiffJPEG(CodecSurrogate):
         r = scaled - low - 0.5
         return low + 0.5 + torch.tanh(self.soft_alpha * r) / (2 * math.tanh(self.soft_alpha / 2))
 
-    def analyze(self, image: torch.Tensor, quality: torch.Tensor, need_exact: bool = True) -> JPEGAnalysis:
+    def analyze(self, image: torch.Tensor, quality: torch.Tensor) -> JPEGAnalysis:
         """Encoder half: image (N, 3, H, W) in [0, 1] and quality (N,) -> quantised coefficients.
 
         ``quality`` must already be checked (see ``check_inputs``); the forward tables are libjpeg's for
         ``round(quality)``.
         """
-        n, _, h, w = image.shape
+        h, w = image.shape[-2:]
         mcu_rows, mcu_cols = math.ceil(h / 16), math.ceil(w / 16)
         pixels = image.float().clamp(0, 1) * 255
         pixels_int = torch.round(pixels.detach())
@@ -156,16 +158,14 @@ class DiffJPEG(CodecSurrogate):
         luma_scaled = (_to_blocks(luma - 128) @ self.dct.T) / tables[:, None, None, 0]
         chroma_scaled = (_to_blocks(chroma - 128) @ self.dct.T) / tables[:, 1, None, None, None]
 
-        luma_exact = chroma_exact = None
-        if need_exact or self.rounding == "ste":
-            with torch.no_grad():
-                ycc_int = libjpeg.rgb_to_ycc(pixels_int.long())
-                y_int = _pad_edge(ycc_int[:, 0], 16 * mcu_rows, 16 * mcu_cols)
-                c_int = _pad_edge(ycc_int[:, 1:], 2 * math.ceil(h / 2), 16 * mcu_cols)
-                c_int = _pad_edge(libjpeg.downsample_h2v2(c_int), 8 * mcu_rows, 8 * mcu_cols)
-                t_int = tables.detach().long()
-                luma_exact = self._exact_coefficients(y_int, t_int[:, None, None, 0])
-                chroma_exact = self._exact_coefficients(c_int, t_int[:, 1, None, None, None])
+        with torch.no_grad():
+            ycc_int = libjpeg.rgb_to_ycc(pixels_int.long())
+            y_int = _pad_edge(ycc_int[:, 0], 16 * mcu_rows, 16 * mcu_cols)
+            c_int = _pad_edge(ycc_int[:, 1:], 2 * math.ceil(h / 2), 16 * mcu_cols)
+            c_int = _pad_edge(libjpeg.downsample_h2v2(c_int), 8 * mcu_rows, 8 * mcu_cols)
+            t_int = tables.detach().long()
+            luma_exact = self._exact_coefficients(y_int, t_int[:, None, None, 0])
+            chroma_exact = self._exact_coefficients(c_int, t_int[:, 1, None, None, None])
         return JPEGAnalysis(
             luma=self._round(luma_scaled, luma_exact),
             chroma=self._round(chroma_scaled, chroma_exact),
@@ -223,11 +223,11 @@ class DiffJPEG(CodecSurrogate):
             (N,) float32, the estimated size of the real file in bits (headers included).
         """
         q = self.check_inputs(image, quality)
-        analysis = self.analyze(image, q, need_exact=self.rate == "exact")
-        reconstruction = (self.synthesize(analysis) / 255).to(image.dtype)
-        bits = self.rate_model(analysis.luma_scaled, analysis.chroma_scaled, analysis.size, q)
+        a = self.analyze(image, q)
+        reconstruction = (self.synthesize(a) / 255).to(image.dtype)
+        bits = self.rate_model(a.luma_scaled, a.chroma_scaled, a.size, q, a.luma_exact, a.chroma_exact)
         if self.rate == "exact":
-            hard = exact_bits(analysis.luma_exact, analysis.chroma_exact, analysis.size).to(bits)
+            hard = exact_bits(a.luma_exact, a.chroma_exact, a.size).to(bits)
             bits = bits + (hard - bits).detach()
         return SurrogateOutput(reconstruction=reconstruction, bits=bits)
 
@@ -239,5 +239,5 @@ class DiffJPEG(CodecSurrogate):
             float64 tensor (N,).
         """
         q = self.check_inputs(image, quality)
-        analysis = self.analyze(image, q, need_exact=True)
+        analysis = self.analyze(image, q)
         return exact_bits(analysis.luma_exact, analysis.chroma_exact, analysis.size)

@@ -124,35 +124,45 @@ def _interp(x: torch.Tensor, knots: torch.Tensor, values: torch.Tensor) -> torch
     return values[idx - 1] + weight * (values[idx] - values[idx - 1])
 
 
-class JPEGRateModel(nn.Module):
-    """Differentiable estimate of the real JPEG file size from the continuous scaled coefficients.
+def _straight_through(soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+    """The value of ``hard`` with the gradient of ``soft``."""
+    return soft + (hard - soft).detach()
 
-    Per block it follows jchuff.c with soft quantities: a coefficient is non-zero with probability
-    ``p = sigmoid(sharpness * (|u| - 0.5))`` and, if so, has magnitude category ``log2(|u| + 0.5) + offset``
-    (clamped to the valid range); the expected zero run before each AC position follows the recurrence
-    ``r[k+1] = (1 - p[k]) * (r[k] + 1)``; each position costs ``p * (L(run, category) + category)`` with the
-    standard Huffman code lengths L interpolated bilinearly, plus ZRL codes for runs past 15 and an EOB code
-    when the last coefficient is zero. DC differences use the DC table. The raw entropy estimate E (bits) is
-    mapped to the file size with a calibration fitted on real encodes (``training/calibrate_jpeg_rate.py``):
-    ``bits = 8 * header_bytes + pixels * exp(a(q) + b(q) * log(E / pixels))``, a and b piecewise linear in q.
+
+class JPEGRateModel(nn.Module):
+    """Differentiable JPEG file size whose value is libjpeg's Huffman count and whose gradient is a soft model.
+
+    Every quantity jchuff.c uses has a hard value, read from the integer coefficients, and a soft twin, a
+    smooth function of the continuous scaled coefficients u (DCT / table, before rounding) that supplies the
+    gradient (straight-through): a coefficient is non-zero (hard: c != 0; soft:
+    ``sigmoid(sharpness * (|u| - 0.5))``), its magnitude category (hard: bit length of |c|; soft:
+    ``log2(|u| + 0.5) + category_offset``), the zero run before each AC position (the recurrence
+    ``r[k+1] = (1 - p[k]) * (r[k] + 1)`` on either), ZRL codes for runs past 15, EOB when the last coefficient
+    is zero; DC differences likewise. Code lengths are the standard tables, interpolated (bi)linearly in run
+    and category, so the forward value E is the exact entropy-coded bit count while a coefficient that could
+    become non-zero or change category already gets a gradient. A per-quality scale fitted on real encodes
+    (``training/calibrate_jpeg_rate.py``) accounts for byte stuffing and padding:
+    ``bits = 8 * header_bytes + exp(a(q)) * E``, a piecewise linear in q.
 
     Args:
-        knots: qualities (ascending) where ``log_scale`` (a) and ``exponent`` (b) are given.
-        sharpness: slope of the soft non-zero test, per unit of scaled coefficient.
-        category_offset: added to ``log2(|u| + 0.5)`` (0.42 matches category centres 1, 2.5, 5.5, 11.5).
+        knots: qualities (ascending) where ``log_scale`` (a) is given.
+        log_scale: a at each knot.
+        sharpness: slope of the soft non-zero test. A step along -gradient(bits) lowered the real size most
+            with 8 and 12 among 2, 4, 8, 12, 20 (val-set14 crops; ``benchmarks/surrogates.py`` reports this
+            "rate descent" on Kodak).
+        category_offset: added to ``log2(|u| + 0.5)`` (0.42 puts categories 1, 2, 3, 4 at |u| 1, 2.5, 5.5, 11.5).
     """
 
     def __init__(
         self,
         knots: tuple[float, ...] = (1.0, 100.0),
         log_scale: tuple[float, ...] = (0.0, 0.0),
-        exponent: tuple[float, ...] = (1.0, 1.0),
-        sharpness: float = 6.0,
+        sharpness: float = 8.0,
         category_offset: float = 0.42,
     ):
         super().__init__()
-        if not (len(knots) == len(log_scale) == len(exponent) >= 2):
-            raise ValueError("knots, log_scale and exponent need the same length (at least 2)")
+        if not (len(knots) == len(log_scale) >= 2):
+            raise ValueError("knots and log_scale need the same length (at least 2)")
         self.sharpness, self.category_offset = float(sharpness), float(category_offset)
         lut = huffman_lookup()
         self.register_buffer("dc_length", lut["dc_length"][:, :12].float(), persistent=False)
@@ -161,7 +171,6 @@ class JPEGRateModel(nn.Module):
         self.register_buffer("zrl_length", lut["ac_length"][:, 0xF0].float(), persistent=False)
         self.register_buffer("knots", torch.tensor(knots, dtype=torch.float32), persistent=False)
         self.register_buffer("log_scale", torch.tensor(log_scale, dtype=torch.float32), persistent=False)
-        self.register_buffer("exponent", torch.tensor(exponent, dtype=torch.float32), persistent=False)
 
     @classmethod
     def from_json(cls, calibration: str | Path | dict | None = None) -> JPEGRateModel:
@@ -175,31 +184,35 @@ class JPEGRateModel(nn.Module):
                 f"--output {path}` on a folder of training photographs to create it"
             )
         params = json.loads(path.read_text())
-        keys = ("knots", "log_scale", "exponent", "sharpness", "category_offset")
-        return cls(**{key: params[key] for key in keys if key in params})
+        return cls(**{key: params[key] for key in ("knots", "log_scale", "sharpness", "category_offset")})
 
-    def _component(self, seq: torch.Tensor, cls: int) -> torch.Tensor:
-        """Soft entropy-coded bits of block sequences (N, ..., B, 64) of one table class -> (N,)."""
-        beta, offset = self.sharpness, self.category_offset
-        dc = seq[..., 0]
-        magnitude = (dc - F.pad(dc, (1, 0))[..., :-1]).abs()
-        p = torch.sigmoid(beta * (magnitude - 0.5))
-        cat = (torch.log2(magnitude + 0.5) + offset).clamp(1, 11)
+    def _soft(self, magnitude: torch.Tensor, hard: torch.Tensor, max_category: int):
+        """(p non-zero, category) with hard values from integer magnitudes and soft gradients."""
+        p = _straight_through(torch.sigmoid(self.sharpness * (magnitude - 0.5)), (hard > 0).float())
+        soft_category = (torch.log2(magnitude + 0.5) + self.category_offset).clamp(1, max_category)
+        return p, _straight_through(soft_category, _nbits(hard.long()).clamp(min=1).float())
+
+    def _component(self, seq: torch.Tensor, hard: torch.Tensor, cls: int) -> torch.Tensor:
+        """Bits of block sequences (N, ..., B, 64) of one table class (scaled and integer-valued) -> (N,)."""
+        dc, dc_hard = seq[..., 0], hard[..., 0]
+        diff, diff_hard = dc - F.pad(dc, (1, 0))[..., :-1], dc_hard - F.pad(dc_hard, (1, 0))[..., :-1]
+        p, cat = self._soft(diff.abs(), diff_hard.abs(), 11)
         low = cat.detach().floor().clamp(max=10).long()
-        length = self.dc_length[cls][low] + (cat - low) * (self.dc_length[cls][low + 1] - self.dc_length[cls][low])
-        bits = ((1 - p) * self.dc_length[cls][0] + p * (length + cat)).flatten(1).sum(1)
+        table = self.dc_length[cls]
+        length = table[low] + (cat - low) * (table[low + 1] - table[low])
+        bits = ((1 - p) * table[0] + p * (length + cat)).flatten(1).sum(1)
 
-        magnitude = seq[..., 1:].abs()
-        p = torch.sigmoid(beta * (magnitude - 0.5))
-        cat = (torch.log2(magnitude + 0.5) + offset).clamp(1, 10)
+        p, cat = self._soft(seq[..., 1:].abs(), hard[..., 1:].abs(), 10)
         runs, run = [], torch.zeros_like(p[..., 0])
         for k in range(63):
             runs.append(run)
             run = (1 - p[..., k]) * (run + 1)
         run = torch.stack(runs, dim=-1)
-        capped = run.clamp(max=15)
-        r0, c0 = capped.detach().floor().clamp(max=14).long(), cat.detach().floor().clamp(max=9).long()
-        fr, fc = capped - r0, cat - c0
+        run_hard = run.detach()
+        zrls = _straight_through((run - 15).clamp_min(0) / 16, torch.floor(run_hard / 16))
+        run = _straight_through(run.clamp(max=15), run_hard - 16 * torch.floor(run_hard / 16))
+        r0, c0 = run.detach().floor().clamp(max=14).long(), cat.detach().floor().clamp(max=9).long()
+        fr, fc = run - r0, cat - c0
         table = self.ac_length[cls]
         length = (
             (1 - fr) * (1 - fc) * table[r0, c0]
@@ -207,24 +220,44 @@ class JPEGRateModel(nn.Module):
             + fr * (1 - fc) * table[r0 + 1, c0]
             + fr * fc * table[r0 + 1, c0 + 1]
         )
-        zrl = self.zrl_length[cls] * (run - 15).clamp_min(0) / 16
-        bits = bits + (p * (length + cat + zrl)).flatten(1).sum(1)
+        bits = bits + (p * (length + cat + zrls * self.zrl_length[cls])).flatten(1).sum(1)
         return bits + ((1 - p[..., -1]) * self.eob_length[cls]).flatten(1).sum(1)
 
-    def entropy_bits(self, luma: torch.Tensor, chroma: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Uncalibrated soft Huffman bit count E of scaled coefficients (see ``coding_order``) -> (N,) float32."""
-        luma_seq, chroma_seq = coding_order(luma.float(), chroma.float(), size)
-        return self._component(luma_seq, 0) + self._component(chroma_seq, 1)
+    def entropy_bits(
+        self,
+        luma: torch.Tensor,
+        chroma: torch.Tensor,
+        size: tuple[int, int],
+        luma_hard: torch.Tensor | None = None,
+        chroma_hard: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Entropy-coded bits E (N,) float32: exact value, soft gradient (see the class docstring).
 
-    def calibrate(self, entropy: torch.Tensor, pixels: int | torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-        """Calibrated file size in bits from the raw estimate E (N,), the pixel count and quality (N,)."""
-        log_bpp = torch.log(entropy.clamp_min(1.0) / pixels)
-        a = _interp(quality.float(), self.knots, self.log_scale)
-        b = _interp(quality.float(), self.knots, self.exponent)
-        return 8.0 * HEADER_BYTES + pixels * torch.exp(a + b * log_bpp)
+        Args:
+            luma, chroma: scaled coefficients u in zigzag order, (N, 2R, 2C, 64) and (N, 2, R, C, 64).
+            size: (H, W) of the image.
+            luma_hard, chroma_hard: the integer coefficients the encoder writes (default: u rounded half away
+                from zero, which can differ from libjpeg's integer DCT in rare ties).
+        """
+        luma, chroma = luma.float(), chroma.float()
+        if luma_hard is None or chroma_hard is None:
+            luma_hard, chroma_hard = (torch.sign(x) * torch.floor(x.abs() + 0.5) for x in (luma, chroma))
+        luma_seq, chroma_seq = coding_order(luma, chroma, size)
+        luma_hard_seq, chroma_hard_seq = coding_order(luma_hard.detach().float(), chroma_hard.detach().float(), size)
+        return self._component(luma_seq, luma_hard_seq, 0) + self._component(chroma_seq, chroma_hard_seq, 1)
+
+    def calibrate(self, entropy: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """File size in bits (N,) from entropy-coded bits E (N,) at quality (N,): headers, stuffing, padding."""
+        return 8.0 * HEADER_BYTES + torch.exp(_interp(quality.float(), self.knots, self.log_scale)) * entropy
 
     def forward(
-        self, luma: torch.Tensor, chroma: torch.Tensor, size: tuple[int, int], quality: torch.Tensor
+        self,
+        luma: torch.Tensor,
+        chroma: torch.Tensor,
+        size: tuple[int, int],
+        quality: torch.Tensor,
+        luma_hard: torch.Tensor | None = None,
+        chroma_hard: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Estimated file size (N,) in bits from scaled coefficients of an image of ``size`` (H, W)."""
-        return self.calibrate(self.entropy_bits(luma, chroma, size), size[0] * size[1], quality)
+        """Estimated file size (N,) in bits; arguments as in ``entropy_bits`` plus quality (N,) in [1, 100]."""
+        return self.calibrate(self.entropy_bits(luma, chroma, size, luma_hard, chroma_hard), quality)
