@@ -317,8 +317,8 @@ def main(args):
         move_model(model, accelerator.device, torch.float32 if full else weight_dtype)
     cast_training_params([student_unet, fake_unet], dtype=torch.float32)  # trained weights stay fp32
     if args.gradient_checkpointing:
-        for unet in (student_unet, teacher, fake_unet):  # the generator loss backpropagates through all three
-            unet.enable_gradient_checkpointing()
+        for model in (student_unet, teacher, fake_unet, vae):  # the generator loss backpropagates through all
+            model.enable_gradient_checkpointing()
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     alphas_cumprod = scheduler.alphas_cumprod.to(accelerator.device)

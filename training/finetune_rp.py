@@ -259,8 +259,9 @@ def main(args):
     move_model(vae, accelerator.device, weight_dtype)
     move_model(unet, accelerator.device, weight_dtype)
     cast_training_params(unet, dtype=torch.float32)  # LoRA factors stay fp32
-    if args.gradient_checkpointing:
+    if args.gradient_checkpointing:  # the VAE decoder is on the gradient path too (its activations are large)
         unet.enable_gradient_checkpointing()
+        vae.enable_gradient_checkpointing()
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     prompt_embeds = pipe.prompt_embeds.to(accelerator.device)
