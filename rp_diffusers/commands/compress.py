@@ -1,0 +1,153 @@
+"""``rp-diffusers compress``: pre-process images with a rate-perception model and encode them with a real codec."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS = "psnr,ms_ssim,lpips,dists"
+MS_SSIM_MIN_SIDE = 161  # MS-SSIM's five scales need at least this many pixels per side
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "compress",
+        help="pre-process images with a rate-perception model and encode them with a standard codec",
+        description=(
+            "For each IMAGE, write the pre-processed image's standard codec file (NAME.rp.EXT) and the codec-alone "
+            "file (NAME.EXT) to --out, and print bpp and quality (PSNR, MS-SSIM, LPIPS, DISTS where available) of "
+            "both against the original."
+        ),
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--codec", default="jpeg", help="codec name, e.g. jpeg, webp, avif, heic, hevc, vvc")
+    parser.add_argument("--quality", type=int, default=None, help="codec quality, higher = better (default: codec's)")
+    parser.add_argument(
+        "--target-bpp", type=float, default=None, help="instead of --quality: highest quality within this bpp"
+    )
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="RPPreprocessPipeline folder or Hub id (an SD 2.1 / SD-Turbo folder works too); 'default': the "
+        "compact model shipped with the package",
+    )
+    parser.add_argument("--adapter", default=None, help="adapter name in the model, or a folder holding one")
+    parser.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated metrics to report")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels for large images")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the table as JSON")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def default_model_dir() -> Path:
+    """Where the compact model shipped with the package lives (``rp_diffusers/assets/rp_model``)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "rp_model"
+
+
+def load_preprocessor(model: str, device: str | None = None, dtype: str = "float32"):
+    """Load an :class:`~rp_diffusers.RPPreprocessPipeline`, with an error message that says what to do."""
+    import torch
+
+    from ..pipelines import RPPreprocessPipeline
+
+    if model == "default":
+        folder = default_model_dir()
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"no compact model is shipped at {folder} in this version; pass --model with a folder or Hub id "
+                "(e.g. --model stabilityai/sd-turbo, or a folder saved by RPPreprocessPipeline.save_pretrained)"
+            )
+        model = str(folder)
+    kwargs = {} if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
+    try:
+        pipe = RPPreprocessPipeline.from_pretrained(model, **kwargs)
+    except OSError as error:
+        raise OSError(
+            f"cannot load model {model!r} ({error}). Online it downloads from the Hugging Face Hub; offline, run "
+            f"`huggingface-cli download {model} --local-dir DIR` on a connected machine and pass --model DIR"
+        ) from error
+    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _select_adapter(pipe, adapter: str | None) -> str | None:
+    if adapter is None:
+        return None
+    if Path(adapter).is_dir():
+        before = set(pipe.available_adapters())
+        pipe.load_lora_weights(adapter)
+        added = sorted(set(pipe.available_adapters()) - before)
+        if not added:
+            raise ValueError(f"{adapter} holds no LoRA weights the UNet accepts")
+        return added[0]
+    return adapter
+
+
+def _encode(codec, image, quality: int | None, target_bpp: float | None):
+    return codec.find_quality(image, target_bpp) if target_bpp is not None else codec.run(image, quality)
+
+
+def _metrics(original, reconstruction, names: list[str]) -> dict[str, float]:
+    from ..metrics import compute_metrics
+    from ..utils import pil_to_tensor
+
+    if min(original.size) < MS_SSIM_MIN_SIDE:
+        names = [name for name in names if name != "ms_ssim"]
+    values = compute_metrics(pil_to_tensor(original), pil_to_tensor(reconstruction), metrics=names)
+    return {name: value[0] for name, value in values.items()}
+
+
+def _format_table(rows: list[dict], metric_names: list[str]) -> str:
+    header = f"{'image':<24}{'variant':<14}{'quality':>8}{'bpp':>9}" + "".join(f"{m:>10}" for m in metric_names)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = "".join(f"{row[m]:>10.4f}" if isinstance(row.get(m), float) else f"{'-':>10}" for m in metric_names)
+        lines.append(f"{row['image'][:23]:<24}{row['variant']:<14}{row['quality']:>8}{row['bpp']:>9.4f}{cells}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..codecs import get_codec
+    from ..utils import load_image
+
+    if args.quality is not None and args.target_bpp is not None:
+        raise ValueError("give either --quality or --target-bpp, not both")
+    codec = get_codec(args.codec)
+    if args.quality is not None:
+        codec.check_quality(args.quality)
+    metric_names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_preprocessor(args.model, args.device, args.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if args.tile_size is not None:
+        pipe.enable_tiling(tile_size=args.tile_size, overlap=min(128, args.tile_size // 4))
+    adapter = _select_adapter(pipe, args.adapter)
+
+    rows = []
+    for path in args.images:
+        path = Path(path)
+        original = load_image(path)
+        pre = pipe(original, adapter_name=adapter).images[0]
+        for variant, image, suffix in (("codec alone", original, ""), ("rp + codec", pre, ".rp")):
+            result = _encode(codec, image, args.quality, args.target_bpp)
+            target = out / f"{path.stem}{suffix}{result.extension}"
+            if target.resolve() == path.resolve():
+                raise ValueError(f"{target} would overwrite its input; choose another --out folder")
+            target.write_bytes(result.data)
+            row = {"image": path.name, "variant": variant, "file": str(target), "quality": result.quality}
+            row["bpp"] = result.bpp
+            row.update(_metrics(original, result.reconstruction, metric_names))
+            rows.append(row)
+    print(f"{codec.name}, model {args.model}" + (f", adapter {adapter}" if adapter else ""))
+    print(_format_table(rows, metric_names))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"codec": codec.name, "model": args.model, "rows": rows}, indent=2))
+    print(f"wrote {len(rows)} files to {out}/")
+    return 0

@@ -1,0 +1,411 @@
+"""RPPreprocessPipeline: loading, the pipeline contract, equivalence with plain diffusers, adapters, tiling."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rp_diffusers.adapters import (
+    format_adapter_name,
+    normalize_adapter_name,
+    parse_adapter_name,
+    rp_lora_config,
+    save_rp_adapter,
+)
+from rp_diffusers.pipelines import RPPreprocessPipeline, RPPreprocessPipelineOutput
+from rp_diffusers.utils import ImageLoadError
+from rp_diffusers.utils.testing import save_tiny_sd
+
+ADAPTER_A = "rp_jpeg_lambda_0p5"
+ADAPTER_B = "rp_jpeg_lambda_2"
+
+
+def _image(height: int, width: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    smooth = np.stack([np.sin(xx / 7.0), np.cos(yy / 5.0), np.sin((xx + yy) / 11.0)], axis=-1) * 0.4 + 0.5
+    noisy = smooth + rng.normal(0, 0.05, smooth.shape)
+    return Image.fromarray((np.clip(noisy, 0, 1) * 255).round().astype(np.uint8))
+
+
+def _np(pipe, image, **kwargs) -> np.ndarray:
+    return pipe(image, output_type="np", **kwargs).images
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; two threads on a shared, busy machine spin-wait (10-100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stock_dir(tmp_path_factory):
+    return save_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tmp_path_factory, stock_dir):
+    """Two rank-4 adapters with random (non-identity) weights, saved by save_rp_adapter."""
+    pipe = RPPreprocessPipeline.from_pretrained(stock_dir)
+    root = tmp_path_factory.mktemp("adapters")
+    dirs = {}
+    for seed, name in enumerate((ADAPTER_A, ADAPTER_B)):
+        torch.manual_seed(seed + 10)
+        pipe.unet.add_adapter(rp_lora_config(rank=4, init_lora_weights=False), adapter_name=name)
+        dirs[name] = save_rp_adapter(pipe.unet, root / name, name, extra={"base_model": "tiny"})
+    return dirs
+
+
+def _pipe(stock_dir, **kwargs) -> RPPreprocessPipeline:
+    pipe = RPPreprocessPipeline.from_pretrained(stock_dir, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def pipe(stock_dir):
+    return _pipe(stock_dir)
+
+
+@pytest.fixture
+def lora_pipe(stock_dir, adapter_dirs):
+    pipe = _pipe(stock_dir)
+    for path in adapter_dirs.values():
+        pipe.load_lora_weights(path)
+    return pipe
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def test_pipeline_from_stock_folder_ignores_extra_components(stock_dir):
+    index = json.loads((stock_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and "safety_checker" in index
+    pipe = RPPreprocessPipeline.from_pretrained(stock_dir)
+    assert pipe.text_encoder is not None and not hasattr(pipe, "safety_checker")
+    assert (pipe.config.timestep, pipe.config.prompt, pipe.config.vae_scale_factor) == (999, "", 2)
+    assert pipe.pad_multiple == 4 and pipe.model_cpu_offload_seq == "text_encoder->unet->vae"
+
+
+def test_pipeline_top_level_lazy_export():
+    import rp_diffusers
+
+    assert rp_diffusers.RPPreprocessPipeline is RPPreprocessPipeline
+    assert rp_diffusers.RPPreprocessPipelineOutput is RPPreprocessPipelineOutput
+
+
+def test_pipeline_stock_folder_without_text_encoder_errors_clearly(stock_dir):
+    with pytest.raises(ValueError, match="text encoder and tokenizer are needed"):
+        RPPreprocessPipeline.from_pretrained(stock_dir, text_encoder=None, tokenizer=None)
+
+
+def test_pipeline_timestep_config_changes_output_and_is_checked(stock_dir):
+    image = _image(16, 20)
+    base = _np(_pipe(stock_dir), image)
+    sid = _pipe(stock_dir, timestep=625)
+    assert sid.config.timestep == 625
+    assert np.abs(_np(sid, image) - base).max() > 1e-3
+    with pytest.raises(ValueError, match="timestep"):
+        RPPreprocessPipeline.from_pretrained(stock_dir, timestep=1000)
+
+
+# ------------------------------------------------------------------------------------------ pipeline contract
+@pytest.mark.parametrize("size", [(37, 53), (1, 1), (5, 3), (64, 16)])
+def test_pipeline_odd_sizes_come_back_unchanged(pipe, size):
+    width, height = size
+    out = pipe(_image(height, width)).images
+    assert len(out) == 1 and out[0].size == (width, height) and out[0].mode == "RGB"
+
+
+def test_pipeline_output_types_agree(pipe):
+    image = _image(18, 22)
+    pil = pipe(image, output_type="pil").images
+    arr = pipe(image, output_type="np").images
+    ten = pipe(image, output_type="pt").images
+    assert isinstance(pil, list) and isinstance(pil[0], Image.Image)
+    assert arr.shape == (1, 18, 22, 3) and arr.dtype == np.float32 and 0 <= arr.min() and arr.max() <= 1
+    assert ten.shape == (1, 3, 18, 22)
+    np.testing.assert_array_equal(ten.permute(0, 2, 3, 1).numpy(), arr)
+    np.testing.assert_array_equal(np.asarray(pil[0]), (arr[0] * 255).round().astype(np.uint8))
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(image, output_type="latent")
+
+
+def test_pipeline_mixed_size_list_keeps_sizes_and_order(pipe):
+    images = [_image(12, 20, 1), np.asarray(_image(9, 7, 2)), _image(12, 20, 3), torch.rand(3, 10, 6)]
+    out = pipe(images, output_type="np").images
+    assert [a.shape for a in out] == [(12, 20, 3), (9, 7, 3), (12, 20, 3), (10, 6, 3)]
+    np.testing.assert_allclose(out[1], _np(pipe, images[1])[0], atol=1e-6)
+    np.testing.assert_allclose(out[2], _np(pipe, images[2])[0], atol=1e-5)
+
+
+def test_pipeline_batching_equals_one_by_one(pipe):
+    images = [_image(16, 24, seed) for seed in range(3)]
+    batched = _np(pipe, images, batch_size=3)
+    single = np.concatenate([_np(pipe, image) for image in images])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_pipeline_dict_and_tuple_outputs_match(pipe):
+    image = _image(16, 16)
+    as_dict = pipe(image, output_type="np")
+    as_tuple = pipe(image, output_type="np", return_dict=False)
+    assert isinstance(as_dict, RPPreprocessPipelineOutput) and isinstance(as_tuple, tuple) and len(as_tuple) == 1
+    np.testing.assert_array_equal(as_dict.images, as_tuple[0])
+
+
+def test_pipeline_bf16_close_to_fp32(stock_dir):
+    image = _image(20, 28)
+    fp32 = _np(_pipe(stock_dir), image)
+    bf16_pipe = _pipe(stock_dir, torch_dtype=torch.bfloat16)
+    assert bf16_pipe.unet.dtype == torch.bfloat16
+    bf16 = _np(bf16_pipe, image)
+    assert np.abs(bf16 - fp32).mean() < 0.01 and np.abs(bf16 - fp32).max() < 0.1
+
+
+def test_pipeline_model_cpu_offload_keeps_output(stock_dir):
+    image = _image(16, 20)
+    expected = _np(_pipe(stock_dir), image)
+    pipe = _pipe(stock_dir)
+    pipe.enable_model_cpu_offload(device="cpu")
+    np.testing.assert_allclose(_np(pipe, image), expected, atol=1e-6)
+
+
+def test_pipeline_bad_inputs_raise_clear_errors(pipe):
+    with pytest.raises(ImageLoadError, match="empty list"):
+        pipe([])
+    with pytest.raises(ImageLoadError, match="cannot read an image from int"):
+        pipe(3)
+    with pytest.raises(ImageLoadError, match="no such image file"):
+        pipe("does/not/exist.png")
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe(_image(8, 8), batch_size=0)
+    with pytest.raises(ValueError, match="adapter_weights needs adapter_name"):
+        pipe(_image(8, 8), adapter_weights=[0.5])
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+def test_pipeline_save_load_round_trip_is_identical(pipe, tmp_path):
+    image = _image(20, 24)
+    before = _np(pipe, image)
+    pipe.drop_text_encoder()
+    assert pipe.text_encoder is None and pipe.tokenizer is None
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "prompt_embeds.safetensors").is_file() and not (tmp_path / "text_encoder").exists()
+    loaded = _pipe(tmp_path)
+    assert loaded.text_encoder is None
+    torch.testing.assert_close(loaded.prompt_embeds, pipe.prompt_embeds, rtol=0, atol=0)
+    np.testing.assert_array_equal(_np(loaded, image), before)
+
+
+def test_pipeline_round_trip_keeps_config(stock_dir, tmp_path):
+    pipe = _pipe(stock_dir, timestep=625, residual=True)
+    pipe.save_pretrained(tmp_path)
+    loaded = _pipe(tmp_path)
+    assert (loaded.config.timestep, loaded.config.residual, loaded.text_encoder is not None) == (625, True, True)
+    np.testing.assert_array_equal(_np(loaded, _image(12, 12)), _np(pipe, _image(12, 12)))
+
+
+# ------------------------------------------------------------------------------ equivalence with plain diffusers
+def test_pipeline_equals_plain_diffusers_path(stock_dir):
+    """vae.encode -> unet at t=999 -> DDPMScheduler's x0 -> vae.decode with diffusers' own SD pipeline parts."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(stock_dir, safety_checker=None)
+    image = _image(24, 32)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        embeds, _ = sd.encode_prompt("", "cpu", 1, do_classifier_free_guidance=False)
+        latents = sd.vae.encode(x * 2 - 1).latent_dist.mode() * sd.vae.config.scaling_factor
+        eps = sd.unet(latents, 999, encoder_hidden_states=embeds).sample
+        scheduler = DDPMScheduler.from_config(sd.scheduler.config, clip_sample=False)
+        x0 = scheduler.step(eps, 999, latents).pred_original_sample
+        plain = (sd.vae.decode(x0 / sd.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    ours = RPPreprocessPipeline.from_pretrained(stock_dir)(image, output_type="pt").images
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- adapters
+def test_adapters_name_format_and_parse_round_trip():
+    assert format_adapter_name("BPG", 0.5) == "rp_bpg_lambda_0p5"
+    assert format_adapter_name("jpeg", 1e-5) == "rp_jpeg_lambda_1em05"
+    assert parse_adapter_name("rp_jpeg_lambda_1em05") == ("jpeg", 1e-5)
+    assert parse_adapter_name("rp_webp_lambda_0.25") == ("webp", 0.25)
+    assert parse_adapter_name("rp_jpeg_xl_lambda_2") == ("jpeg_xl", 2.0)
+    assert normalize_adapter_name("rp_bpg_lambda_0.5") == "rp_bpg_lambda_0p5"
+    assert normalize_adapter_name("my_lora") == "my_lora"
+    with pytest.raises(ValueError, match="not an rp adapter name"):
+        parse_adapter_name("jpeg_0.5")
+    with pytest.raises(ValueError, match="non-negative"):
+        format_adapter_name("jpeg", -1)
+
+
+def test_adapters_saved_folder_holds_weights_and_info(adapter_dirs):
+    from safetensors import safe_open
+
+    folder = adapter_dirs[ADAPTER_A]
+    info = json.loads((folder / "rp_adapter.json").read_text())
+    assert info["codec"] == "jpeg" and info["lambda"] == 0.5 and info["rank"] == 4 and info["base_model"] == "tiny"
+    assert info["target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]
+    with safe_open(folder / "pytorch_lora_weights.safetensors", "pt") as handle:
+        keys = list(handle.keys())
+    assert keys and all(key.startswith("unet.") and "lora" in key for key in keys)
+
+
+def test_pipeline_load_lora_records_adapters_and_changes_output(stock_dir, lora_pipe):
+    assert lora_pipe.available_adapters() == {
+        ADAPTER_A: {"codec": "jpeg", "lambda": 0.5, "rank": 4, "lora_alpha": 4.0},
+        ADAPTER_B: {"codec": "jpeg", "lambda": 2.0, "rank": 4, "lora_alpha": 4.0},
+    }
+    image = _image(16, 20)
+    base = _np(_pipe(stock_dir), image)
+    out_a = _np(lora_pipe, image, adapter_name="rp_jpeg_lambda_0.5")  # the dotted spelling works too
+    assert lora_pipe.get_active_adapters() == [ADAPTER_A]
+    assert np.abs(out_a - base).max() > 0.01
+
+
+def test_pipeline_weighted_adapter_mix_lies_between(lora_pipe):
+    image = _image(16, 20)
+    out_a = _np(lora_pipe, image, adapter_name=ADAPTER_A)
+    out_b = _np(lora_pipe, image, adapter_name=ADAPTER_B)
+    mix = _np(lora_pipe, image, adapter_name=[ADAPTER_A, ADAPTER_B], adapter_weights=[0.5, 0.5])
+    spread = np.abs(out_a - out_b).mean()
+    assert spread > 0.005
+    assert np.abs(mix - out_a).mean() < spread and np.abs(mix - out_b).mean() < spread
+    half = _np(lora_pipe, image, adapter_name=ADAPTER_A, adapter_weights=0.5)
+    lora_pipe.disable_adapters()
+    base = _np(lora_pipe, image)
+    assert np.abs(half - base).mean() < np.abs(out_a - base).mean() and np.abs(half - out_a).mean() > 0
+
+
+def test_pipeline_disable_adapters_restores_base_exactly(stock_dir, lora_pipe):
+    image = _image(16, 20)
+    base = _np(_pipe(stock_dir), image)
+    _np(lora_pipe, image, adapter_name=ADAPTER_A)
+    lora_pipe.disable_adapters()
+    np.testing.assert_array_equal(_np(lora_pipe, image), base)
+    lora_pipe.enable_adapters()
+    assert np.abs(_np(lora_pipe, image) - base).max() > 0.01
+
+
+def test_pipeline_fuse_lora_matches_unfused(lora_pipe):
+    image = _image(16, 20)
+    unfused = _np(lora_pipe, image, adapter_name=[ADAPTER_A, ADAPTER_B], adapter_weights=[0.7, 0.3])
+    lora_pipe.fuse_lora()
+    fused = _np(lora_pipe, image)
+    np.testing.assert_allclose(fused, unfused, atol=1e-4)
+    with pytest.raises(ValueError, match="unfuse_lora"):
+        lora_pipe.save_pretrained("unused")
+    lora_pipe.unfuse_lora()
+    np.testing.assert_allclose(_np(lora_pipe, image), unfused, atol=1e-5)
+
+
+def test_pipeline_save_load_with_adapters_round_trip(lora_pipe, tmp_path):
+    image = _image(16, 20)
+    expected = _np(lora_pipe, image, adapter_name=[ADAPTER_A, ADAPTER_B], adapter_weights=[0.25, 1.0])
+    lora_pipe.drop_text_encoder()
+    lora_pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "adapters" / ADAPTER_B / "pytorch_lora_weights.safetensors").is_file()
+    loaded = _pipe(tmp_path)
+    assert loaded.available_adapters() == lora_pipe.available_adapters()
+    np.testing.assert_array_equal(_np(loaded, image), expected)
+    # The saved base UNet holds no LoRA tensors: disabling adapters gives the stock model's output.
+    loaded.disable_adapters()
+    lora_pipe.disable_adapters()
+    np.testing.assert_array_equal(_np(loaded, image), _np(lora_pipe, image))
+
+
+def test_pipeline_loads_bare_save_lora_adapter_folder(stock_dir, tmp_path, adapter_dirs, lora_pipe):
+    """Folders from unet.save_lora_adapter (keys without the 'unet.' prefix) load too."""
+    lora_pipe.unet.save_lora_adapter(tmp_path / "bare", adapter_name=ADAPTER_A)
+    pipe = _pipe(stock_dir)
+    pipe.load_lora_weights(tmp_path / "bare", adapter_name=ADAPTER_A)
+    image = _image(16, 20)
+    np.testing.assert_array_equal(
+        _np(pipe, image, adapter_name=ADAPTER_A), _np(lora_pipe, image, adapter_name=ADAPTER_A)
+    )
+    with pytest.raises(ValueError, match="not in the list of present adapters"):
+        pipe(image, adapter_name="rp_jpeg_lambda_9")
+
+
+# ------------------------------------------------------------------------------------------------------ tiling
+def test_pipeline_tiled_output_close_to_untiled(stock_dir):
+    image = _image(96, 136, seed=4)
+    pipe = _pipe(stock_dir)
+    pipe.disable_tiling()
+    whole = _np(pipe, image)[0].mean(-1)
+    pipe.enable_tiling(tile_size=96, overlap=32)
+    assert pipe._num_tiles(96, 136) == 2
+    difference = np.abs(_np(pipe, image)[0].mean(-1) - whole)
+    # Measured on this tiny random model: max 0.144, mean 0.018. The gap is spread over the image (GroupNorm and
+    # attention see one tile, not the whole), not concentrated where the tiles meet (columns 40-96).
+    assert difference.max() < 0.25 and difference.mean() < 0.03
+    assert difference[:, 40:96].mean() < 2 * difference.mean()
+
+
+def test_pipeline_large_image_tiled_keeps_size_without_seams(stock_dir):
+    from diffusers import AutoencoderKL
+
+    from rp_diffusers.utils.testing import tiny_sd_components
+    from rp_diffusers.utils.tiling import tile_starts
+
+    assert _pipe(stock_dir)._num_tiles(1100, 1500) == 6  # the SD default: 768 px tiles sharing at least 128 px
+    # A cheaper VAE (factor 4, no attention) keeps this 1.6-megapixel test fast; the pipeline is built in code.
+    components = tiny_sd_components()
+    torch.manual_seed(0)
+    components["vae"] = AutoencoderKL(
+        block_out_channels=(8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        mid_block_add_attention=False,
+    ).eval()
+    pipe = RPPreprocessPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_tiling(tile_size=384, overlap=64)
+    out = pipe(_image(1100, 1500, seed=5), output_type="np").images[0]
+    assert out.shape == (1100, 1500, 3)
+    # No seams: column-to-column steps where tiles overlap are no larger than anywhere else.
+    steps = np.abs(np.diff(out, axis=1)).mean(axis=(0, 2))
+    in_band = np.zeros_like(steps, dtype=bool)
+    for start in tile_starts(1504, 384, 64, align=pipe.pad_multiple)[1:]:
+        in_band[start - 1 : start + 64] = True
+    in_band[:8] = in_band[-8:] = False
+    outside = ~in_band
+    outside[:8] = outside[-8:] = False  # the image border has its own (padding) statistics
+    assert steps[in_band].max() <= 1.2 * steps[outside].max()
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def test_compress_cli_writes_both_files_and_table(stock_dir, tmp_path, capsys):
+    from rp_diffusers.cli import main
+
+    paths = []
+    for seed, (height, width) in enumerate([(40, 48), (30, 36)]):
+        paths.append(tmp_path / f"img{seed}.png")
+        _image(height, width, seed).save(paths[-1])
+    out, table = tmp_path / "out", tmp_path / "table.json"
+    argv = ["compress", *map(str, paths), "--codec", "jpeg", "--quality", "40", "--model", str(stock_dir)]
+    assert main([*argv, "--metrics", "psnr", "--out", str(out), "--json", str(table)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["img0.jpg", "img0.rp.jpg", "img1.jpg", "img1.rp.jpg"]
+    rows = json.loads(table.read_text())["rows"]
+    assert [(r["image"], r["variant"]) for r in rows][:2] == [("img0.png", "codec alone"), ("img0.png", "rp + codec")]
+    for row in rows:
+        width, height = Image.open(row["file"]).size
+        assert row["bpp"] == pytest.approx(8 * Path(row["file"]).stat().st_size / (width * height))
+        assert row["quality"] == 40 and 10 < row["psnr"] < 60
+    printed = capsys.readouterr().out
+    assert "rp + codec" in printed and "codec alone" in printed and "psnr" in printed
+
+
+def test_compress_cli_default_model_absent_says_what_to_do(tmp_path, capsys):
+    from rp_diffusers.cli import main
+
+    _image(16, 16).save(tmp_path / "a.png")
+    assert main(["compress", str(tmp_path / "a.png"), "--out", str(tmp_path / "out")]) == 2
+    assert "pass --model" in capsys.readouterr().err
