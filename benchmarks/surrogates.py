@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -150,6 +151,8 @@ def main(args: argparse.Namespace) -> dict:
             "libjpeg_turbo": features.version("libjpeg_turbo"),
             "machine": platform.machine(),
             "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         },
         "results": {},
     }

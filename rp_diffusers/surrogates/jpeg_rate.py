@@ -47,8 +47,12 @@ def _nbits(magnitude: torch.Tensor) -> torch.Tensor:
     return (magnitude[..., None] >= torch.tensor(_POWERS, device=magnitude.device)).sum(-1)
 
 
-def _units(seq: torch.Tensor, cls: int, lut: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bit strings (value, length) of each block's DC, its 63 AC positions (with leading ZRLs) and EOB: (..., 65)."""
+def entropy_units(seq: torch.Tensor, cls: int, lut: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bit strings jchuff.c emits per block, int64 (value, length) pairs (..., 65): DC, 63 AC slots, EOB.
+
+    ``seq``: integer coefficients (..., B, 64) in coding order (``coding_order``); ``cls`` 0 luma, 1 chroma tables.
+    AC slot k holds the ZRL codes before coefficient k, its code and extra bits (length 0 where it is zero).
+    """
     dc = seq[..., 0]
     diff = dc - F.pad(dc, (1, 0))[..., :-1]
     cat = _nbits(diff.abs())
@@ -107,8 +111,8 @@ def exact_bits(luma: torch.Tensor, chroma: torch.Tensor, size: tuple[int, int]) 
     """
     lut = huffman_lookup(luma.device)
     luma_seq, chroma_seq = coding_order(luma.long(), chroma.long(), size)
-    luma_values, luma_lengths = _units(luma_seq, 0, lut)
-    chroma_values, chroma_lengths = _units(chroma_seq, 1, lut)
+    luma_values, luma_lengths = entropy_units(luma_seq, 0, lut)
+    chroma_values, chroma_lengths = entropy_units(chroma_seq, 1, lut)
     n, mcus = luma.shape[0], chroma_seq.shape[2]
     values = torch.cat([luma_values.view(n, mcus, 4, 65), chroma_values.transpose(1, 2)], dim=2).view(n, -1)
     lengths = torch.cat([luma_lengths.view(n, mcus, 4, 65), chroma_lengths.transpose(1, 2)], dim=2).view(n, -1)
