@@ -183,7 +183,8 @@ def main(args: argparse.Namespace) -> dict:
 def print_table(report: dict) -> None:
     header = (
         f"{'codec':6} {'q':>4} {'PSNR min':>9} {'PSNR med':>9} {'exact':>6} {'bits MedARE':>11} {'bits MaxARE':>11} "
-        f"{'logbits r':>9} {'exact MaxARE':>12} {'descent':>8} {'random':>7} {'fwd s/MP':>9} {'f+b s/MP':>9} {'real s/MP':>9} {'fwd/real':>8}"
+        f"{'logbits r':>9} {'exact MaxARE':>12} {'descent':>8} {'random':>7} "
+        f"{'fwd s/MP':>9} {'f+b s/MP':>9} {'real s/MP':>9} {'fwd/real':>8}"
     )
     print(header)
     print("-" * len(header))

@@ -218,6 +218,10 @@ class DiffJPEG(CodecSurrogate):
     def forward(self, image: torch.Tensor, quality: float | torch.Tensor) -> SurrogateOutput:
         """Compress and decompress ``image`` (N, 3, H, W) in [0, 1] at JPEG ``quality`` (scalar or (N,), 1..100).
 
+        The forward pass uses libjpeg's tables for ``round(quality)`` (the real codec takes integers); the
+        gradient with respect to ``quality`` comes from the continuous table scaling (``jpeg_tables.qtables``).
+        Pixels are clipped to [0, 1] and rounded to 8 bits as the real codec's input (straight-through).
+
         Returns:
             ``SurrogateOutput`` with ``reconstruction`` (N, 3, H, W) in [0, 1] in the input dtype and ``bits``
             (N,) float32, the estimated size of the real file in bits (headers included).

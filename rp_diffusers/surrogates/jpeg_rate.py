@@ -1,4 +1,4 @@
-"""The size of a baseline JPEG: libjpeg's exact Huffman bit count, and a calibrated differentiable proxy of it.
+"""JPEG file size: libjpeg's exact Huffman bit count and its differentiable twin (exact value, soft gradient).
 
 Both read quantised coefficients in zigzag order, luma (N, 2R, 2C, 64) and chroma (N, 2, R, C, 64) on the
 MCU grid (R x C MCUs of 16x16 pixels), and code them as jchuff.c does for 4:2:0: per MCU four luma blocks
