@@ -37,6 +37,8 @@ MAX_PIXELS = 4_000_000  # uploads above 4 megapixels are refused (CPU Space: sec
 MS_SSIM_MIN_SIDE = 161  # MS-SSIM's five scales need this many pixels per side
 MATCH_MODES = ("bpp", "quality", "target_bpp")
 VARIANTS = ("codec alone", "rp + codec")
+RANDOM_MARKER = "RANDOM_WEIGHTS.txt"  # written next to the tiny random model so any page showing it says so
+RANDOM_LABEL = "a tiny RANDOM model built in code (for tests and development: its outputs are noise)"
 
 # The pipeline's adapter selection is state shared by every request: select-and-run must not interleave.
 _PIPE_LOCK = threading.Lock()
@@ -86,6 +88,7 @@ def build_tiny_random_model(path: str | os.PathLike, seed: int = 0, adapters=(("
             adapter_name=format_adapter_name(codec, lam),
         )
     pipe.save_pretrained(path)
+    (Path(path) / RANDOM_MARKER).write_text("Random weights from rp_diffusers.space_utils.build_tiny_random_model.\n")
     return Path(path)
 
 
@@ -130,15 +133,17 @@ def load_space_model(model: str | None = None) -> SpaceModel:
     notes = []
     for source, label in candidates:
         try:
-            return SpaceModel(_load(source), source, label, notes=notes)
+            pipe = _load(source)
+            if (Path(source) / RANDOM_MARKER).is_file():
+                return SpaceModel(pipe, source, f"{label}, {RANDOM_LABEL}", is_random=True, notes=notes)
+            return SpaceModel(pipe, source, label, notes=notes)
         except Exception as error:  # any failure: say so on the page and try the next model
             logger.warning("cannot load %s: %s", source, error)
             notes.append(f"{label} could not be loaded ({type(error).__name__}: {str(error)[:200]})")
     folder = Path(tempfile.mkdtemp(prefix="rp-space-tiny-"))
     atexit.register(shutil.rmtree, folder, True)
     build_tiny_random_model(folder)
-    label = "a tiny RANDOM model built in code (for tests and development: its outputs are noise)"
-    return SpaceModel(_load(str(folder)), str(folder), label, is_random=True, notes=notes)
+    return SpaceModel(_load(str(folder)), str(folder), RANDOM_LABEL, is_random=True, notes=notes)
 
 
 _CONVERSIONS = {

@@ -206,9 +206,7 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
                 )
                 button = gr.Button("Compress and compare", variant="primary", elem_id="run-button")
                 gr.Examples(
-                    [[str(p), first_codec, "bpp"] for p in sorted(EXAMPLES_DIR.glob("*.png"))],
-                    inputs=[image, codec, match],
-                    label="example photos",
+                    [[str(p)] for p in sorted(EXAMPLES_DIR.glob("*.png"))], inputs=[image], label="example photos"
                 )
             with gr.Column(scale=3, min_width=400):
                 slider = gr.ImageSlider(

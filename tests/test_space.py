@@ -5,6 +5,7 @@ import importlib.util
 import math
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from rp_diffusers.evaluation.sweep import EXAMPLES_DIR
 from rp_diffusers.space_utils import (
     MAX_PIXELS,
     MODEL_ENV,
+    RANDOM_LABEL,
+    RANDOM_MARKER,
     SPACE_MODEL_ID,
     RequestFolders,
     adapter_for_codec,
@@ -118,11 +121,16 @@ def _table(result) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------------ model choice
-def test_space_model_from_env_variable(model_dir, monkeypatch):
+def test_space_model_from_env_variable(model_dir, monkeypatch, tmp_path):
     monkeypatch.setenv(MODEL_ENV, str(model_dir))
     model = load_space_model()
-    assert model.source == str(model_dir) and not model.is_random and model.notes == []
+    assert model.source == str(model_dir) and model.notes == []
+    assert model.is_random and "RANDOM" in model.label  # build_tiny_random_model marks its folder
     assert model.pipe.available_adapters() == {ADAPTER: {"codec": "jpeg", "lambda": 0.5, "rank": 4}}
+    unmarked = shutil.copytree(model_dir, tmp_path / "model", ignore=shutil.ignore_patterns(RANDOM_MARKER))
+    monkeypatch.setenv(MODEL_ENV, str(unmarked))
+    model = load_space_model()
+    assert (model.source, model.label, model.is_random) == (str(unmarked), f"`{unmarked}`", False)
 
 
 def test_space_model_falls_back_to_labelled_tiny_random(tmp_path, monkeypatch):
@@ -130,7 +138,7 @@ def test_space_model_falls_back_to_labelled_tiny_random(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(space_utils, "has_default_model", lambda: False)
     model = load_space_model()
-    assert model.is_random and "RANDOM" in model.label
+    assert model.is_random and model.label == RANDOM_LABEL
     assert len(model.notes) == 1 and "missing" in model.notes[0]
     assert model.pipe(_photo(20, 12)).images[0].size == (20, 12)
 
