@@ -84,7 +84,7 @@ def _banner(model: SpaceModel, metrics: tuple[str, ...]) -> str:
     return "\n\n".join(lines)
 
 
-def _summary(comparison, note: str | None, name: str) -> str:
+def _summary(comparison, note: str | None, name: str, target_bpp: float | None = None) -> str:
     alone, rp = comparison.codec_alone, comparison.rp
     psnr = {variant: values.get("psnr") for variant, values in comparison.metrics.items()}
     text = {
@@ -96,6 +96,10 @@ def _summary(comparison, note: str | None, name: str) -> str:
         f"**rp + codec**: {rp.bpp:.3f} bpp (quality {rp.quality}), PSNR {psnr['rp + codec']:.2f} dB · "
         f"**codec alone**: {alone.bpp:.3f} bpp (quality {alone.quality}), PSNR {psnr['codec alone']:.2f} dB. {text}",
     ]
+    budget = {"bpp": rp.bpp, "target_bpp": target_bpp}.get(comparison.match)
+    over = [variant for variant, coded in comparison.results().items() if budget is not None and coded.bpp > budget]
+    if over:
+        lines.append(f"⚠️ {' and '.join(over)}: even the lowest quality exceeds {budget:.3f} bpp.")
     if min(comparison.original.size) < 161:
         lines.append("MS-SSIM needs at least 161 pixels per side: not computed for this image.")
     if note:
@@ -153,7 +157,7 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
             rows.append([variant, coded.quality, f"{coded.bpp:.4f}", len(coded.data), *cells])
         files = write_files(result, folders.new(), safe_stem(path))
         images = (result.codec_alone.reconstruction, result.rp.reconstruction)
-        return images, *images, _summary(result, note, name), rows, *map(str, files)
+        return images, *images, _summary(result, note, name, target_bpp), rows, *map(str, files)
 
     with gr.Blocks(
         title="rp-diffusers: rate-perception pre-processing", delete_cache=DELETE_CACHE, analytics_enabled=False

@@ -346,3 +346,12 @@ def test_space_app_ten_concurrent_requests_all_succeed(client, tmp_path):
         assert Path(result[6]).suffix == get_codec(codec).extension
         for row in rows.values():
             assert 0 < float(row["bpp"]) < 24 and 5 < float(row["PSNR (dB)"]) < 100
+
+
+def test_space_app_target_bpp_below_the_codecs_floor_is_flagged(client, tmp_path):
+    path = tmp_path / "crop.png"
+    _photo().save(path)
+    result = _predict(client, path, match="target_bpp", target_bpp=0.01)
+    rows = _table(result)
+    assert [rows[v]["quality"] for v in rows] == [get_codec("jpeg").quality_range[0]] * 2
+    assert "codec alone and rp + codec: even the lowest quality exceeds 0.010 bpp" in result[3]
