@@ -16,6 +16,15 @@ from rp_diffusers.losses import (
 from rp_diffusers.surrogates import SurrogateOutput
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small tensors run fastest on one thread on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_sid_generator_loss_alpha_one_by_hand():
     # sample 0: x_g = 0, f_real = 1, f_fake = 0.5 -> (1 - .5) * (.5 - 0) / |0 - 1| = 0.25 per element
     # sample 1: x_g = 0, f_real = 2, f_fake = 0 -> (2 - 0) * (0 - 0) / 2 = 0

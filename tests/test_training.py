@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from rp_diffusers.surrogates import CodecSurrogate, SurrogateOutput, available_surrogates, register_surrogate
+from rp_diffusers.metrics import LPIPS
 from rp_diffusers.training_utils import (
     RandomCropImageDataset,
     checkpoint_folders,
@@ -60,23 +60,6 @@ def distill_cid():
     return _load_script("distill_cid")
 
 
-if "test_blur" not in available_surrogates():
-
-    @register_surrogate("test_blur")
-    class BlurSurrogate(CodecSurrogate):
-        """A differentiable stand-in codec: 2x2 box blur; bits grow with quality and with image detail."""
-
-        codec_name, quality_range = "jpeg", (0.0, 100.0)
-
-        def forward(self, image, quality):
-            q = self.check_inputs(image, quality)
-            blurred = torch.nn.functional.avg_pool2d(image, 2, ceil_mode=True)
-            reconstruction = blurred.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., : image.shape[-2], :]
-            reconstruction = reconstruction[..., : image.shape[-1]]
-            bits = (image[..., 1:] - image[..., :-1]).abs().flatten(1).sum(1) * (1 + q / 10)
-            return SurrogateOutput(reconstruction, bits)
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, train_dir, val_dir):
     """Tiny SD folder, 4 small training photographs plus one corrupt file, 2 small validation crops."""
@@ -94,7 +77,12 @@ def workspace(tmp_path_factory, train_dir, val_dir):
     val.mkdir()
     for path in sorted(val_dir.glob("*.png"))[:2]:
         Image.open(path).convert("RGB").crop((0, 0, 40, 36)).save(val / path.name)
-    return {"root": root, "model": model, "data": data, "val": val}
+    lpips = {}
+    for net in ("alex", "vgg"):  # random LPIPS weights: exercise the perceptual path without the real files
+        torch.manual_seed(0)
+        lpips[net] = root / f"lpips_{net}_random.safetensors"
+        save_file(LPIPS(net, load_weights=False).state_dict(), str(lpips[net]))
+    return {"root": root, "model": model, "data": data, "val": val, "lpips": lpips}
 
 
 def _stage2_args(workspace, output_dir, *extra):
@@ -106,7 +94,6 @@ def _stage2_args(workspace, output_dir, *extra):
         "--output_dir", str(output_dir),
         "--report_to", "none",
         "--codec", "jpeg",
-        "--surrogate", "test_blur",
         "--quality_range", "20", "60",
         "--lambda_rate", "0.5",
         "--lambda_perceptual", "0",
@@ -123,7 +110,9 @@ def stage2_run(finetune_rp, workspace):
     output = workspace["root"] / "stage2"
     args = finetune_rp.parse_args(
         _stage2_args(workspace, output, "--train_batch_size", "2", "--max_train_steps", "2", "--validation_data_dir",
-                     str(workspace["val"]), "--validation_steps", "2", "--validation_qualities", "30")
+                     str(workspace["val"]), "--validation_steps", "2", "--validation_qualities", "30",
+                     "--perceptual_loss", "lpips", "--lambda_perceptual", "0.5",
+                     "--perceptual_weights_path", str(workspace["lpips"]["alex"]))
     )  # fmt: skip
     finetune_rp.main(args)
     return output
@@ -141,7 +130,8 @@ def stage1_run(distill_cid, workspace):
             "--output_dir", str(output),
             "--report_to", "none",
             "--timestep", "625",
-            "--lambda_lpips", "0",
+            "--lambda_lpips", "0.5",
+            "--lpips_weights_path", str(workspace["lpips"]["vgg"]),
             "--student_lora_rank", "4",
             "--fake_score_lora_rank", "4",
             "--learning_rate", "1e-3",
@@ -159,6 +149,7 @@ def stage1_run(distill_cid, workspace):
 def test_finetune_rp_writes_args_and_adapter(stage2_run):
     args = json.loads((stage2_run / "args.json").read_text())
     assert args["rank"] == 4 and args["adapter_name"] == "rp_jpeg_lambda_0p5" and args["quality_range"] == [20, 60]
+    assert args["perceptual_loss"] == "lpips" and args["lambda_perceptual"] == 0.5
     weights = load_file(str(stage2_run / "pytorch_lora_weights.safetensors"))
     assert weights and all(key.startswith("unet.") and "lora" in key for key in weights)
     assert any(".to_q." in key for key in weights) and any(".to_out.0." in key for key in weights)
