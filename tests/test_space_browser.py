@@ -129,9 +129,14 @@ def test_space_browser_upload_compare_shows_images_table_and_downloads(page, app
         assert 5 < float(psnr) < 100 and 0 < float(ms_ssim) <= 1 and 1 <= int(quality) <= 100
     assert re.search(r"rp \+ codec\*?\*?: [0-9.]+ bpp", page.locator("#summary").inner_text())
 
+    outputs = "#comparison-slider img, #codec-alone img, #rp-codec img"
+    page.wait_for_function(  # the table can arrive before the images finish loading
+        "sel => { const all = [...document.querySelectorAll(sel)]; "
+        "return all.length === 4 && all.every(i => i.complete && i.naturalWidth > 0); }",
+        arg=outputs,
+    )
     images = page.evaluate(
-        "sel => Array.from(document.querySelectorAll(sel)).map(i => [i.naturalWidth, i.naturalHeight])",
-        "#comparison-slider img, #codec-alone img, #rp-codec img",
+        "sel => [...document.querySelectorAll(sel)].map(i => [i.naturalWidth, i.naturalHeight])", outputs
     )
     assert images == [[192, 176]] * 4
     links = page.evaluate(
