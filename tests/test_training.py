@@ -3,7 +3,9 @@
 import importlib.util
 import json
 import logging
+import os
 import shutil
+import signal
 from pathlib import Path
 from unittest import mock
 
@@ -208,6 +210,25 @@ def test_finetune_rp_resume_is_exact(finetune_rp, workspace, tmp_path):
     assert full.keys() == again.keys()
     assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6
     # the weights moved after the checkpoint, so the equality above is not trivially true
+    # a SIGTERM (preemption) in step 1: the run finishes the step, saves checkpoint-1 and returns without the adapter
+    signalled = tmp_path / "signalled"
+
+    def sigterm_in_first_step(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    with mock.patch.object(finetune_rp, "step_generator", sigterm_in_first_step):
+        finetune_rp.main(finetune_rp.parse_args(_stage2_args(workspace, signalled, *extra)))
+    assert signal.getsignal(signal.SIGTERM) is previous_handler
+    assert [p.name for p in checkpoint_folders(signalled)] == ["checkpoint-1"]
+    assert not (signalled / "pytorch_lora_weights.safetensors").exists()
+    finetune_rp.main(
+        finetune_rp.parse_args(_stage2_args(workspace, signalled, *extra, "--resume_from_checkpoint", "latest"))
+    )
+    again = load_file(str(signalled / "pytorch_lora_weights.safetensors"))
+    assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6
+
     at_checkpoint = {
         "unet." + k.replace(".rp_jpeg_lambda_0p5", ""): v
         for k, v in load_file(str(interrupted / "checkpoint-2" / "lora.safetensors")).items()

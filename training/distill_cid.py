@@ -59,6 +59,7 @@ from rp_diffusers.training_utils import (
     save_args,
     save_trainable_weights,
     step_generator,
+    stop_on_signals,
 )
 from rp_diffusers.utils.image import load_image, pil_to_tensor, tensor_to_pil
 
@@ -428,98 +429,113 @@ def main(args):
     fake_trainable = [p for p in fake_unet.parameters() if p.requires_grad]
 
     # 6. Training loop: fake-score update, then student update (SiD's alternation)
-    for epoch in range(first_epoch, args.num_train_epochs):
-        student.train()
-        fake_score.train()
-        train_dataset.set_epoch(epoch)
-        train_dataloader.set_epoch(epoch)
-        loader, offset = train_dataloader, 0
-        if epoch == first_epoch and skip_batches > 0:
-            loader, offset = accelerator.skip_first_batches(train_dataloader, skip_batches), skip_batches
-        for index, batch in enumerate(loader, start=offset):
-            generator = step_generator(args.seed, accelerator.process_index, epoch, index)
-            image = batch["pixel_values"].to(accelerator.device)
-            with accelerator.accumulate(student, fake_score), accelerator.autocast():
-                x_g, image_g = one_step_forward(
-                    vae,
-                    student_model,
-                    image,
-                    prompt_embeds,
-                    args.timestep,
-                    alphas_cumprod,
-                    student_prediction,
-                    args.residual,
-                )
-                t_fake, t_gen = torch.randint(args.sid_t_min, args.sid_t_max + 1, (2,), generator=generator).tolist()
-                noise_fake, noise_gen = torch.randn((2, *x_g.shape), generator=generator).to(x_g.device)
+    def save_checkpoint(step):
+        if accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED:
+            rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
+            accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{step}"))
 
-                # 6a. fake score: ordinary denoising loss on the student's (detached) outputs
-                x0_fake = predict_x0_latents(
-                    fake_model, x_g.detach(), t_fake, prompt_embeds, teacher_alphas, teacher_prediction, noise_fake
-                )
-                loss_fake = denoising_loss(x0_fake, x_g, teacher_alphas[t_fake], teacher_prediction)
-                accelerator.backward(loss_fake)
+    stopped = False
+    with stop_on_signals(accelerator):
+        for epoch in range(first_epoch, args.num_train_epochs):
+            student.train()
+            fake_score.train()
+            train_dataset.set_epoch(epoch)
+            train_dataloader.set_epoch(epoch)
+            loader, offset = train_dataloader, 0
+            if epoch == first_epoch and skip_batches > 0:
+                loader, offset = accelerator.skip_first_batches(train_dataloader, skip_batches), skip_batches
+            for index, batch in enumerate(loader, start=offset):
+                generator = step_generator(args.seed, accelerator.process_index, epoch, index)
+                image = batch["pixel_values"].to(accelerator.device)
+                with accelerator.accumulate(student, fake_score), accelerator.autocast():
+                    x_g, image_g = one_step_forward(
+                        vae,
+                        student_model,
+                        image,
+                        prompt_embeds,
+                        args.timestep,
+                        alphas_cumprod,
+                        student_prediction,
+                        args.residual,
+                    )
+                    t_fake, t_gen = torch.randint(
+                        args.sid_t_min, args.sid_t_max + 1, (2,), generator=generator
+                    ).tolist()
+                    noise_fake, noise_gen = torch.randn((2, *x_g.shape), generator=generator).to(x_g.device)
+
+                    # 6a. fake score: ordinary denoising loss on the student's (detached) outputs
+                    x0_fake = predict_x0_latents(
+                        fake_model, x_g.detach(), t_fake, prompt_embeds, teacher_alphas, teacher_prediction, noise_fake
+                    )
+                    loss_fake = denoising_loss(x0_fake, x_g, teacher_alphas[t_fake], teacher_prediction)
+                    accelerator.backward(loss_fake)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(fake_score.parameters(), args.max_grad_norm)
+                    optimizer_f.step()
+                    lr_f.step()
+                    optimizer_f.zero_grad(set_to_none=True)
+
+                    # 6b. student: SiD generator loss through the teacher and the (now frozen) fake score
+                    for p in fake_trainable:
+                        p.requires_grad_(False)
+                    f_fake = predict_x0_latents(
+                        fake_unet, x_g, t_gen, prompt_embeds, teacher_alphas, teacher_prediction, noise_gen
+                    )
+                    f_real = teacher_x0(
+                        teacher,
+                        x_g,
+                        t_gen,
+                        prompt_embeds,
+                        uncond_embeds,
+                        args.guidance_scale,
+                        teacher_alphas,
+                        teacher_prediction,
+                        noise_gen,
+                    )
+                    for p in fake_trainable:
+                        p.requires_grad_(True)
+                    loss_sid = sid_generator_loss(x_g, f_real, f_fake, args.sid_alpha)
+                    loss_task = task_loss(image_g, image, lpips_fn, args.lambda_lpips)
+                    loss_g = loss_sid + args.lambda_task * loss_task
+                    accelerator.backward(loss_g)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+                    optimizer_g.step()
+                    lr_g.step()
+                    optimizer_g.zero_grad(set_to_none=True)
+
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(fake_score.parameters(), args.max_grad_norm)
-                optimizer_f.step()
-                lr_f.step()
-                optimizer_f.zero_grad(set_to_none=True)
-
-                # 6b. student: SiD generator loss through the teacher and the (now frozen) fake score
-                for p in fake_trainable:
-                    p.requires_grad_(False)
-                f_fake = predict_x0_latents(
-                    fake_unet, x_g, t_gen, prompt_embeds, teacher_alphas, teacher_prediction, noise_gen
-                )
-                f_real = teacher_x0(
-                    teacher,
-                    x_g,
-                    t_gen,
-                    prompt_embeds,
-                    uncond_embeds,
-                    args.guidance_scale,
-                    teacher_alphas,
-                    teacher_prediction,
-                    noise_gen,
-                )
-                for p in fake_trainable:
-                    p.requires_grad_(True)
-                loss_sid = sid_generator_loss(x_g, f_real, f_fake, args.sid_alpha)
-                loss_task = task_loss(image_g, image, lpips_fn, args.lambda_lpips)
-                loss_g = loss_sid + args.lambda_task * loss_task
-                accelerator.backward(loss_g)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-                optimizer_g.step()
-                lr_g.step()
-                optimizer_g.zero_grad(set_to_none=True)
-
-            if accelerator.sync_gradients:
-                progress_bar.update(1)
-                global_step += 1
-                logs = {
-                    "loss_sid": loss_sid.item(),
-                    "loss_task": loss_task.item(),
-                    "loss_fake": loss_fake.item(),
-                    "lr": lr_g.get_last_lr()[0],
-                }
-                accelerator.log(logs, step=global_step)
-                progress_bar.set_postfix(**logs)
-                if global_step % args.checkpointing_steps == 0 and (
-                    accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED
-                ):
-                    rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                    accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{global_step}"))
-                if (
-                    args.validation_data_dir
-                    and global_step % args.validation_steps == 0
-                    and accelerator.is_main_process
-                ):
-                    log_validation(pipe, args, accelerator, global_step)
-            if global_step >= args.max_train_steps:
+                    progress_bar.update(1)
+                    global_step += 1
+                    logs = {
+                        "loss_sid": loss_sid.item(),
+                        "loss_task": loss_task.item(),
+                        "loss_fake": loss_fake.item(),
+                        "lr": lr_g.get_last_lr()[0],
+                    }
+                    accelerator.log(logs, step=global_step)
+                    progress_bar.set_postfix(**logs)
+                    if global_step % args.checkpointing_steps == 0:
+                        save_checkpoint(global_step)
+                    if (
+                        args.validation_data_dir
+                        and global_step % args.validation_steps == 0
+                        and accelerator.is_main_process
+                    ):
+                        log_validation(pipe, args, accelerator, global_step)
+                    if accelerator.check_trigger():  # SIGTERM / SIGUSR1 on any process: checkpoint and stop
+                        if global_step % args.checkpointing_steps != 0:
+                            save_checkpoint(global_step)
+                        stopped = True
+                if stopped or global_step >= args.max_train_steps:
+                    break
+            if stopped or global_step >= args.max_train_steps:
                 break
-        if global_step >= args.max_train_steps:
-            break
+
+    if stopped:
+        logger.info(f"stopped by a signal at step {global_step}; continue with --resume_from_checkpoint latest")
+        accelerator.end_training()
+        return
 
     # 7. Save the one-step pipeline: student LoRA fused into the UNet, then unloaded
     accelerator.wait_for_everyone()

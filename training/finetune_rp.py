@@ -54,6 +54,7 @@ from rp_diffusers.training_utils import (
     save_args,
     save_trainable_weights,
     step_generator,
+    stop_on_signals,
 )
 from rp_diffusers.utils.image import load_image
 
@@ -367,70 +368,88 @@ def main(args):
     validation_rows, validated_step = [], None
 
     # 6. Training loop
-    for epoch in range(first_epoch, args.num_train_epochs):
-        unet_prepared.train()
-        train_dataset.set_epoch(epoch)
-        train_dataloader.set_epoch(epoch)
-        loader, offset = train_dataloader, 0
-        if epoch == first_epoch and skip_batches > 0:
-            loader, offset = accelerator.skip_first_batches(train_dataloader, skip_batches), skip_batches
-        for index, batch in enumerate(loader, start=offset):
-            generator = step_generator(args.seed, accelerator.process_index, epoch, index)
-            image = batch["pixel_values"].to(accelerator.device)
-            quality = float(torch.randint(low, high + 1, (1,), generator=generator))  # integer, as real codecs
-            noise = None
-            if pipe.config.add_noise:
-                shape = (image.shape[0], latent_channels, image.shape[2] // vae_factor, image.shape[3] // vae_factor)
-                noise = torch.randn(shape, generator=generator).to(accelerator.device)
-            with accelerator.accumulate(unet_prepared), accelerator.autocast():
-                preprocessed = one_step_map(
-                    vae,
-                    model,
-                    image,
-                    prompt_embeds,
-                    pipe.config.timestep,
-                    alphas_cumprod,
-                    prediction_type,
-                    noise=noise,
-                    residual=pipe.config.residual,
-                )
-                terms = loss_fn(image, preprocessed, quality)
-                accelerator.backward(terms.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet_prepared.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+    def save_checkpoint(step):
+        if accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED:
+            rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
+            accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{step}"))
 
-            if accelerator.sync_gradients:
-                progress_bar.update(1)
-                global_step += 1
-                logs = {
-                    "loss": terms.loss.item(),
-                    "bpp": terms.bpp.item(),
-                    "perceptual": terms.perceptual.item(),
-                    "mse": terms.mse.item(),
-                    "quality": quality,
-                    "lr": lr_scheduler.get_last_lr()[0],
-                }
-                accelerator.log(logs, step=global_step)
-                progress_bar.set_postfix(**logs)
-                if global_step % args.checkpointing_steps == 0 and (
-                    accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED
-                ):
-                    rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                    accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{global_step}"))
-                if (
-                    args.validation_data_dir
-                    and global_step % args.validation_steps == 0
-                    and accelerator.is_main_process
-                ):
-                    validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
-                    validated_step = global_step
-            if global_step >= args.max_train_steps:
+    stopped = False
+    with stop_on_signals(accelerator):
+        for epoch in range(first_epoch, args.num_train_epochs):
+            unet_prepared.train()
+            train_dataset.set_epoch(epoch)
+            train_dataloader.set_epoch(epoch)
+            loader, offset = train_dataloader, 0
+            if epoch == first_epoch and skip_batches > 0:
+                loader, offset = accelerator.skip_first_batches(train_dataloader, skip_batches), skip_batches
+            for index, batch in enumerate(loader, start=offset):
+                generator = step_generator(args.seed, accelerator.process_index, epoch, index)
+                image = batch["pixel_values"].to(accelerator.device)
+                quality = float(torch.randint(low, high + 1, (1,), generator=generator))  # integer, as real codecs
+                noise = None
+                if pipe.config.add_noise:
+                    shape = (
+                        image.shape[0],
+                        latent_channels,
+                        image.shape[2] // vae_factor,
+                        image.shape[3] // vae_factor,
+                    )
+                    noise = torch.randn(shape, generator=generator).to(accelerator.device)
+                with accelerator.accumulate(unet_prepared), accelerator.autocast():
+                    preprocessed = one_step_map(
+                        vae,
+                        model,
+                        image,
+                        prompt_embeds,
+                        pipe.config.timestep,
+                        alphas_cumprod,
+                        prediction_type,
+                        noise=noise,
+                        residual=pipe.config.residual,
+                    )
+                    terms = loss_fn(image, preprocessed, quality)
+                    accelerator.backward(terms.loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(unet_prepared.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+
+                if accelerator.sync_gradients:
+                    progress_bar.update(1)
+                    global_step += 1
+                    logs = {
+                        "loss": terms.loss.item(),
+                        "bpp": terms.bpp.item(),
+                        "perceptual": terms.perceptual.item(),
+                        "mse": terms.mse.item(),
+                        "quality": quality,
+                        "lr": lr_scheduler.get_last_lr()[0],
+                    }
+                    accelerator.log(logs, step=global_step)
+                    progress_bar.set_postfix(**logs)
+                    if global_step % args.checkpointing_steps == 0:
+                        save_checkpoint(global_step)
+                    if (
+                        args.validation_data_dir
+                        and global_step % args.validation_steps == 0
+                        and accelerator.is_main_process
+                    ):
+                        validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
+                        validated_step = global_step
+                    if accelerator.check_trigger():  # SIGTERM / SIGUSR1 on any process: checkpoint and stop
+                        if global_step % args.checkpointing_steps != 0:
+                            save_checkpoint(global_step)
+                        stopped = True
+                if stopped or global_step >= args.max_train_steps:
+                    break
+            if stopped or global_step >= args.max_train_steps:
                 break
-        if global_step >= args.max_train_steps:
-            break
+
+    if stopped:
+        logger.info(f"stopped by a signal at step {global_step}; continue with --resume_from_checkpoint latest")
+        accelerator.end_training()
+        return
 
     # 7. Save the adapter where `pipe.load_lora_weights(output_dir)` finds it; final validation; Hub upload
     accelerator.wait_for_everyone()

@@ -13,6 +13,7 @@ from .checkpoints import (
     rotate_checkpoints,
     save_args,
     save_trainable_weights,
+    stop_on_signals,
     trainable_state_dict,
 )
 from .data import (
@@ -59,6 +60,7 @@ __all__ = [
     "save_args",
     "save_trainable_weights",
     "step_generator",
+    "stop_on_signals",
     "trainable_state_dict",
     "validation_table",
 ]

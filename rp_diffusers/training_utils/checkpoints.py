@@ -1,11 +1,14 @@
-"""Checkpoints of the training scripts: trained weights only (safetensors), rotation, resume position, args.json."""
+"""Checkpoints of the training scripts: trained weights only (safetensors), rotation, resume, signals, args.json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -100,3 +103,29 @@ def resume_position(
     """Where a run resumed at ``global_step`` continues: ``(epoch, batches of that epoch to skip)``."""
     epoch = global_step // update_steps_per_epoch
     return epoch, (global_step - epoch * update_steps_per_epoch) * gradient_accumulation_steps
+
+
+@contextlib.contextmanager
+def stop_on_signals(accelerator, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)):
+    """While active, SIGTERM / SIGUSR1 (cluster preemption, ``kill``) ask the loop to checkpoint and stop.
+
+    The handler only sets Accelerate's trigger; the loop calls ``accelerator.check_trigger()`` after each
+    optimisation step (a collective, so every process stops at the same step), saves ``checkpoint-{step}`` and
+    returns. Handlers are restored on exit. Outside the main thread (where Python cannot install handlers) this is a
+    no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def handler(signum, frame):
+        accelerator.set_trigger()
+
+    for sig in signals:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
