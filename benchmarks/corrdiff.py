@@ -48,7 +48,9 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", default=str(DEFAULT_KODAK), help="Folder of test images (Kodak).")
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N images (sorted by name).")
     parser.add_argument("--qualities", default=None, help="CorrDiff qualities of the e2e curve (default: all).")
-    parser.add_argument("--diffusion_qualities", default="0,2,4", help="Qualities run with the diffusion decoder.")
+    parser.add_argument(
+        "--diffusion_qualities", default="0,2,4", help="Qualities run with the diffusion decoder ('' skips it)."
+    )
     parser.add_argument("--distortion_weights", default="1.0,0.0", help="Distortion weights of the corrected runs.")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (default: the model's).")
     parser.add_argument("--seed", type=int, default=0, help="Diffusion noise seed.")
@@ -84,13 +86,14 @@ def corrdiff_results(args, images) -> tuple[list[EvaluationResult], dict]:
             row = {"image": name, "quality": quality, "bpp": result.bpp, "encoding_time": result.encode_seconds}
             curves["e2e"].records.append({**row, **measure(reference, pil_to_tensor(result.reconstruction))})
     checks = {}
-    for weight_index, weight in enumerate(float(w) for w in args.distortion_weights.split(",")):
+    weights = [float(w) for w in args.distortion_weights.split(",") if w] if args.diffusion_qualities else []
+    for weight_index, weight in enumerate(weights):
         codec = CorrDiffCodec(model=e2e.model, distortion_weight=weight, seed=args.seed,
                               num_inference_steps=args.num_inference_steps)  # fmt: skip
         corrected = curves.setdefault(f"dw{weight}", EvaluationResult(f"corrdiff-dw{weight}", codec.description))
         plain = curves.setdefault("plain", EvaluationResult("diffusion-uncorrected", "same seed, no correction"))
         for index, (name, image, reference) in enumerate(images):
-            for quality in [int(q) for q in args.diffusion_qualities.split(",")]:
+            for quality in [int(q) for q in args.diffusion_qualities.split(",") if q]:
                 start = time.perf_counter()
                 encoding = codec.encode_details(image, quality)
                 seconds = time.perf_counter() - start
@@ -158,7 +161,7 @@ def main(args: argparse.Namespace) -> dict:
             print(f"{curve['name']:24s} {quality:3.0f} {r['bpp'][i]:7.4f} {side:7.4f} {r['psnr-rgb'][i]:6.2f} "
                   f"{r['ms-ssim-rgb'][i]:8.4f} {r['texture-ratio'][i]:8.3f}  {same_rate}")  # fmt: skip
     print(f"decoded files pixel-identical to the encoder's reconstruction: {checks}")
-    main_curve = next(c for c in curves if c["name"].startswith("corrdiff-dw"))
+    main_curve = next((c for c in curves if c["name"].startswith("corrdiff-dw")), curves[0])
     output = {
         **main_curve,
         "name": "corrdiff",
