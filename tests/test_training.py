@@ -411,3 +411,15 @@ def test_render_training_card_includes_validation_table():
     assert "| quality | setting | bpp | psnr |" in card
     assert "| 30 | rp + codec | 0.4 | 28.7 |" in card and "| 30 | codec alone | 0.5123 | 30.1 |" in card
     assert "rp_jpeg_lambda_0p5" in card and "me/rp-jpeg" in card
+
+
+def test_finetune_rp_rejects_resolution_off_the_model_multiple(finetune_rp, workspace, tmp_path):
+    args = finetune_rp.parse_args(_stage2_args(workspace, tmp_path / "out", "--resolution", "30"))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        finetune_rp.main(args)
+
+
+def test_scripts_require_a_dataset(finetune_rp, distill_cid):
+    for script in (finetune_rp, distill_cid):
+        with pytest.raises(ValueError, match="--train_data_dir"):
+            script.parse_args(["--pretrained_model_name_or_path", "x"])

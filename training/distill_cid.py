@@ -303,6 +303,10 @@ def main(args):
         residual=args.residual,
     )
     pipe.set_progress_bar_config(disable=True)
+    if args.resolution % pipe.pad_multiple:
+        raise ValueError(
+            f"--resolution must be a multiple of {pipe.pad_multiple} for this model, got {args.resolution}"
+        )
     prompt_embeds = pipe.prompt_embeds
     uncond_embeds = pipe.encode_prompt("") if args.guidance_scale != 1.0 and args.prompt else None
     pipe.drop_text_encoder()

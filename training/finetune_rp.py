@@ -243,6 +243,10 @@ def main(args):
         args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant, cache_dir=args.cache_dir
     )
     pipe.set_progress_bar_config(disable=True)
+    if args.resolution % pipe.pad_multiple:
+        raise ValueError(
+            f"--resolution must be a multiple of {pipe.pad_multiple} for this model, got {args.resolution}"
+        )
     if args.timestep is not None:
         pipe.register_to_config(timestep=args.timestep)
     if args.prompt is not None:

@@ -124,7 +124,7 @@ class RandomCropImageDataset(torch.utils.data.Dataset):
     Args:
         dataset: a ``datasets.Dataset`` from :func:`load_image_dataset` (or any sequence of image entries).
         image_column: the column to read.
-        resolution: crop size in pixels (a multiple of the model's factor, e.g. 8 x 8 = 64 for SD 2.1... or 512).
+        resolution: crop size in pixels (a multiple of the model's factor: 64 for SD 2.1).
         seed: base seed of the crops.
 
     Example:
