@@ -15,12 +15,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO_NAME = "rp_adapter.json"
+ADAPTERS_FOLDER = "adapters"  # inside a saved pipeline: adapters/<name>/ and adapters/active_adapters.json
+ACTIVE_ADAPTERS_NAME = "active_adapters.json"
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 DEFAULT_RANK = 8
 
@@ -136,7 +140,6 @@ def save_rp_adapter(
     Returns:
         The folder as a ``Path``.
     """
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
     from peft.utils import get_peft_model_state_dict
 
     adapter_name = normalize_adapter_name(adapter_name)
@@ -226,3 +229,163 @@ def lora_state_dict_for_unet(
     if metadata is not None and not any(k.startswith("unet.") for k in metadata):
         metadata = {f"unet.{k}": v for k, v in metadata.items()}
     return state_dict, metadata
+
+
+@contextmanager
+def base_weights_only(unet: torch.nn.Module):
+    """While active, ``unet.state_dict()`` holds base weights only: LoRA tensors dropped, ``base_layer`` unwrapped."""
+
+    def hook(module, state_dict, prefix, local_metadata):
+        for key in list(state_dict):
+            if ".lora_" in key:
+                del state_dict[key]
+            elif ".base_layer." in key:
+                state_dict[key.replace(".base_layer.", ".")] = state_dict.pop(key)
+
+    handle = unet.register_state_dict_post_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
+    """diffusers' SD LoRA loader for UNet-only R-P adapters, recording each one's operating point.
+
+    For pipelines with a ``unet`` and an ``adapters`` config entry (name -> {codec, lambda, rank, ...}), kept up to
+    date by every method here; :meth:`save_adapters` / :meth:`load_saved_adapters` store them in a pipeline folder.
+    """
+
+    def available_adapters(self) -> dict[str, dict]:
+        """Adapters loaded on the UNet -> their {codec, lambda, rank, ...} (empty dict where unknown)."""
+        loaded = getattr(self.unet, "peft_config", {})
+        return {name: dict(self.config.adapters.get(name, {})) for name in loaded}
+
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
+        """Load a UNet LoRA (folder, Hub repo, file or state dict) as an adapter and record its operating point.
+
+        Accepts diffusers' pipeline format (``unet.``-prefixed keys, as :func:`~rp_diffusers.adapters.save_rp_adapter`
+        and the training examples write) and the bare format of ``unet.save_lora_adapter``. With no ``adapter_name``,
+        the name in the folder's ``rp_adapter.json`` is used. Text-encoder LoRAs are refused: the prompt is encoded
+        once and the text encoder is usually dropped.
+        """
+        source = pretrained_model_name_or_path_or_dict
+        info = None
+        if not isinstance(source, dict):
+            info = read_adapter_info(source, **kwargs)
+        adapter_name = adapter_name or (info or {}).get("adapter_name")
+        adapter_name = normalize_adapter_name(adapter_name) if adapter_name else None
+        if isinstance(source, dict):
+            source = dict(source)
+        hotswap = kwargs.pop("hotswap", False)
+        low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", False)
+        state_dict, network_alphas, metadata = self.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+        state_dict, metadata = lora_state_dict_for_unet(state_dict, metadata)
+        if any(key.startswith("text_encoder.") for key in state_dict):
+            raise ValueError(
+                "text-encoder LoRA is not supported: the prompt is encoded once; train UNet-only adapters"
+            )
+        if not all("lora" in key for key in state_dict):
+            raise ValueError("invalid LoRA checkpoint: every parameter name must contain 'lora'")
+        before = set(getattr(self.unet, "peft_config", {}))
+        self.load_lora_into_unet(
+            state_dict,
+            network_alphas=network_alphas,
+            unet=self.unet,
+            adapter_name=adapter_name,
+            metadata=metadata,
+            _pipeline=self,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            hotswap=hotswap,
+        )
+        added = set(getattr(self.unet, "peft_config", {})) - before
+        for name in added or ({adapter_name} if adapter_name else set()):
+            self._record_adapter(name, info)
+
+    def _record_adapter(self, name: str, info: dict | None) -> None:
+        record = {k: v for k, v in (info or {}).items() if k in ("codec", "lambda", "rank", "lora_alpha")}
+        if "codec" not in record:
+            try:
+                record["codec"], record["lambda"] = parse_adapter_name(name)
+            except ValueError:
+                record.update(codec=None, **{"lambda": None})
+        record.setdefault("rank", int(self.unet.peft_config[name].r))
+        self.register_to_config(adapters={**self.config.adapters, name: record})
+        self._adapter_weights = {**getattr(self, "_adapter_weights", {}), name: 1.0}
+
+    def set_adapters(self, adapter_names: list[str] | str, adapter_weights: float | list[float] | None = None):
+        """Activate adapter(s) with weights (``None``: 1 each); dotted names such as ``rp_jpeg_lambda_0.5`` work."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        names = [normalize_adapter_name(name) for name in names]
+        weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
+        super().set_adapters(names, weights)
+        self._adapter_weights = {name: 1.0 if w is None else float(w) for name, w in zip(names, weights)}
+
+    def disable_adapters(self) -> None:
+        """Run the base model (adapters stay loaded; :meth:`enable_adapters` or an ``adapter_name`` brings them back)."""
+        self.disable_lora()
+
+    def enable_adapters(self) -> None:
+        """Undo :meth:`disable_adapters`."""
+        self.enable_lora()
+
+    def delete_adapters(self, adapter_names: list[str] | str):
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        names = [normalize_adapter_name(name) for name in names]
+        super().delete_adapters(names)
+        self.register_to_config(adapters={k: v for k, v in self.config.adapters.items() if k not in names})
+
+    def unload_lora_weights(self):
+        super().unload_lora_weights()
+        self.register_to_config(adapters={})
+        self._adapter_weights = {}
+
+    def _lora_layers(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [module for module in self.unet.modules() if isinstance(module, BaseTunerLayer)]
+
+    def check_adapters_saveable(self) -> None:
+        """Fused LoRA weights cannot be saved next to their adapters (they would apply twice on reload)."""
+        if any(layer.merged for layer in self._lora_layers()):
+            raise ValueError(
+                "fused LoRA weights cannot be saved next to their adapters: call unfuse_lora() first, or "
+                "unload_lora_weights() after fuse_lora() to save the fused weights as the base model"
+            )
+
+    def save_adapters(self, save_directory: str | os.PathLike) -> None:
+        """Write every loaded adapter to ``adapters/<name>/`` and the active selection to ``active_adapters.json``."""
+        self.check_adapters_saveable()
+        folder = Path(save_directory) / ADAPTERS_FOLDER
+        names = list(getattr(self.unet, "peft_config", {}))
+        for name in names:
+            record = self.config.adapters.get(name, {})
+            save_rp_adapter(self.unet, folder / name, name, codec=record.get("codec"), lam=record.get("lambda"))
+        if names:
+            active = list(self.get_active_adapters())
+            weights = getattr(self, "_adapter_weights", {})
+            selection = {
+                "enabled": not any(layer.disable_adapters for layer in self._lora_layers()),
+                "names": active,
+                "weights": [weights.get(name, 1.0) for name in active],
+            }
+            (folder / ACTIVE_ADAPTERS_NAME).write_text(json.dumps(selection, indent=2) + "\n")
+
+    def load_saved_adapters(self, source: str | os.PathLike, **hub_kwargs) -> None:
+        """Load the adapters listed in ``config.adapters`` from ``source``'s ``adapters/`` and restore the selection."""
+        saved = dict(self.config.adapters)
+        self.register_to_config(adapters={})
+        for name, record in saved.items():
+            subfolder = f"{ADAPTERS_FOLDER}/{name}"
+            weights = resolve_optional_file(source, LORA_WEIGHT_NAME, subfolder=subfolder, **hub_kwargs)
+            if weights is None:
+                raise ValueError(f"{source} lists adapter {name!r} but has no {subfolder}/{LORA_WEIGHT_NAME}")
+            self.load_lora_weights(str(Path(weights).parent), adapter_name=name)
+            self.register_to_config(adapters={**self.config.adapters, name: record})
+        selection_path = resolve_optional_file(source, ACTIVE_ADAPTERS_NAME, subfolder=ADAPTERS_FOLDER, **hub_kwargs)
+        if selection_path is not None:
+            selection = json.loads(Path(selection_path).read_text())
+            if selection["names"]:
+                self.set_adapters(selection["names"], selection["weights"])
+            if not selection["enabled"]:
+                self.disable_adapters()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,21 +11,12 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
-from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file, save_file
 
-from ..adapters import (
-    LORA_WEIGHT_NAME,
-    lora_state_dict_for_unet,
-    normalize_adapter_name,
-    parse_adapter_name,
-    read_adapter_info,
-    resolve_optional_file,
-    save_rp_adapter,
-)
+from ..adapters import RPLoraLoaderMixin, base_weights_only, resolve_optional_file
 from ..models import one_step_map
 from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
 from ..utils.tiling import crop_to_size, pad_to_multiple, padded_size, tile_starts, tiled_apply
@@ -34,8 +24,6 @@ from ..utils.tiling import crop_to_size, pad_to_multiple, padded_size, tile_star
 logger = logging.get_logger(__name__)
 
 PROMPT_EMBEDS_NAME = "prompt_embeds.safetensors"
-ADAPTERS_FOLDER = "adapters"
-ACTIVE_ADAPTERS_NAME = "active_adapters.json"
 _HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
 
 EXAMPLE_DOC_STRING = """
@@ -66,25 +54,7 @@ class RPPreprocessPipelineOutput(BaseOutput):
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor]
 
 
-@contextmanager
-def _base_weights_only(unet: torch.nn.Module):
-    """While active, ``unet.state_dict()`` holds the base weights only: peft LoRA tensors out, ``base_layer`` renamed."""
-
-    def hook(module, state_dict, prefix, local_metadata):
-        for key in list(state_dict):
-            if ".lora_" in key:
-                del state_dict[key]
-            elif ".base_layer." in key:
-                state_dict[key.replace(".base_layer.", ".")] = state_dict.pop(key)
-
-    handle = unet.register_state_dict_post_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-class RPPreprocessPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
     r"""Pipeline for rate-perception pre-processing: x -> Dec(x0(UNet(Enc(x), t*))), one UNet call per image.
 
     The output has the input's size and is meant to be encoded by an ordinary codec (JPEG, WebP, BPG, ...). Rate-
@@ -148,6 +118,15 @@ class RPPreprocessPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if self._prompt_embeds is None:
             self._prompt_embeds = self.encode_prompt(self.config.prompt)
         return self._prompt_embeds
+
+    @prompt_embeds.setter
+    def prompt_embeds(self, embeds: torch.Tensor) -> None:
+        """Set the (1, L, D) embedding directly (e.g. computed elsewhere); saved by :meth:`save_pretrained`."""
+        if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3 or embeds.shape[0] != 1:
+            raise ValueError(f"prompt_embeds must be a (1, L, D) tensor, got {getattr(embeds, 'shape', embeds)}")
+        if embeds.shape[-1] != self.unet.config.cross_attention_dim:
+            raise ValueError(f"prompt_embeds width {embeds.shape[-1]} != UNet cross_attention_dim")
+        self._prompt_embeds = embeds.detach().float().cpu()
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """Encode ``prompt`` as StableDiffusionPipeline does (last hidden state, no CFG) -> (1, L, D) float32 on CPU."""
@@ -218,95 +197,29 @@ class RPPreprocessPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         ]
         return count[0] * count[1]
 
-    # ------------------------------------------------------------------------------------------------- adapters
-    def available_adapters(self) -> dict[str, dict]:
-        """Adapters loaded on the UNet -> their {codec, lambda, rank, ...} (empty dict where unknown)."""
-        loaded = getattr(self.unet, "peft_config", {})
-        return {name: dict(self.config.adapters.get(name, {})) for name in loaded}
+    # ----------------------------------------------------------------------------------------------- CPU speed
+    def optimize_for_cpu(self, vae_dtype: torch.dtype | None = torch.bfloat16) -> None:
+        """Speed up CPU inference (measured in ``benchmarks/pipeline.py``); call after loading, before inference.
 
-    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
-        """Load a UNet LoRA (folder, Hub repo, file or state dict) as an adapter and record its operating point.
+        - The VAE's convolutions use the channels-last memory format (oneDNN's fast layout; same numbers up to
+          summation order). The UNet gains nothing from it and is left alone.
+        - The VAE runs in ``vae_dtype`` (bf16) when the CPU has native bf16 (AVX512-BF16 / AMX) while the UNet keeps
+          its dtype: the VAE is about two thirds of the work and tolerates bf16, whereas at t* = 999 the x0 formula
+          divides the UNet's noise estimate by sqrt(alpha_bar) ~ 0.07, amplifying its rounding errors ~15x.
+          ``vae_dtype=None`` keeps the VAE's dtype (exact mode).
 
-        Accepts diffusers' pipeline format (``unet.``-prefixed keys, as :func:`~rp_diffusers.adapters.save_rp_adapter`
-        and the training examples write) and the bare format of ``unet.save_lora_adapter``. With no ``adapter_name``,
-        the name in the folder's ``rp_adapter.json`` is used. Text-encoder LoRAs are refused: the prompt is encoded
-        once and the text encoder is usually dropped.
+        Saving afterwards stores the VAE in ``vae_dtype``; save before optimising to keep full-precision weights.
         """
-        source = pretrained_model_name_or_path_or_dict
-        info = None
-        if not isinstance(source, dict):
-            info = read_adapter_info(source, **kwargs)
-        adapter_name = adapter_name or (info or {}).get("adapter_name")
-        adapter_name = normalize_adapter_name(adapter_name) if adapter_name else None
-        if isinstance(source, dict):
-            source = dict(source)
-        hotswap = kwargs.pop("hotswap", False)
-        low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", False)
-        state_dict, network_alphas, metadata = self.lora_state_dict(source, return_lora_metadata=True, **kwargs)
-        state_dict, metadata = lora_state_dict_for_unet(state_dict, metadata)
-        if any(key.startswith("text_encoder.") for key in state_dict):
-            raise ValueError(
-                "text-encoder LoRA is not supported: the prompt is encoded once; train UNet-only adapters"
-            )
-        if not all("lora" in key for key in state_dict):
-            raise ValueError("invalid LoRA checkpoint: every parameter name must contain 'lora'")
-        before = set(getattr(self.unet, "peft_config", {}))
-        self.load_lora_into_unet(
-            state_dict,
-            network_alphas=network_alphas,
-            unet=self.unet,
-            adapter_name=adapter_name,
-            metadata=metadata,
-            _pipeline=self,
-            low_cpu_mem_usage=low_cpu_mem_usage,
-            hotswap=hotswap,
-        )
-        added = set(getattr(self.unet, "peft_config", {})) - before
-        for name in added or ({adapter_name} if adapter_name else set()):
-            self._record_adapter(name, info)
-
-    def _record_adapter(self, name: str, info: dict | None) -> None:
-        record = {k: v for k, v in (info or {}).items() if k in ("codec", "lambda", "rank", "lora_alpha")}
-        if "codec" not in record:
+        self.vae.to(memory_format=torch.channels_last)
+        if vae_dtype is not None and vae_dtype != self.vae.dtype:
             try:
-                record["codec"], record["lambda"] = parse_adapter_name(name)
-            except ValueError:
-                record.update(codec=None, **{"lambda": None})
-        record.setdefault("rank", int(self.unet.peft_config[name].r))
-        self.register_to_config(adapters={**self.config.adapters, name: record})
-        self._adapter_weights[name] = 1.0
-
-    def set_adapters(self, adapter_names: list[str] | str, adapter_weights: float | list[float] | None = None):
-        """Activate adapter(s) with weights (``None``: 1 each); dotted names such as ``rp_jpeg_lambda_0.5`` work."""
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        names = [normalize_adapter_name(name) for name in names]
-        weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
-        super().set_adapters(names, weights)
-        self._adapter_weights = {name: 1.0 if w is None else float(w) for name, w in zip(names, weights)}
-
-    def disable_adapters(self) -> None:
-        """Run the base model (adapters stay loaded; :meth:`enable_adapters` or an ``adapter_name`` brings them back)."""
-        self.disable_lora()
-
-    def enable_adapters(self) -> None:
-        """Undo :meth:`disable_adapters`."""
-        self.enable_lora()
-
-    def delete_adapters(self, adapter_names: list[str] | str):
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        names = [normalize_adapter_name(name) for name in names]
-        super().delete_adapters(names)
-        self.register_to_config(adapters={k: v for k, v in self.config.adapters.items() if k not in names})
-
-    def unload_lora_weights(self):
-        super().unload_lora_weights()
-        self.register_to_config(adapters={})
-        self._adapter_weights = {}
-
-    def _lora_layers(self):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        return [module for module in self.unet.modules() if isinstance(module, BaseTunerLayer)]
+                native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+                native_bf16 = False
+            if vae_dtype == torch.bfloat16 and not native_bf16:
+                logger.warning("this CPU has no native bf16: keeping the VAE in %s", self.vae.dtype)
+            else:
+                self.vae.to(dtype=vae_dtype)
 
     # --------------------------------------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
@@ -314,39 +227,15 @@ class RPPreprocessPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         :meth:`from_pretrained` rebuilds a pipeline giving identical outputs."""
         if not safe_serialization:
             raise ValueError("rp-diffusers saves safetensors only; drop safe_serialization=False")
-        layers = self._lora_layers()
-        if any(layer.merged for layer in layers):
-            raise ValueError(
-                "fused LoRA weights cannot be saved next to their adapters: call unfuse_lora() first, or "
-                "unload_lora_weights() after fuse_lora() to save the fused weights as the base model"
-            )
+        self.check_adapters_saveable()
         embeds = self.prompt_embeds
-        with _base_weights_only(self.unet):
+        with base_weights_only(self.unet):
             super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
         save_directory = Path(save_directory)
         save_file(
             {"prompt_embeds": embeds.contiguous()}, save_directory / PROMPT_EMBEDS_NAME, {"prompt": self.config.prompt}
         )
-        names = list(getattr(self.unet, "peft_config", {}))
-        for name in names:
-            record = self.config.adapters.get(name, {})
-            save_rp_adapter(
-                self.unet,
-                save_directory / ADAPTERS_FOLDER / name,
-                name,
-                codec=record.get("codec"),
-                lam=record.get("lambda"),
-            )
-        if names:
-            active = list(self.get_active_adapters())
-            selection = {
-                "enabled": not any(layer.disable_adapters for layer in layers),
-                "names": active,
-                "weights": [self._adapter_weights.get(name, 1.0) for name in active],
-            }
-            (save_directory / ADAPTERS_FOLDER / ACTIVE_ADAPTERS_NAME).write_text(
-                json.dumps(selection, indent=2) + "\n"
-            )
+        self.save_adapters(save_directory)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
@@ -366,22 +255,7 @@ class RPPreprocessPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 f"{source} has no `{PROMPT_EMBEDS_NAME}`, so the text encoder and tokenizer are needed: do not pass "
                 "text_encoder=None / tokenizer=None for this model"
             )
-        saved_adapters = dict(pipe.config.adapters)
-        pipe.register_to_config(adapters={})
-        for name, record in saved_adapters.items():
-            subfolder = f"{ADAPTERS_FOLDER}/{name}"
-            weights = resolve_optional_file(source, LORA_WEIGHT_NAME, subfolder=subfolder, **hub_kwargs)
-            if weights is None:
-                raise ValueError(f"{source} lists adapter {name!r} but has no {subfolder}/{LORA_WEIGHT_NAME}")
-            pipe.load_lora_weights(str(Path(weights).parent), adapter_name=name)
-            pipe.register_to_config(adapters={**pipe.config.adapters, name: record})
-        selection_path = resolve_optional_file(source, ACTIVE_ADAPTERS_NAME, subfolder=ADAPTERS_FOLDER, **hub_kwargs)
-        if selection_path is not None:
-            selection = json.loads(Path(selection_path).read_text())
-            if selection["names"]:
-                pipe.set_adapters(selection["names"], selection["weights"])
-            if not selection["enabled"]:
-                pipe.disable_adapters()
+        pipe.load_saved_adapters(source, **hub_kwargs)
         return pipe
 
     # ------------------------------------------------------------------------------------------------ inference
