@@ -147,7 +147,7 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
             target_bpp=target_bpp,
             match=match,
             adapter_name=None if adapter in (None, "", NO_ADAPTER) else adapter,
-            adapter_weight=float(strength),
+            adapter_weight=1.0 if strength is None else float(strength),
             metrics=tuple(metrics),
         )
         rows = []
