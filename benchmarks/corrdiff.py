@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def main(args: argparse.Namespace) -> dict:
         "name": "corrdiff",
         "curves": curves,
         "meta": {
-            "model": args.model, "images": args.images, "num_images": len(images), "seed": args.seed,
+            "command": " ".join(sys.argv), "model": args.model, "images": args.images, "num_images": len(images), "seed": args.seed,
             "decode_checks": checks, "seconds": time.perf_counter() - start, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         },
