@@ -53,7 +53,10 @@ def load_image_dataset(
     if dataset_name is not None:
         dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
     else:
-        dataset = datasets.load_dataset("imagefolder", data_dir=str(train_data_dir), cache_dir=cache_dir, split=split)
+        # data_files, not data_dir: with data_dir, imagefolder reads file names such as "train_railway_*.jpg" as
+        # split markers and silently keeps only those files (1 of the 80 Sun-Hays photographs).
+        pattern = str(Path(train_data_dir) / "**")
+        dataset = datasets.load_dataset("imagefolder", data_files={split: pattern}, cache_dir=cache_dir, split=split)
     if image_column is None:
         image_columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
         image_column = image_columns[0] if image_columns else "image"
