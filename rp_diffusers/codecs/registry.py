@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -9,6 +10,9 @@ from typing import Any
 from .base import Codec, CodecError, UnknownCodecError
 
 _REGISTRY: dict[str, type[Codec]] = {}
+
+# Codecs that live in heavier modules register themselves on import; they are imported on first request.
+_LAZY = {"corrdiff": "rp_diffusers.corrdiff"}
 
 # Names users may try that are not codecs here, with what to use instead.
 _HINTS = {
@@ -97,6 +101,8 @@ def get_codec(name: str, **settings: Any) -> Codec:
         >>> get_codec("jpeg", subsampling=0).run(image, quality=90).bpp
     """
     key = name.lower() if isinstance(name, str) else name
+    if key not in _REGISTRY and key in _LAZY:
+        importlib.import_module(_LAZY[key])
     if key not in _REGISTRY:
         hint = f" ({_HINTS[key]})" if key in _HINTS else ""
         raise UnknownCodecError(f"unknown codec {name!r}{hint}; available codecs: {', '.join(available_codecs())}")
