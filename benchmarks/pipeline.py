@@ -1,0 +1,274 @@
+"""Benchmark RPPreprocessPipeline against the plain diffusers path at SD 2.1 sizes (random weights), and tiled memory.
+
+The models are SD-Turbo's UNet and VAE (SD 2.1 layout) built from their configs in code with random weights, so the
+timings are real and nothing is downloaded; output differences are measured on these random weights too (trained
+weights give smaller activations, so the bf16 differences here are an upper bound rather than a typical value).
+
+Speed: for each dtype, the plain path (``vae.encode -> unet -> x0 -> vae.decode`` at diffusers' defaults) and our
+pipeline (default settings, then after ``pipe.optimize_for_cpu()``) run on the same image in the same process,
+interleaved, and the ratio plain / ours is reported. Memory: a large image runs through the tiled pipeline in a fresh
+subprocess and its peak resident set size (RSS) is read from the kernel.
+
+    pip install -e .  # or PYTHONPATH=. from the repository root
+    python benchmarks/pipeline.py --dtypes float32,bfloat16 --repeats 2 --large-size 1920x1080
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sd21_components(dtype: torch.dtype, seed: int = 0):
+    """SD-Turbo's UNet, VAE and scheduler (SD 2.1 layout) from their configs, random weights."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=32,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        timestep_spacing="trailing",
+    )
+    torch.manual_seed(seed + 2)
+    prompt_embeds = torch.randn(1, 77, 1024)
+    return vae.eval().to(dtype), unet.eval().to(dtype), scheduler, prompt_embeds
+
+
+def test_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A smooth colour field with mild noise (a stand-in for a photograph; content does not affect speed)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    base = np.stack([np.sin(xx / 37), np.cos(yy / 23), np.sin((xx + yy) / 51)], -1) * 0.35 + 0.5
+    return Image.fromarray((np.clip(base + rng.normal(0, 0.03, base.shape), 0, 1) * 255).astype(np.uint8))
+
+
+@torch.no_grad()
+def plain_diffusers(vae, unet, scheduler, image: torch.Tensor, prompt_embeds: torch.Tensor, timestep: int = 999):
+    """The plain path with diffusers' components at their defaults: encode, one UNet call, x0, decode.
+
+    The posterior's mode is used instead of ``latent_dist.sample()``: sampling costs nothing measurable but would
+    make the outputs incomparable.
+    """
+    latents = vae.encode(image.to(vae.dtype) * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
+    eps = unet(latents, timestep, encoder_hidden_states=prompt_embeds.to(unet.dtype)).sample
+    alpha_bar = scheduler.alphas_cumprod[timestep]
+    x0 = (latents.float() - (1 - alpha_bar).sqrt() * eps.float()) / alpha_bar.sqrt()
+    decoded = vae.decode((x0 / vae.config.scaling_factor).to(vae.dtype)).sample
+    return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
+    diff = (a.float() - b.float()).abs()
+    mse = float((diff**2).mean())
+    return {
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "psnr_db": float("inf") if mse == 0 else 10 * np.log10(1.0 / mse),
+    }
+
+
+def speed(dtype_name: str, width: int, height: int, repeats: int) -> dict:
+    from rp_diffusers import RPPreprocessPipeline
+    from rp_diffusers.utils import pil_to_tensor
+
+    vae, unet, scheduler, embeds = sd21_components(DTYPES[dtype_name])
+    pipe = RPPreprocessPipeline(vae=vae, unet=unet, scheduler=scheduler)
+    fast = RPPreprocessPipeline(vae=copy.deepcopy(vae), unet=unet, scheduler=scheduler)  # shares the UNet
+    for p in (pipe, fast):
+        p.prompt_embeds = embeds
+        p.set_progress_bar_config(disable=True)
+    fast.optimize_for_cpu()
+    image = test_image(width, height)
+    x = pil_to_tensor(image)
+
+    small = test_image(64, 64)  # warm-up: oneDNN primitive creation, lazy imports
+    plain_diffusers(vae, unet, scheduler, pil_to_tensor(small), embeds)
+    pipe(small, output_type="pt")
+    fast(small, output_type="pt")
+
+    runs = {"plain": [], "ours_default": [], "ours_optimized": []}
+    outputs = {}
+    for rep in range(repeats):
+        seconds, outputs["plain"] = timed(lambda: plain_diffusers(vae, unet, scheduler, x, embeds))
+        runs["plain"].append(seconds)
+        if rep == 0:  # same computation as the plain path: once is enough to show the overhead and exactness
+            seconds, out = timed(lambda: pipe(image, output_type="pt").images)
+            runs["ours_default"].append(seconds)
+            outputs["ours_default"] = out
+        seconds, outputs["ours_optimized"] = timed(lambda: fast(image, output_type="pt").images)
+        runs["ours_optimized"].append(seconds)
+        print(f"  {dtype_name} rep {rep}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in runs.items()), flush=True)
+    plain = float(np.median(runs["plain"]))
+    return {
+        "dtype": dtype_name,
+        "size": [width, height],
+        "seconds": runs,
+        "speedup_default": plain / float(np.median(runs["ours_default"])),
+        "speedup_optimized": plain / float(np.median(runs["ours_optimized"])),
+        "diff_default_vs_plain": compare(outputs["ours_default"], outputs["plain"]),
+        "diff_optimized_vs_plain": compare(outputs["ours_optimized"], outputs["plain"]),
+    }
+
+
+def _rss_gib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in GiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20  # kB -> GiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def large_worker(dtype_name: str, width: int, height: int, optimize: bool) -> dict:
+    """Run in a fresh process: resident memory after loading the models, and the peak while one large image runs.
+
+    The peak counter is reset after loading (``/proc/self/clear_refs``), so building the random models in float32
+    before casting them does not count; without that file the peak since start is reported.
+    """
+    from rp_diffusers import RPPreprocessPipeline
+
+    vae, unet, scheduler, embeds = sd21_components(DTYPES[dtype_name])
+    pipe = RPPreprocessPipeline(vae=vae, unet=unet, scheduler=scheduler)
+    pipe.prompt_embeds = embeds
+    pipe.set_progress_bar_config(disable=True)
+    if optimize:
+        pipe.optimize_for_cpu()
+    image = test_image(width, height)
+    rss_loaded = _rss_gib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        peak_reset = True
+    except OSError:
+        peak_reset = False
+    seconds, out = timed(lambda: pipe(image).images[0])
+    return {
+        "dtype": dtype_name,
+        "size": [width, height],
+        "optimized": optimize,
+        "tiles": pipe._num_tiles(height, width),
+        "tile_size": pipe._tile_size,
+        "tile_overlap": pipe._tile_overlap,
+        "output_size": list(out.size),
+        "seconds": seconds,
+        "rss_gib_models_loaded": rss_loaded,
+        "peak_rss_gib": _rss_gib("VmHWM"),
+        "peak_counter_reset_after_loading": peak_reset,
+    }
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    width, height = (int(v) for v in text.lower().split("x"))
+    return width, height
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="768x512", help="WxH of the speed comparison")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repetitions per path (median reported)")
+    parser.add_argument("--large-size", default="1920x1080", help="WxH of the tiled memory run; 'none' skips it")
+    parser.add_argument("--large-dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--output", default="benchmarks/results/pipeline.json", help="results JSON (merged)")
+    parser.add_argument("--large-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--optimize", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.large_worker:
+        print(json.dumps(large_worker(args.large_dtype, *parse_size(args.large_size), args.optimize)))
+        return 0
+    output = Path(args.output)
+    results = json.loads(output.read_text()) if output.is_file() else {}
+    results["machine"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average": [round(v, 1) for v in os.getloadavg()],
+    }
+    speed_rows = results.setdefault("speed", {})
+    for dtype_name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+        speed_rows[dtype_name] = speed(dtype_name, *parse_size(args.size), args.repeats)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
+    if args.large_size.lower() != "none":
+        command = [sys.executable, __file__, "--large-worker", "--large-size", args.large_size]
+        command += ["--large-dtype", args.large_dtype] + (["--threads", str(args.threads)] if args.threads else [])
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        results["large"] = json.loads(done.stdout.strip().splitlines()[-1])
+        output.write_text(json.dumps(results, indent=2) + "\n")
+
+    print(
+        f"\n{'dtype':<10}{'size':>10}{'plain s':>10}{'ours s':>9}{'ours+opt s':>12}{'x default':>11}"
+        f"{'x opt':>8}{'max|d| def':>12}{'PSNR opt dB':>13}"
+    )
+    for row in speed_rows.values():
+        sec = {k: float(np.median(v)) for k, v in row["seconds"].items()}
+        print(
+            f"{row['dtype']:<10}{'x'.join(map(str, row['size'])):>10}{sec['plain']:>10.1f}{sec['ours_default']:>9.1f}"
+            f"{sec['ours_optimized']:>12.1f}{row['speedup_default']:>11.2f}{row['speedup_optimized']:>8.2f}"
+            f"{row['diff_default_vs_plain']['max_abs']:>12.1e}{row['diff_optimized_vs_plain']['psnr_db']:>13.1f}"
+        )
+    if "large" in results:
+        large = results["large"]
+        print(
+            f"\ntiled {large['dtype']} {'x'.join(map(str, large['size']))}: {large['tiles']} tiles of "
+            f"{large['tile_size']} px, {large['seconds']:.0f} s, peak RSS {large['peak_rss_gib']:.2f} GiB "
+            f"(models loaded: {large['rss_gib_models_loaded']:.2f} GiB)"
+        )
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
