@@ -423,3 +423,15 @@ def test_scripts_require_a_dataset(finetune_rp, distill_cid):
     for script in (finetune_rp, distill_cid):
         with pytest.raises(ValueError, match="--train_data_dir"):
             script.parse_args(["--pretrained_model_name_or_path", "x"])
+
+
+def test_load_image_dataset_keeps_files_named_like_splits(tmp_path):
+    # imagefolder's data_dir mode reads names such as "train_railway_*.jpg" as split markers and drops the rest
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("train_railway_a.png", "abbey.png", "test_b.png"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    dataset, column = load_image_dataset(train_data_dir=folder, cache_dir=tmp_path / "cache")
+    names = sorted(Path(row[column]["path"]).name for row in dataset)
+    assert names == ["abbey.png", "test_b.png", "train_railway_a.png"]
