@@ -1,0 +1,108 @@
+"""The compact default model shipped in rp_diffusers/assets/default_model, and its recipe run on tiny settings."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rp_diffusers.default_model import has_default_model, resolve_model
+from rp_diffusers.metrics import psnr
+from rp_diffusers.pipelines import RPPreprocessPipeline
+from rp_diffusers.utils.image import load_image, pil_to_tensor
+
+REPO = Path(__file__).resolve().parents[1]
+# Base model (adapters off) on a 193x161 crop of val-set14 "monarch": 16.58 dB measured; the bound keeps 1.5 dB.
+MIN_BASE_PSNR_MEASURED = 16.58
+MIN_BASE_PSNR = MIN_BASE_PSNR_MEASURED - 1.5
+
+pytestmark = pytest.mark.skipif(not has_default_model(), reason="the compact default model is not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.set_num_threads(1)
+    pipeline = RPPreprocessPipeline.from_pretrained(resolve_model("default"))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def val_crop(val_dir):
+    image = load_image(Path(val_dir) / "monarch.png")
+    return image.crop((100, 100, 100 + 193, 100 + 161))  # odd width, MS-SSIM-sized
+
+
+def test_default_model_loads_with_its_adapters(pipe):
+    adapters = pipe.config.adapters
+    codecs = {record["codec"] for record in adapters.values()}
+    assert "jpeg" in codecs and len(codecs) >= 2
+    for codec in codecs:
+        lambdas = [r["lambda"] for r in adapters.values() if r["codec"] == codec]
+        assert len(lambdas) >= 2, f"{codec} has fewer than two operating points"
+    assert all(name.startswith(f"rp_{r['codec']}_lambda_") for name, r in adapters.items())
+    assert set(pipe.available_adapters()) == set(adapters)
+
+
+def test_default_model_keeps_odd_sizes(pipe):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    out = pipe(image, output_type="np").images
+    assert out.shape == (1, 37, 53, 3)
+
+
+def test_default_model_adapters_change_output(pipe, val_crop):
+    pipe.disable_adapters()
+    base = pipe(val_crop, output_type="pt").images
+    for name in pipe.config.adapters:
+        adapted = pipe(val_crop, adapter_name=name, output_type="pt").images
+        assert (adapted - base).abs().mean() > 1e-4, f"{name} does not change the output"
+    pipe.disable_adapters()
+
+
+def test_default_model_base_stays_close_to_input(pipe, val_crop):
+    pipe.disable_adapters()
+    out = pipe(val_crop, output_type="pt").images
+    value = float(psnr(pil_to_tensor(val_crop), out))
+    assert value > MIN_BASE_PSNR
+
+
+@pytest.mark.slow
+def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
+    dest = tmp_path / "model"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "PYTHON": sys.executable,
+        "TRAIN": str(train_dir),
+        "VAL": str(val_dir),
+        "WORK": str(tmp_path / "work"),
+        "DEST": str(dest),
+        "VAE_CHANNELS": "8 16",
+        "UNET_CHANNELS": "8 16",
+        "LATENT_CHANNELS": "4",
+        "VAE_STEPS": "2",
+        "VAE_RES": "32",
+        "UNET_STEPS": "1",
+        "UNET_RES": "32",
+        "RP_STEPS": "1",
+        "RP_RES": "32",
+        "RP_PERCEPTUAL": "0",  # MS-SSIM needs 161+ pixels a side: the tiny run trains on rate + MSE
+        "LAMBDAS": "0.02 0.05",
+        "VALIDATE": "0",
+    }
+    subprocess.run(["bash", "training/compact_recipe.sh"], cwd=REPO, env=env, check=True, capture_output=True)
+    model = RPPreprocessPipeline.from_pretrained(dest)
+    assert set(model.config.adapters) == {
+        "rp_jpeg_lambda_0p02",
+        "rp_jpeg_lambda_0p05",
+        "rp_webp_lambda_0p02",
+        "rp_webp_lambda_0p05",
+    }
+    assert model.config.residual and model.vae.config.block_out_channels == [8, 16]
+    out = model(np.zeros((21, 19, 3), dtype=np.uint8), output_type="np").images
+    assert out.shape == (1, 21, 19, 3)
