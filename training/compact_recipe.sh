@@ -68,6 +68,7 @@ wait
 
 # Gather: base + every adapter in one folder; the first JPEG adapter is the active one
 $PYTHON - "$WORK" "$DEST" $CODECS -- $LAMBDAS <<'EOF'
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -86,5 +87,12 @@ if dest.exists():
     shutil.rmtree(dest)
 pipe.save_pretrained(dest)
 shutil.copy(work / "base" / "stage1_metrics.json", dest / "stage1_metrics.json")
+for codec in codecs:  # keep the training record (surrogate, losses, steps) that save_pretrained leaves out
+    for lam in lambdas:
+        info = json.loads((work / f"rp_{codec}_{lam}" / "rp_adapter.json").read_text())
+        info["base_model"] = "stage 1 of training/compact_recipe.sh"
+        if info.get("surrogate") != codec:
+            info["note"] = f"trained through the {info['surrogate']} surrogate as a STAND-IN for {codec}"
+        (dest / "adapters" / info["adapter_name"] / "rp_adapter.json").write_text(json.dumps(info, indent=2) + "\n")
 print(f"saved {dest} with adapters {names}")
 EOF
