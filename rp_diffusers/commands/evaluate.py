@@ -23,6 +23,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--adapter", default=None, help="rate-perception adapter name (default: the model's own)")
     parser.add_argument("--enhance", default=None, choices=["fast", "medium", "slow"], help="perceptual decoding")
     parser.add_argument("--enhance-model", default=None, help="PerceptualDecodePipeline folder or Hub id")
+    parser.add_argument(
+        "--enhance-sigma",
+        default=None,
+        help="noise level for --enhance: a number, 'auto' (searched per image), or unset (the calibration table)",
+    )
     parser.add_argument("--anchor", default=None, help="curve name the BD-rate table is against (default: first)")
     parser.add_argument("--output", default="results", help="output folder (JSON per curve, rd.png, bd_rate.json)")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
@@ -113,6 +118,8 @@ def _preprocess_fn(pipe, adapter: str | None):
 
 
 def _load_enhancer(args):
+    import torch
+
     from ..pipelines.perceptual_decode import PerceptualDecodePipeline, enhance_images
 
     if not args.enhance_model:
@@ -120,7 +127,18 @@ def _load_enhancer(args):
     pipe = PerceptualDecodePipeline.from_pretrained(args.enhance_model)
     codec = args.codec.split(",")[0]
 
+    sigma = args.enhance_sigma
+    if sigma not in (None, "auto"):
+        try:
+            sigma = float(sigma)
+        except ValueError:
+            raise ValueError(f"--enhance-sigma must be a number or 'auto', got {sigma!r}") from None
+    generator_seed = 0
+
     def enhance(images, quality):
-        return enhance_images(pipe, images, preset=args.enhance, codec=codec, quality=quality)
+        generator = torch.Generator().manual_seed(generator_seed)  # same noise for every quality: comparable curves
+        return enhance_images(
+            pipe, images, preset=args.enhance, codec=codec, quality=quality, sigma=sigma, generator=generator
+        )
 
     return enhance
