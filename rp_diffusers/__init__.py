@@ -19,11 +19,12 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .codecs import available_codecs, get_codec
-    from .metrics import bd_rate
-    from .pipelines import PerceptualDecodePipeline, RPPreprocessPipeline, RPPreprocessPipelineOutput
-    from .surrogates import get_surrogate
-    from .utils import load_image
+    from .codecs import available_codecs, get_codec  # noqa: F401
+    from .corrdiff import CorrDiffCodec  # noqa: F401
+    from .metrics import bd_rate  # noqa: F401
+    from .pipelines import PerceptualDecodePipeline, RPPreprocessPipeline, RPPreprocessPipelineOutput  # noqa: F401
+    from .surrogates import get_surrogate  # noqa: F401
+    from .utils import load_image  # noqa: F401
 
 
 def __getattr__(name: str):
