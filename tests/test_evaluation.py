@@ -76,8 +76,13 @@ def test_evaluate_preprocess_identity_is_neutral_and_resize_refused(crops, jpeg_
 
 def test_evaluate_enhance_is_measured_against_originals(crops):
     blank = evaluate(
-        crops, "jpeg", [50], metrics=("psnr",), enhance=lambda ims, q: [Image.new("RGB", im.size) for im in ims],
-        workers=0, progress=False,
+        crops,
+        "jpeg",
+        [50],
+        metrics=("psnr",),
+        enhance=lambda ims, q: [Image.new("RGB", im.size) for im in ims],
+        workers=0,
+        progress=False,
     )
     assert all(r["psnr-rgb"] < 12 for r in blank.records)
 
@@ -104,8 +109,24 @@ def test_bd_table_self_is_zero_and_worse_curve_positive(jpeg_result):
 
 def test_cli_evaluate_writes_json_plot_and_bd_table(crops, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["evaluate", "--images", str(crops), "--codec", "jpeg,webp", "--qualities", "10,30,50,70",
-                 "--metrics", "psnr,ms_ssim", "--output", str(out), "--workers", "0", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(crops),
+            "--codec",
+            "jpeg,webp",
+            "--qualities",
+            "10,30,50,70",
+            "--metrics",
+            "psnr,ms_ssim",
+            "--output",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert {p.name for p in out.iterdir()} == {"jpeg.json", "webp.json", "rd.png", "bd_rate.json"}
     assert load_results(out / "webp.json")["results"]["quality"] == QUALITIES
@@ -140,14 +161,41 @@ def test_cli_evaluate_enhance_adds_enhanced_curves(crops, tmp_path, capsys):
 
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
     )
     PerceptualDecodePipeline(unet=unet, scheduler=CMStochasticIterativeScheduler()).save_pretrained(tmp_path / "cm")
     out = tmp_path / "out"
-    code = main(["evaluate", "--images", str(crops), "--codec", "jpeg", "--qualities", "30,50", "--metrics", "psnr",
-                 "--enhance", "fast", "--enhance-model", str(tmp_path / "cm"), "--enhance-sigma", "0",
-                 "--output", str(out), "--workers", "0", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--images",
+            str(crops),
+            "--codec",
+            "jpeg",
+            "--qualities",
+            "30,50",
+            "--metrics",
+            "psnr",
+            "--enhance",
+            "fast",
+            "--enhance-model",
+            str(tmp_path / "cm"),
+            "--enhance-sigma",
+            "0",
+            "--output",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     plain, enhanced = load_results(out / "jpeg.json"), load_results(out / "jpeg+fast.json")
     # sigma = 0 returns the decoded image: the enhanced curve equals the plain one, and the timing is recorded.
@@ -155,8 +203,29 @@ def test_cli_evaluate_enhance_adds_enhanced_curves(crops, tmp_path, capsys):
     assert all("enhance_time" in r for r in enhanced["per_image"])
 
     noisy = tmp_path / "noisy"
-    main(["evaluate", "--images", str(crops), "--codec", "jpeg", "--qualities", "30", "--metrics", "psnr",
-          "--enhance", "fast", "--enhance-model", str(tmp_path / "cm"), "--enhance-sigma", "0.5",
-          "--output", str(noisy), "--workers", "0", "--no-progress"])
+    main(
+        [
+            "evaluate",
+            "--images",
+            str(crops),
+            "--codec",
+            "jpeg",
+            "--qualities",
+            "30",
+            "--metrics",
+            "psnr",
+            "--enhance",
+            "fast",
+            "--enhance-model",
+            str(tmp_path / "cm"),
+            "--enhance-sigma",
+            "0.5",
+            "--output",
+            str(noisy),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     changed = load_results(noisy / "jpeg+fast.json")["results"]["psnr-rgb"][0]
     assert abs(changed - plain["results"]["psnr-rgb"][0]) > 0.1  # a random tiny model really ran on the decode

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
             result = evaluate(images, codec, args.qualities, name=name, **common)
             curves.append(result.to_dict())
             if enhancer is not None:
-                result = evaluate(images, codec, args.qualities, name=f"{name}+{args.enhance}", enhance=enhancer, **common)
+                result = evaluate(
+                    images, codec, args.qualities, name=f"{name}+{args.enhance}", enhance=enhancer, **common
+                )
                 curves.append(result.to_dict())
     for data in curves:
         path = output / f"{data['name'].replace('/', '_')}.json"

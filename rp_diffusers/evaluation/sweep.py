@@ -61,7 +61,9 @@ def parse_qualities(spec: str | Sequence[float]) -> list[float]:
         else:
             values = [float(p) for p in spec.split(",") if p.strip()]
     except ValueError:
-        raise ValueError(f"cannot read qualities {spec!r}: use a list like 10,20,30 or a range like 10:90:10") from None
+        raise ValueError(
+            f"cannot read qualities {spec!r}: use a list like 10,20,30 or a range like 10:90:10"
+        ) from None
     if not values:
         raise ValueError("no qualities given")
     return sorted({int(v) if float(v).is_integer() else v for v in values})

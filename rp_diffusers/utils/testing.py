@@ -87,7 +87,8 @@ def save_tiny_sd(path: str | os.PathLike, seed: int = 0) -> Path:
 
     path = Path(path)
     components = tiny_sd_components(seed)
-    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.save_pretrained(path, safe_serialization=True)
     return path
