@@ -203,6 +203,17 @@ def large_worker(dtype_name: str, width: int, height: int, optimize: bool) -> di
     }
 
 
+def machine(load_before: float) -> dict:
+    """Where a row was measured: the machine is shared, so the 1-minute load average before and after is kept."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+    }
+
+
 def parse_size(text: str) -> tuple[int, int]:
     width, height = (int(v) for v in text.lower().split("x"))
     return width, height
@@ -230,22 +241,20 @@ def main(args) -> int:
         return 0
     output = Path(args.output)
     results = json.loads(output.read_text()) if output.is_file() else {}
-    results["machine"] = {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_average": [round(v, 1) for v in os.getloadavg()],
-    }
     speed_rows = results.setdefault("speed", {})
     for dtype_name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+        load_before = os.getloadavg()[0]
         speed_rows[dtype_name] = speed(dtype_name, *parse_size(args.size), args.repeats)
+        speed_rows[dtype_name]["machine"] = machine(load_before)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
     if args.large_size.lower() != "none":
         command = [sys.executable, __file__, "--large-worker", "--large-size", args.large_size]
         command += ["--large-dtype", args.large_dtype] + (["--threads", str(args.threads)] if args.threads else [])
+        load_before = os.getloadavg()[0]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         results["large"] = json.loads(done.stdout.strip().splitlines()[-1])
+        results["large"]["machine"] = machine(load_before)
         output.write_text(json.dumps(results, indent=2) + "\n")
 
     print(

@@ -188,6 +188,34 @@ def test_pipeline_bad_inputs_raise_clear_errors(pipe):
         pipe(_image(8, 8), adapter_weights=[0.5])
 
 
+def test_pipeline_optimize_for_cpu_exact_and_bf16_modes(stock_dir):
+    image = _image(20, 28)
+    expected = _np(_pipe(stock_dir), image)
+    exact = _pipe(stock_dir)
+    exact.optimize_for_cpu(vae_dtype=None)  # channels-last only
+    assert exact.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(_np(exact, image), expected, atol=1e-5)
+    fast = _pipe(stock_dir)
+    fast.optimize_for_cpu()
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert fast.vae.dtype == torch.bfloat16 and fast.unet.dtype == torch.float32
+    difference = np.abs(_np(fast, image) - expected)
+    assert difference.mean() < 0.01 and difference.max() < 0.1
+
+
+def test_pipeline_prompt_embeds_setter_and_set_prompt(pipe):
+    image = _image(12, 16)
+    empty = _np(pipe, image)
+    pipe.set_prompt("the")
+    assert pipe.config.prompt == "the"
+    assert not torch.equal(pipe.prompt_embeds, pipe.encode_prompt(""))
+    assert np.abs(_np(pipe, image) - empty).max() > 1e-4
+    pipe.prompt_embeds = pipe.encode_prompt("")
+    np.testing.assert_array_equal(_np(pipe, image), empty)
+    with pytest.raises(ValueError, match=r"\(1, L, D\)"):
+        pipe.prompt_embeds = torch.zeros(2, 3)
+
+
 # ---------------------------------------------------------------------------------------------- save / load
 def test_pipeline_save_load_round_trip_is_identical(pipe, tmp_path):
     image = _image(20, 24)

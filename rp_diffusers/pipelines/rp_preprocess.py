@@ -12,7 +12,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
-from diffusers.utils import BaseOutput, logging
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file, save_file
 
@@ -303,6 +303,7 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
         return crop_to_size(output, size).clamp(0.0, 1.0)
 
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         image,
@@ -325,6 +326,8 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
             return_dict: return the dataclass (``True``) or a one-element tuple.
             generator: random source for ``add_noise=True`` pipelines (unused otherwise: the map is deterministic).
             batch_size: images (or tiles) per model call; images of one size are batched together.
+
+        Examples:
 
         Returns:
             :class:`RPPreprocessPipelineOutput` or ``(images,)``.
