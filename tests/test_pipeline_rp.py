@@ -113,6 +113,17 @@ def test_pipeline_timestep_config_changes_output_and_is_checked(stock_dir):
         RPPreprocessPipeline.from_pretrained(stock_dir, timestep=1000)
 
 
+def test_pipeline_add_noise_follows_generator(stock_dir):
+    image = _image(16, 20)
+    clean = _np(_pipe(stock_dir), image)
+    noisy = _pipe(stock_dir, add_noise=True)
+    first = _np(noisy, image, generator=torch.Generator().manual_seed(1))
+    again = _np(noisy, image, generator=torch.Generator().manual_seed(1))
+    other = _np(noisy, image, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-3 and np.abs(first - clean).max() > 1e-3
+
+
 # ------------------------------------------------------------------------------------------ pipeline contract
 @pytest.mark.parametrize("size", [(37, 53), (1, 1), (5, 3), (64, 16)])
 def test_pipeline_odd_sizes_come_back_unchanged(pipe, size):
