@@ -80,6 +80,11 @@ def _select_adapter(pipe, adapter: str | None) -> str | None:
     if adapter is None:
         return None
     if Path(adapter).is_dir():
+        from ..adapters import read_adapter_info
+
+        name = (read_adapter_info(adapter) or {}).get("adapter_name")
+        if name in pipe.available_adapters():  # the folder's weights replace the model's copy of that adapter
+            pipe.delete_adapters(name)
         before = set(pipe.available_adapters())
         pipe.load_lora_weights(adapter)
         added = sorted(set(pipe.available_adapters()) - before)
@@ -94,12 +99,13 @@ def _encode(codec, image, quality: int | None, target_bpp: float | None):
 
 
 def _metrics(original, reconstruction, names: list[str]) -> dict[str, float]:
+    """Metrics of one image; a network metric whose weights are missing is dropped from ``names`` (warned once)."""
     from ..metrics import compute_metrics
     from ..utils import pil_to_tensor
 
-    if min(original.size) < MS_SSIM_MIN_SIDE:
-        names = [name for name in names if name != "ms_ssim"]
-    values = compute_metrics(pil_to_tensor(original), pil_to_tensor(reconstruction), metrics=names)
+    wanted = [name for name in names if name != "ms_ssim" or min(original.size) >= MS_SSIM_MIN_SIDE]
+    values = compute_metrics(pil_to_tensor(original), pil_to_tensor(reconstruction), metrics=wanted)
+    names[:] = [name for name in names if name in values or name not in wanted]
     return {name: value[0] for name, value in values.items()}
 
 
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         pipe.enable_tiling(tile_size=args.tile_size, overlap=min(128, args.tile_size // 4))
     adapter = _select_adapter(pipe, args.adapter)
 
-    rows = []
+    rows, active_metrics = [], list(metric_names)
     for path in args.images:
         path = Path(path)
         original = load_image(path)
@@ -143,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             target.write_bytes(result.data)
             row = {"image": path.name, "variant": variant, "file": str(target), "quality": result.quality}
             row["bpp"] = result.bpp
-            row.update(_metrics(original, result.reconstruction, metric_names))
+            row.update(_metrics(original, result.reconstruction, active_metrics))
             rows.append(row)
     print(f"{codec.name}, model {args.model}" + (f", adapter {adapter}" if adapter else ""))
     print(_format_table(rows, metric_names))
