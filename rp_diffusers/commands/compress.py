@@ -46,25 +46,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def default_model_dir() -> Path:
-    """Where the compact model shipped with the package lives (``rp_diffusers/assets/rp_model``)."""
-    return Path(__file__).resolve().parents[1] / "assets" / "rp_model"
-
-
 def load_preprocessor(model: str, device: str | None = None, dtype: str = "float32"):
     """Load an :class:`~rp_diffusers.RPPreprocessPipeline`, with an error message that says what to do."""
     import torch
 
+    from ..default_model import resolve_model
     from ..pipelines import RPPreprocessPipeline
 
-    if model == "default":
-        folder = default_model_dir()
-        if not (folder / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"no compact model is shipped at {folder} in this version; pass --model with a folder or Hub id "
-                "(e.g. --model stabilityai/sd-turbo, or a folder saved by RPPreprocessPipeline.save_pretrained)"
-            )
-        model = str(folder)
+    model = resolve_model(model)  # "default" -> the compact model shipped in rp_diffusers/assets/default_model
     kwargs = {} if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
     try:
         pipe = RPPreprocessPipeline.from_pretrained(model, **kwargs)

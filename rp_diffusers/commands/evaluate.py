@@ -19,7 +19,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--qualities", default=None, help="e.g. 10,30,50 or 10:90:10 (default: the codec's sweep)")
     parser.add_argument("--metrics", default="psnr,ms_ssim,lpips,dists", help="per-image metrics, comma-separated")
     parser.add_argument("--fid", action="store_true", help="also patch FID and KID per quality (Inception weights)")
-    parser.add_argument("--model", default=None, help="RPPreprocessPipeline folder or Hub id: adds rp + codec curves")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="RPPreprocessPipeline folder, Hub id or 'default' (the compact model shipped): adds rp + codec curves",
+    )
     parser.add_argument("--adapter", default=None, help="rate-perception adapter name (default: the model's own)")
     parser.add_argument("--enhance", default=None, choices=["fast", "medium", "slow"], help="perceptual decoding")
     parser.add_argument("--enhance-model", default=None, help="PerceptualDecodePipeline folder or Hub id")
@@ -98,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_preprocessor(model: str):
+    from ..default_model import resolve_model
     from ..pipelines import RPPreprocessPipeline
 
-    return RPPreprocessPipeline.from_pretrained(model)
+    return RPPreprocessPipeline.from_pretrained(resolve_model(model))
 
 
 def _default_adapter(pipe, codec: str) -> str | None:
