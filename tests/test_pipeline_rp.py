@@ -442,9 +442,11 @@ def test_compress_cli_writes_both_files_and_table(stock_dir, tmp_path, capsys):
     assert "rp + codec" in printed and "codec alone" in printed and "psnr" in printed
 
 
-def test_compress_cli_default_model_absent_says_what_to_do(tmp_path, capsys):
+def test_compress_cli_default_model_absent_says_what_to_do(tmp_path, capsys, monkeypatch):
+    from rp_diffusers import default_model
     from rp_diffusers.cli import main
 
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_DIR", tmp_path / "no_model")  # an install without it
     _image(16, 16).save(tmp_path / "a.png")
     assert main(["compress", str(tmp_path / "a.png"), "--out", str(tmp_path / "out")]) == 2
     assert "pass --model" in capsys.readouterr().err
