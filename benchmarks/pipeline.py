@@ -226,6 +226,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="timed repetitions per path (median reported)")
     parser.add_argument("--large-size", default="1920x1080", help="WxH of the tiled memory run; 'none' skips it")
     parser.add_argument("--large-dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--large-optimize", action="store_true", help="optimize_for_cpu() before the large run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", default="benchmarks/results/pipeline.json", help="results JSON (merged)")
     parser.add_argument("--large-worker", action="store_true", help=argparse.SUPPRESS)
@@ -251,10 +252,13 @@ def main(args) -> int:
     if args.large_size.lower() != "none":
         command = [sys.executable, __file__, "--large-worker", "--large-size", args.large_size]
         command += ["--large-dtype", args.large_dtype] + (["--threads", str(args.threads)] if args.threads else [])
+        command += ["--optimize"] if args.large_optimize else []
         load_before = os.getloadavg()[0]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
-        results["large"] = json.loads(done.stdout.strip().splitlines()[-1])
-        results["large"]["machine"] = machine(load_before)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row["machine"] = machine(load_before)
+        key = f"{args.large_dtype}{'+optimize_for_cpu' if args.large_optimize else ''} {args.large_size}"
+        results.setdefault("large", {})[key] = row
         output.write_text(json.dumps(results, indent=2) + "\n")
 
     print(
@@ -268,12 +272,10 @@ def main(args) -> int:
             f"{sec['ours_optimized']:>12.1f}{row['speedup_default']:>11.2f}{row['speedup_optimized']:>8.2f}"
             f"{row['diff_default_vs_plain']['max_abs']:>12.1e}{row['diff_optimized_vs_plain']['psnr_db']:>13.1f}"
         )
-    if "large" in results:
-        large = results["large"]
+    for key, large in results.get("large", {}).items():
         print(
-            f"\ntiled {large['dtype']} {'x'.join(map(str, large['size']))}: {large['tiles']} tiles of "
-            f"{large['tile_size']} px, {large['seconds']:.0f} s, peak RSS {large['peak_rss_gib']:.2f} GiB "
-            f"(models loaded: {large['rss_gib_models_loaded']:.2f} GiB)"
+            f"\ntiled {key}: {large['tiles']} tiles of {large['tile_size']} px, {large['seconds']:.0f} s, "
+            f"peak RSS {large['peak_rss_gib']:.2f} GiB (models loaded: {large['rss_gib_models_loaded']:.2f} GiB)"
         )
     print(f"wrote {output}")
     return 0
