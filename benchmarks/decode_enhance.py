@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from rp_diffusers.utils.testing import SD21_UNET_CONFIG, SD21_VAE_CONFIG
+
 CM64_UNET = {
     "sample_size": 64,
     "in_channels": 3,
@@ -40,28 +42,6 @@ CM64_UNET = {
     "upsample_type": "resnet",
     "downsample_type": "resnet",
 }  # diffusers' scripts/convert_consistency_to_diffusers.py, IMAGENET_64_UNET_CONFIG
-SD21_UNET = {
-    "sample_size": 96,
-    "in_channels": 4,
-    "out_channels": 4,
-    "layers_per_block": 2,
-    "cross_attention_dim": 1024,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "attention_head_dim": [5, 10, 20, 20],
-    "use_linear_projection": True,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}  # stabilityai/sd-turbo and stable-diffusion-2-1 unet/config.json
-SD_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "sample_size": 768,
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-}
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -114,8 +94,8 @@ def build_pipeline(name: str):
             )
         )
         return PerceptualDecodePipeline(
-            unet=UNet2DConditionModel(**SD21_UNET).eval(),
-            vae=AutoencoderKL(**SD_VAE).eval(),
+            unet=UNet2DConditionModel(**SD21_UNET_CONFIG).eval(),
+            vae=AutoencoderKL(**SD21_VAE_CONFIG).eval(),
             scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
             text_encoder=text_encoder.eval(),
             tokenizer=tiny_clip_tokenizer(),

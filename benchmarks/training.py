@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from rp_diffusers.utils.testing import sd21_size_unet, sd21_size_vae
+
 GIB = 2**30
 SETTINGS = ("no_checkpointing", "unet_checkpointing", "unet_vae_checkpointing")
 CUDA_OVERHEAD_GIB = 1.5  # context + allocator fragmentation (estimate)
@@ -55,39 +57,6 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=str, default="benchmarks/results/training.json", help="JSON output path.")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(input_args)
-
-
-def sd21_unet():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=1024,
-        attention_head_dim=(5, 10, 20, 20),
-        use_linear_projection=True,
-    )
-
-
-def sd21_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
 
 
 def _rss() -> int:
@@ -126,7 +95,7 @@ def worker(setting: str, args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    unet, vae = sd21_unet(), sd21_vae()
+    unet, vae = sd21_size_unet(), sd21_size_vae()
     counts = {
         "unet_params": sum(p.numel() for p in unet.parameters()),
         "vae_params": sum(p.numel() for p in vae.parameters()),

@@ -92,3 +92,49 @@ def save_tiny_sd(path: str | os.PathLike, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+# Real SD 2.1 / SD-Turbo sizes (stabilityai/sd-turbo unet/ and vae/ config.json), for benchmarks with random weights.
+SD21_UNET_CONFIG = {
+    "sample_size": 96,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "cross_attention_dim": 1024,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "attention_head_dim": (5, 10, 20, 20),
+    "use_linear_projection": True,
+    "norm_num_groups": 32,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+}
+SD21_VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "sample_size": 768,
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "norm_num_groups": 32,
+    "scaling_factor": 0.18215,
+}
+
+
+def sd21_size_unet(seed: int | None = None):
+    """An SD 2.1-size ``UNet2DConditionModel`` (865M parameters) with random weights."""
+    from diffusers import UNet2DConditionModel
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return UNet2DConditionModel(**SD21_UNET_CONFIG)
+
+
+def sd21_size_vae(seed: int | None = None):
+    """An SD 2.1-size ``AutoencoderKL`` (84M parameters) with random weights."""
+    from diffusers import AutoencoderKL
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return AutoencoderKL(**SD21_VAE_CONFIG)
