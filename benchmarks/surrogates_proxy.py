@@ -1,6 +1,7 @@
 """Fidelity and speed of the learned codec proxies against the real codecs on Kodak.
 
-For each codec with shipped proxy weights, at a low, the default and a high quality, over the 24 Kodak images:
+For each codec with shipped proxy weights, at a low, the default and a high quality (``proxy_qualities``: the bottom
+of the codec's R-D sweep, its default, halfway again above the default), over the 24 Kodak images:
 PSNR between the proxy's output and the real decode (min and median, 8-bit), the identity baseline (PSNR between
 the input and the real decode: what a proxy that changed nothing would score), median absolute relative error of
 the predicted file size in bits, Pearson correlation of log bits across images, and time per megapixel of the
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from rp_diffusers.codecs import get_codec
-from rp_diffusers.surrogates.proxy import PROXY_CODECS, WEIGHTS_DIR, load_proxy, measure_fidelity
+from rp_diffusers.surrogates.proxy import PROXY_CODECS, WEIGHTS_DIR, load_proxy, measure_fidelity, proxy_qualities
 from rp_diffusers.utils.image import load_image
 
 DEFAULT_KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
@@ -38,14 +39,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights_dir", type=str, default=None, help="Proxy weights folder (default: shipped).")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--output", type=str, default="benchmarks/results/surrogates_proxy.json", help="JSON path.")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="Also write each codec's rows into fidelity['kodak'] of its proxy_{codec}.json (a record, not tuning).",
+    )
     return parser.parse_args(input_args)
-
-
-def bench_qualities(codec) -> dict[str, int]:
-    """Low, default and high quality: halfway from the bottom of the range to the default, and to the top."""
-    lo, hi = codec.quality_range
-    mid = codec.default_quality
-    return {"low": lo + (mid - lo) // 2, "default": mid, "high": mid + (hi - mid) // 2}
 
 
 def time_proxy(proxy, image: torch.Tensor, quality: float, backward: bool, repeats: int = 2) -> float:
@@ -76,9 +75,8 @@ def main(args: argparse.Namespace) -> dict:
     rows = []
     for name in names:
         proxy = load_proxy(name, weights_dir)
-        settings = proxy.metadata.get("training", {}).get("codec_settings", {})
-        codec = get_codec(name, **{k: v for k, v in settings.items() if k != "timeout"})
-        for label, quality in bench_qualities(codec).items():
+        codec = get_codec(name)  # the codec as users run it (the proxy may have been fitted with threads=1)
+        for label, quality in proxy_qualities(codec).items():
             cache, codec_seconds = {}, 0.0
             for index, image in enumerate(images):
                 result = codec.run(image, quality)
@@ -90,7 +88,7 @@ def main(args: argparse.Namespace) -> dict:
                 for i, im in enumerate(images)
             ]
             megapixels = sum(im.width * im.height for im in images) / 1e6
-            x = torch.from_numpy(np.asarray(images[0])).permute(2, 0, 1)[None].float() / 255.0
+            x = torch.from_numpy(np.array(images[0])).permute(2, 0, 1)[None].float() / 255.0
             mp0 = images[0].width * images[0].height / 1e6
             row = {
                 "codec": name,
@@ -134,6 +132,16 @@ def main(args: argparse.Namespace) -> dict:
         },
         "results": rows,
     }
+    if args.record:
+        for name in names:
+            path = weights_dir / f"proxy_{name}.json"
+            metadata = json.loads(path.read_text())
+            metadata.setdefault("fidelity", {})["kodak"] = {
+                str(r["quality"]): {k: v for k, v in r.items() if k not in ("codec", "quality")}
+                for r in rows
+                if r["codec"] == name
+            }
+            path.write_text(json.dumps(metadata, indent=2) + "\n")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")

@@ -133,6 +133,26 @@ def load_proxy(codec: str, weights_dir: str | Path | None = None) -> CodecProxyS
     return CodecProxySurrogate.from_pretrained(codec, weights_dir)
 
 
+def proxy_qualities(codec) -> dict[str, int]:
+    """Low, default and high quality at which a proxy is validated and benchmarked.
+
+    low = the bottom of the codec's rate-distortion sweep (about 0.1 bpp on Kodak), high = halfway again above the
+    default (at most 95% of the range; the top of some ranges is near-lossless or fails).
+    """
+    lo, hi = codec.quality_range
+    default = codec.default_quality
+    low = min(codec.sweep_qualities) if codec.sweep_qualities else lo + (default - lo) // 2
+    high = min(default + (default - low) // 2, lo + int(0.95 * (hi - lo)))
+    return {"low": int(low), "default": int(default), "high": int(high)}
+
+
+def training_quality_range(codec, margin: int = 4) -> tuple[int, int]:
+    """The qualities a proxy is fitted on: ``proxy_qualities`` low to high widened by ``margin`` (clipped)."""
+    lo, hi = codec.quality_range
+    levels = proxy_qualities(codec)
+    return max(lo, levels["low"] - margin), min(hi, levels["high"] + margin)
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)

@@ -2,14 +2,15 @@
 
 The network maps ``(image, quality)`` to the real codec's decoded image and its bit count:
 
-- **Prior.** The image in YCbCr (BT.601, full range) with its chroma averaged over 2x2 blocks and bilinearly
-  upsampled (the 4:2:0 round trip every codec here performs), then blended per channel with a Gaussian blur of
-  itself by a quality-dependent weight in [0, 1]: a strong analytic start, so the U-Net only learns the residual.
+- **Prior.** The image in the codec's YCbCr (BT.601 or BT.709) with its chroma averaged over 2x2 blocks and
+  bilinearly upsampled (the 4:2:0 round trip every codec here performs), then blended per channel with a Gaussian
+  blur of itself by a quality-dependent weight in [0, 1]: an analytic start, so the U-Net only learns the residual.
 - **Residual U-Net.** Pixel-unshuffle by 2, three levels (H/2, H/4, H/8), residual blocks with FiLM conditioning
   on a Fourier embedding of the normalised quality, pixel-shuffle back to a YCbCr residual added to the prior.
-- **Rate head.** Per 8x8 block of the padded image: bottleneck features plus log gradient energy and log variance
-  of Y, Cb, Cr -> a small FiLM-conditioned MLP -> log bits of that block. Bits of the image = sum over blocks
-  (weighted by the fraction of each block inside the unpadded image) + a quality-dependent header size.
+- **Rate head.** Separate from the U-Net (its own quality embedding): per 8x8 block of the padded image, eight
+  log statistics (gradient energy and variance of Y, Cb, Cr, Laplacian energy of Y, gradient energy of Y over the
+  surrounding 40x40 area) -> a small FiLM-conditioned MLP -> log bits of that block. Bits of the image = sum over
+  blocks (weighted by the fraction of each block inside the unpadded image) + a quality-dependent header size.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..utils.tiling import crop_to_size, pad_to_multiple
 # ffmpeg HEVC/VVC codecs here).
 LUMA_WEIGHTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 RATE_BLOCK = 8  # side of the blocks the rate head scores, in pixels
+RATE_STATISTICS = 8  # log statistics per block, see CodecProxyNet.block_statistics
 PAD_MULTIPLE = 8  # the U-Net's total down-sampling factor
 
 
@@ -34,8 +36,7 @@ def ycbcr_matrix(matrix: str = "bt601") -> torch.Tensor:
     if matrix not in LUMA_WEIGHTS:
         raise ValueError(f"matrix must be one of {sorted(LUMA_WEIGHTS)}, got {matrix!r}")
     kr, kb = LUMA_WEIGHTS[matrix]
-    kg = 1.0 - kr - kb
-    y = torch.tensor([kr, kg, kb], dtype=torch.float64)
+    y = torch.tensor([kr, 1.0 - kr - kb, kb], dtype=torch.float64)
     cb = (torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) - y) / (2 * (1 - kb))
     cr = (torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) - y) / (2 * (1 - kr))
     return torch.stack([y, cb, cr]).float()
@@ -90,8 +91,8 @@ class CodecProxyNet(nn.Module):
     Args:
         channels: widths of the three U-Net levels (H/2, H/4, H/8).
         matrix: the YCbCr matrix of the codec (``"bt601"`` or ``"bt709"``), where the 4:2:0 prior is applied.
-        embed_dim: size of the quality embedding.
-        rate_hidden: width of the rate head's hidden layer.
+        embed_dim: size of the quality embeddings.
+        rate_hidden: width of the rate head's hidden layers.
 
     Example:
         >>> net = CodecProxyNet()
@@ -102,7 +103,7 @@ class CodecProxyNet(nn.Module):
 
     def __init__(
         self,
-        channels: tuple[int, int, int] = (32, 64, 96),
+        channels: tuple[int, int, int] = (24, 48, 64),
         matrix: str = "bt601",
         embed_dim: int = 64,
         rate_hidden: int = 64,
@@ -128,14 +129,19 @@ class CodecProxyNet(nn.Module):
         self.tail = nn.Conv2d(c0, 12, 3, padding=1)
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
-        # Rate head: bottleneck features + 6 block statistics, FiLM on quality, -> log bits per 8x8 block.
-        self.rate_in = nn.Conv2d(c2 + 6, rate_hidden, 1)
+        # Rate head on block statistics, normalised with the statistics of the training crops (see
+        # fit_rate_normalisation; saved with the weights).
+        self.register_buffer("stat_mean", torch.zeros(RATE_STATISTICS))
+        self.register_buffer("stat_std", torch.ones(RATE_STATISTICS))
+        self.rate_embed = QualityEmbedding(embed_dim)
+        self.rate_in = nn.Conv2d(RATE_STATISTICS, rate_hidden, 1)
         self.rate_film = nn.Linear(embed_dim, 2 * rate_hidden)
-        self.rate_out = nn.Sequential(nn.SiLU(), nn.Conv2d(rate_hidden, rate_hidden, 1), nn.SiLU())
-        self.rate_proj = nn.Conv2d(rate_hidden, 1, 1)
+        self.rate_out = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(rate_hidden, rate_hidden, 1), nn.SiLU(), nn.Conv2d(rate_hidden, 1, 1)
+        )
         self.header = nn.Linear(embed_dim, 1)  # log header bits
         # Start near real files: ~0.25 bit per pixel (16 bits per 8x8 block) and a ~1000-bit header.
-        nn.init.constant_(self.rate_proj.bias, math.log(16.0))
+        nn.init.constant_(self.rate_out[-1].bias, math.log(16.0))
         nn.init.constant_(self.header.bias, math.log(1000.0))
 
     def prior(self, ycc: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -147,27 +153,63 @@ class CodecProxyNet(nn.Module):
 
     @staticmethod
     def block_statistics(ycc: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, 6, H/8, W/8): log mean squared gradient and log variance of Y, Cb, Cr per block."""
+        """(N, 3, H, W) YCbCr, H and W multiples of 8 -> (N, 8, H/8, W/8) log statistics per 8x8 block.
+
+        Channels: mean squared gradient of Y, Cb, Cr; variance of Y, Cb, Cr; mean squared Laplacian of Y; mean
+        squared gradient of Y over the 5x5 blocks (40x40 pixels) around the block.
+        """
         dx = F.pad(ycc[..., :, 1:] - ycc[..., :, :-1], (0, 1, 0, 0))
         dy = F.pad(ycc[..., 1:, :] - ycc[..., :-1, :], (0, 0, 0, 1))
         grad = F.avg_pool2d(dx.square() + dy.square(), RATE_BLOCK)
         mean = F.avg_pool2d(ycc, RATE_BLOCK)
         var = (F.avg_pool2d(ycc.square(), RATE_BLOCK) - mean.square()).clamp_min(0)
-        return torch.cat([torch.log(grad + 1e-5), torch.log(var + 1e-5)], dim=1) / 5.0
+        laplace = torch.tensor(
+            [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=ycc.dtype, device=ycc.device
+        )
+        lap = F.conv2d(F.pad(ycc[:, :1], (1, 1, 1, 1), mode="replicate"), laplace.view(1, 1, 3, 3))
+        lap = F.avg_pool2d(lap.square(), RATE_BLOCK)
+        context = F.avg_pool2d(grad[:, :1], 5, stride=1, padding=2, count_include_pad=False)
+        return torch.log(torch.cat([grad, var, lap, context], dim=1) + 1e-5)
 
-    def forward(self, image: torch.Tensor, q_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.no_grad()
+    def fit_rate_normalisation(self, images: list[torch.Tensor]) -> None:
+        """Set the rate head's input normalisation from RGB training crops in [0, 1], each (3, h, w) or (N, 3, h, w)."""
+        stats = []
+        for image in images:
+            padded, _ = pad_to_multiple(image.float().reshape(-1, *image.shape[-3:]), PAD_MULTIPLE)
+            block = self.block_statistics(_apply_matrix(self.rgb_to_ycc, padded))
+            stats.append(block.permute(1, 0, 2, 3).flatten(1))
+        stats = torch.cat(stats, dim=1)
+        self.stat_mean.copy_(stats.mean(dim=1))
+        self.stat_std.copy_(stats.std(dim=1).clamp_min(1e-3))
+
+    def forward(
+        self, image: torch.Tensor, q_norm: torch.Tensor, window: tuple[int, int, int, int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict the codec's decode and bit count.
 
         Args:
             image: (N, 3, H, W) RGB in [0, 1], any H, W >= 1.
-            q_norm: (N,) quality mapped linearly to [0, 1] over the codec's quality range (float32 preferred).
+            q_norm: (N,) quality mapped linearly to [0, 1] over the codec's quality range.
+            window: optional ``(top, left, height, width)``: reconstruct only this window of the image (training
+                fits the decode on a window and the rate on the whole image).
 
         Returns:
-            ``(reconstruction, bits)``: (N, 3, H, W) un-clamped RGB and (N,) positive predicted bits of the file.
+            ``(reconstruction, bits)``: (N, 3, H, W) (or the window's size) un-clamped RGB in the input's dtype and
+            (N,) float32 predicted bits of the whole file.
         """
+        if window is not None:
+            top, left, height, width = window
+            return self.reconstruct(image[..., top : top + height, left : left + width], q_norm), self.bits(
+                image, q_norm
+            )
+        return self.reconstruct(image, q_norm), self.bits(image, q_norm)
+
+    def reconstruct(self, image: torch.Tensor, q_norm: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [0, 1] -> (N, 3, H, W) predicted decode (un-clamped RGB, the input's dtype)."""
         height, width = image.shape[-2:]
         padded, _ = pad_to_multiple(image, PAD_MULTIPLE)
-        emb = self.embed(q_norm.float()).to(image.dtype)
+        emb = self.embed(q_norm.to(image.dtype))
         ycc = _apply_matrix(self.rgb_to_ycc, padded)
         prior = self.prior(ycc, emb)
         h0 = self.enc0(self.head(F.pixel_unshuffle(torch.cat([ycc, prior], dim=1), 2)), emb)
@@ -178,20 +220,24 @@ class CodecProxyNet(nn.Module):
         d1 = self.dec1(F.pixel_shuffle(self.up2(F.silu(h2)), 2) + h1, emb)
         d0 = self.dec0(F.pixel_shuffle(self.up1(F.silu(d1)), 2) + h0, emb)
         residual = F.pixel_shuffle(self.tail(F.silu(d0)), 2)
-        reconstruction = crop_to_size(_apply_matrix(self.ycc_to_rgb, prior + residual), (height, width))
-        return reconstruction, self.rate(h2, ycc, emb, (height, width))
+        return crop_to_size(_apply_matrix(self.ycc_to_rgb, prior + residual), (height, width))
 
-    def rate(
-        self, features: torch.Tensor, ycc: torch.Tensor, emb: torch.Tensor, size: tuple[int, int]
-    ) -> torch.Tensor:
-        """Bits of the file: sum of per-block bits over the unpadded image plus the header, (N,) float32."""
-        stats = self.block_statistics(ycc.float()).to(features.dtype)
-        scale, shift = self.rate_film(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.rate_in(torch.cat([features, stats], dim=1)) * (1 + scale) + shift
-        log_bits = self.rate_proj(self.rate_out(h)).float().clamp(-10.0, 12.0)
+    def bits(self, image: torch.Tensor, q_norm: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [0, 1] -> (N,) float32 predicted bits of the file (blocks + header)."""
+        padded, _ = pad_to_multiple(image, PAD_MULTIPLE)
+        return self.rate(_apply_matrix(self.rgb_to_ycc, padded), q_norm.to(image.dtype), tuple(image.shape[-2:]))
+
+    def rate(self, ycc: torch.Tensor, q_norm: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Bits of the file: sum of per-block bits over the unpadded ``size`` plus the header, (N,) float32."""
+        emb = self.rate_embed(q_norm)
+        stats = self.block_statistics(ycc.float())
+        stats = (stats - self.stat_mean.view(1, -1, 1, 1)) / self.stat_std.view(1, -1, 1, 1)
         # Fraction of each 8x8 block that lies inside the unpadded image (padding carries no bits).
         inside = torch.zeros(1, 1, *ycc.shape[-2:], device=ycc.device)
         inside[..., : size[0], : size[1]] = 1.0
         weight = F.avg_pool2d(inside, RATE_BLOCK)
+        stats = stats.to(emb.dtype)
+        scale, shift = self.rate_film(emb)[:, :, None, None].chunk(2, dim=1)
+        log_bits = self.rate_out(self.rate_in(stats) * (1 + scale) + shift).float().clamp(-10.0, 12.0)
         blocks = (log_bits.exp() * weight).flatten(1).sum(1)
         return blocks + self.header(emb).float().squeeze(1).clamp(-10.0, 20.0).exp()

