@@ -1,13 +1,11 @@
 """Pipelines: rate-perception pre-processing (seed 000) and perceptual decoding (seed 002), with output dataclasses."""
 
+from .perceptual_decode import PerceptualDecodePipeline, PerceptualDecodePipelineOutput
 from .rp_preprocess import RPPreprocessPipeline, RPPreprocessPipelineOutput
 
-__all__ = ["RPPreprocessPipeline", "RPPreprocessPipelineOutput"]
-
-try:  # written separately; tolerated only while the module itself is absent
-    from .perceptual_decode import PerceptualDecodePipeline  # noqa: F401
-
-    __all__ += ["PerceptualDecodePipeline"]
-except ModuleNotFoundError as _error:  # pragma: no cover - depends on the other module being present
-    if _error.name != f"{__name__}.perceptual_decode":
-        raise
+__all__ = [
+    "PerceptualDecodePipeline",
+    "PerceptualDecodePipelineOutput",
+    "RPPreprocessPipeline",
+    "RPPreprocessPipelineOutput",
+]
