@@ -6,7 +6,7 @@ weights give smaller activations, so the bf16 differences here are an upper boun
 
 Speed: for each dtype, the plain path (``vae.encode -> unet -> x0 -> vae.decode`` at diffusers' defaults) and our
 pipeline (default settings, then after ``pipe.optimize_for_cpu()``) run on the same image in the same process,
-interleaved, and the ratio plain / ours is reported. Memory: a large image runs through the tiled pipeline in a fresh
+interleaved, and the ratio plain / ours is reported (paired within each repetition, median over repetitions). Memory: a large image runs through the tiled pipeline in a fresh
 subprocess and its peak resident set size (RSS) is read from the kernel.
 
     pip install -e .  # or PYTHONPATH=. from the repository root
@@ -123,13 +123,11 @@ def speed(dtype_name: str, width: int, height: int, repeats: int) -> dict:
         seconds, outputs["ours_optimized"] = timed(lambda: fast(image, output_type="pt").images)
         runs["ours_optimized"].append(seconds)
         print(f"  {dtype_name} rep {rep}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in runs.items()), flush=True)
-    plain = float(np.median(runs["plain"]))
     return {
         "dtype": dtype_name,
         "size": [width, height],
         "seconds": runs,
-        "speedup_default": plain / float(np.median(runs["ours_default"])),
-        "speedup_optimized": plain / float(np.median(runs["ours_optimized"])),
+        **speedups(runs),
         "diff_default_vs_plain": compare(outputs["ours_default"], outputs["plain"]),
         "diff_optimized_vs_plain": compare(outputs["ours_optimized"], outputs["plain"]),
     }
@@ -141,6 +139,16 @@ def _rss_gib(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 2**20  # kB -> GiB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def speedups(runs: dict[str, list[float]]) -> dict[str, float]:
+    """plain / ours, paired within each repetition (the shared machine's speed drifts between repetitions)."""
+    paired = [p / o for p, o in zip(runs["plain"], runs["ours_optimized"])]
+    return {
+        "speedup_default": runs["plain"][0] / runs["ours_default"][0],
+        "speedup_optimized": float(np.median(paired)),
+        "speedup_optimized_per_repeat": paired,
+    }
 
 
 def large_worker(dtype_name: str, width: int, height: int, optimize: bool) -> dict:
@@ -211,6 +219,28 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def print_table(results: dict) -> None:
+    """The speed table (median seconds; ratios paired per repetition) and the tiled memory rows."""
+    speed_rows = results.get("speed", {})
+    print(
+        f"\n{'dtype':<10}{'size':>10}{'plain s':>10}{'ours s':>9}{'ours+opt s':>12}{'x default':>11}"
+        f"{'x opt':>8}{'max|d| def':>12}{'PSNR opt dB':>13}  x opt per repeat"
+    )
+    for row in speed_rows.values():
+        sec = {k: float(np.median(v)) for k, v in row["seconds"].items()}
+        print(
+            f"{row['dtype']:<10}{'x'.join(map(str, row['size'])):>10}{sec['plain']:>10.1f}{sec['ours_default']:>9.1f}"
+            f"{sec['ours_optimized']:>12.1f}{row['speedup_default']:>11.2f}{row['speedup_optimized']:>8.2f}"
+            f"{row['diff_default_vs_plain']['max_abs']:>12.1e}{row['diff_optimized_vs_plain']['psnr_db']:>13.1f}  "
+            + ", ".join(f"{r:.2f}" for r in row["speedup_optimized_per_repeat"])
+        )
+    for key, large in results.get("large", {}).items():
+        print(
+            f"\ntiled {key}: {large['tiles']} tiles of {large['tile_size']} px, {large['seconds']:.0f} s, "
+            f"peak RSS {large['peak_rss_gib']:.2f} GiB (models loaded: {large['rss_gib_models_loaded']:.2f} GiB)"
+        )
+
+
 def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,22 +268,7 @@ def main(args) -> int:
         results.setdefault("large", {})[key] = row
         output.write_text(json.dumps(results, indent=2) + "\n")
 
-    print(
-        f"\n{'dtype':<10}{'size':>10}{'plain s':>10}{'ours s':>9}{'ours+opt s':>12}{'x default':>11}"
-        f"{'x opt':>8}{'max|d| def':>12}{'PSNR opt dB':>13}"
-    )
-    for row in speed_rows.values():
-        sec = {k: float(np.median(v)) for k, v in row["seconds"].items()}
-        print(
-            f"{row['dtype']:<10}{'x'.join(map(str, row['size'])):>10}{sec['plain']:>10.1f}{sec['ours_default']:>9.1f}"
-            f"{sec['ours_optimized']:>12.1f}{row['speedup_default']:>11.2f}{row['speedup_optimized']:>8.2f}"
-            f"{row['diff_default_vs_plain']['max_abs']:>12.1e}{row['diff_optimized_vs_plain']['psnr_db']:>13.1f}"
-        )
-    for key, large in results.get("large", {}).items():
-        print(
-            f"\ntiled {key}: {large['tiles']} tiles of {large['tile_size']} px, {large['seconds']:.0f} s, "
-            f"peak RSS {large['peak_rss_gib']:.2f} GiB (models loaded: {large['rss_gib_models_loaded']:.2f} GiB)"
-        )
+    print_table(results)
     print(f"wrote {output}")
     return 0
 
