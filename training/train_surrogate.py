@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -354,7 +355,9 @@ def main(args: argparse.Namespace) -> Path | None:
     val_cache: dict = {}
 
     def validate(step: int) -> dict:
-        surrogate = CodecProxySurrogate(accelerator.unwrap_model(net), args.codec, codec.quality_range)
+        surrogate = CodecProxySurrogate(
+            accelerator.unwrap_model(net), args.codec, codec.quality_range, codec.default_quality
+        )
         report = {}
         for quality in val_qualities:
             report[str(quality)] = measure_fidelity(surrogate, codec, val_images, quality, cache=val_cache)
@@ -402,9 +405,11 @@ def main(args: argparse.Namespace) -> Path | None:
     path = output_dir / f"proxy_{args.codec}.safetensors"
     if accelerator.is_main_process:
         report = validate(global_step) if val_images else {}
-        surrogate = CodecProxySurrogate(accelerator.unwrap_model(net).float(), args.codec, codec.quality_range)
+        surrogate = CodecProxySurrogate(
+            accelerator.unwrap_model(net).float(), args.codec, codec.quality_range, codec.default_quality
+        )
         training = {
-            "command": "python training/train_surrogate.py " + " ".join(args.command_line),
+            "command": "python training/train_surrogate.py " + shlex.join(args.command_line),
             "args": {k: v for k, v in vars(args).items() if k != "command_line"},
             "num_pairs": len(data),
             "quality_range": list(quality_range),

@@ -34,6 +34,9 @@ class CodecProxySurrogate(CodecSurrogate):
         default_quality: quality used when ``quality`` is ``None`` (the codec's default).
         metadata: the contents of ``proxy_{codec}.json`` (settings, training command, measured fidelity).
 
+    Any quality in the codec's range is accepted, but the proxy was fitted on ``fitted_quality_range`` (around the
+    codec's rate-distortion sweep, see ``training_quality_range``) and extrapolates outside it.
+
     Example:
         >>> from rp_diffusers.surrogates import get_surrogate
         >>> proxy = get_surrogate("heic")
@@ -59,6 +62,11 @@ class CodecProxySurrogate(CodecSurrogate):
         self.quality_range = (lo, hi)
         self.default_quality = (lo + hi) / 2 if default_quality is None else default_quality
         self.metadata = metadata or {}
+
+    @property
+    def fitted_quality_range(self) -> tuple[int, int]:
+        """The qualities the training pairs were drawn from (the whole codec range when not recorded)."""
+        return tuple(self.metadata.get("training", {}).get("quality_range", self.quality_range))
 
     def forward(self, image: torch.Tensor, quality=None) -> SurrogateOutput:
         """Imitate one encode + decode.
@@ -173,7 +181,8 @@ def measure_fidelity(
 
     Returns:
         dict with ``psnr_min``/``psnr_median`` (dB, proxy decode vs real decode, 8-bit), ``psnr_codec_median``
-        (real decode vs original, for scale), ``bits_median_abs_rel_err``, ``bits_max_abs_rel_err`` and
+        (real decode vs original: what a proxy returning its input scores), ``bits_median_abs_rel_err``,
+        ``bits_max_abs_rel_err``, ``bits_median_ratio`` (proxy / real: the sign of a systematic bias) and
         ``log_bits_pearson`` (nan for fewer than 3 images).
     """
     psnr, psnr_codec, real_bits, proxy_bits = [], [], [], []
@@ -205,6 +214,7 @@ def measure_fidelity(
         "psnr_codec_median": round(float(np.median(psnr_codec)), 3),
         "bits_median_abs_rel_err": round(float(np.median(rel)), 4),
         "bits_max_abs_rel_err": round(float(np.max(rel)), 4),
+        "bits_median_ratio": round(float(np.median(pred / real)), 4),
         "log_bits_pearson": round(pearson, 4),
     }
 
