@@ -40,6 +40,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--output", type=str, default="benchmarks/results/surrogates_proxy.json", help="JSON path.")
     parser.add_argument(
+        "--cache_dir",
+        type=str,
+        default=None,
+        help="Keep the real codec's decodes, sizes and timings here (npz) and reuse them on the next run.",
+    )
+    parser.add_argument(
         "--record",
         action="store_true",
         help="Also write each codec's rows into fidelity['kodak'] of its proxy_{codec}.json (a record, not tuning).",
@@ -63,6 +69,21 @@ def time_proxy(proxy, image: torch.Tensor, quality: float, backward: bool, repea
     return best
 
 
+def run_codec(codec, image, quality: int, cache_dir: str | None, stem: str) -> tuple[np.ndarray, int, float]:
+    """(decoded RGB array, bits, encode + decode seconds) of the real codec, from ``cache_dir`` when stored there."""
+    path = Path(cache_dir) / f"{codec.name}_q{quality}_{stem}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        stored = np.load(path)
+        return stored["decoded"], int(stored["bits"]), float(stored["seconds"])
+    result = codec.run(image, quality)
+    decoded, bits = np.asarray(result.reconstruction.convert("RGB")), 8 * len(result.data)
+    seconds = result.encode_seconds + result.decode_seconds
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, decoded=decoded, bits=bits, seconds=seconds)
+    return decoded, bits, seconds
+
+
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     folder = Path(args.images)
@@ -79,9 +100,9 @@ def main(args: argparse.Namespace) -> dict:
         for label, quality in proxy_qualities(codec).items():
             cache, codec_seconds = {}, 0.0
             for index, image in enumerate(images):
-                result = codec.run(image, quality)
-                codec_seconds += result.encode_seconds + result.decode_seconds
-                cache[(index, quality)] = (np.asarray(result.reconstruction), 8 * len(result.data))
+                decoded, bits, seconds = run_codec(codec, image, quality, args.cache_dir, f"{paths[index].stem}")
+                codec_seconds += seconds
+                cache[(index, quality)] = (decoded, bits)
             fidelity = measure_fidelity(proxy, codec, images, quality, cache=cache)
             identity = [
                 10 * np.log10(255.0**2 / np.mean((np.asarray(im, np.float64) - cache[(i, quality)][0]) ** 2))

@@ -176,6 +176,13 @@ class RatePerceptionLoss(torch.nn.Module):
         lambda_rate: weight of the rate in bits per pixel.
         lambda_perceptual: weight of the perceptual distance.
         lambda_mse: weight of the MSE (the "D" of R-D; keeps colours honest).
+        rate_weighting: ``"fixed"``: the rate term is ``lambda_rate * bpp``. ``"codec_slope"``: it is
+            ``lambda_rate * s * bpp`` with ``s`` the codec's own R-D slope at that quality on that image
+            (:meth:`codec_slope`), so ``lambda_rate`` is a multiplier of the codec's trade-off: 1 = exactly the
+            codec's, > 1 favours fewer bits. A fixed lambda is too cheap at low qualities (where the codec's curve
+            is steep) and too dear at high ones; the slope-matched rate is what BD-rate measures.
+        slope_delta: quality step of the slope's central difference.
+        quality_range: ``(lo, hi)`` qualities the slope may probe (default: the surrogate's ``quality_range``).
 
     Example:
         >>> loss_fn = RatePerceptionLoss(get_surrogate("jpeg"), None, lambda_rate=0.5, lambda_perceptual=0.0,
@@ -191,12 +198,46 @@ class RatePerceptionLoss(torch.nn.Module):
         lambda_rate: float = 1.0,
         lambda_perceptual: float = 1.0,
         lambda_mse: float = 0.0,
+        rate_weighting: str = "fixed",
+        slope_delta: float = 5.0,
+        quality_range: tuple[float, float] | None = None,
     ):
         super().__init__()
         if lambda_perceptual > 0 and perceptual is None:
             raise ValueError("lambda_perceptual > 0 needs a perceptual distance; pass perceptual= or set it to 0")
+        if rate_weighting not in ("fixed", "codec_slope"):
+            raise ValueError(f"rate_weighting must be 'fixed' or 'codec_slope', got {rate_weighting!r}")
         self.surrogate, self.perceptual = surrogate, perceptual
         self.lambda_rate, self.lambda_perceptual, self.lambda_mse = lambda_rate, lambda_perceptual, lambda_mse
+        self.rate_weighting, self.slope_delta = rate_weighting, slope_delta
+        self.quality_range = quality_range or getattr(surrogate, "quality_range", (0, 100))
+
+    def distortion(self, target: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """Per-image D = lambda_perceptual * P + lambda_mse * MSE, (N,)."""
+        d = self.lambda_mse * (reconstruction - target).square().flatten(1).mean(1)
+        if self.perceptual is not None and self.lambda_perceptual > 0:
+            d = d + self.lambda_perceptual * self.perceptual(target, reconstruction).float()
+        return d
+
+    @torch.no_grad()
+    def codec_slope(self, original: torch.Tensor, quality: float | torch.Tensor) -> torch.Tensor:
+        """The codec's own R-D slope -dD/dR at ``quality`` on each ``original`` image, (N,) >= 0.
+
+        Central difference through the surrogate at ``quality +- slope_delta`` (kept in the quality range): what
+        one more bit per pixel buys the codec alone by raising its quality. Weighting the rate by it makes
+        ``D + slope * R`` fall exactly when the pre-processor beats the codec's own trade-off (first order), i.e.
+        when the BD-rate in D improves.
+        """
+        lo, hi = self.quality_range
+        q = torch.as_tensor(quality, dtype=torch.float32, device=original.device).expand(original.shape[0])
+        q_lo, q_hi = (q - self.slope_delta).clamp(lo, hi), (q + self.slope_delta).clamp(lo, hi)
+        pixels = original.shape[-2] * original.shape[-1]
+        target = original.float()
+        low, high = self.surrogate(target, q_lo), self.surrogate(target, q_hi)
+        d_low = self.distortion(target, low.reconstruction.float())
+        d_high = self.distortion(target, high.reconstruction.float())
+        r_low, r_high = low.bits.float() / pixels, high.bits.float() / pixels
+        return ((d_low - d_high) / (r_high - r_low).clamp_min(1e-4)).clamp_min(0.0)
 
     def forward(
         self, original: torch.Tensor, preprocessed: torch.Tensor, quality: float | torch.Tensor
@@ -210,12 +251,17 @@ class RatePerceptionLoss(torch.nn.Module):
         height, width = original.shape[-2:]
         coded = self.surrogate(preprocessed.float().clamp(0.0, 1.0), quality)
         reconstruction = coded.reconstruction.float()
-        bpp = (coded.bits.float() / (height * width)).mean()
+        bpp_each = coded.bits.float() / (height * width)
+        bpp = bpp_each.mean()
         target = original.float()
         mse = F.mse_loss(reconstruction, target)
         if self.perceptual is not None:
             perceptual = self.perceptual(target, reconstruction).float().mean()
         else:
             perceptual = torch.zeros((), device=reconstruction.device)
-        loss = self.lambda_rate * bpp + self.lambda_perceptual * perceptual + self.lambda_mse * mse
+        if self.rate_weighting == "codec_slope":
+            rate = (self.codec_slope(original, quality) * bpp_each).mean()
+        else:
+            rate = bpp
+        loss = self.lambda_rate * rate + self.lambda_perceptual * perceptual + self.lambda_mse * mse
         return RatePerceptionLossOutput(loss, bpp, perceptual, mse, reconstruction)

@@ -134,6 +134,36 @@ def test_rate_perception_loss_terms_by_hand():
     assert preprocessed.grad.abs().sum() > 0
 
 
+class _QualityNoiseSurrogate(torch.nn.Module):
+    """Toy codec: reconstruction error shrinks and bits grow linearly with quality (known R-D slope)."""
+
+    quality_range = (0.0, 100.0)
+
+    def forward(self, image, quality):
+        q = torch.as_tensor(quality, dtype=torch.float32).expand(image.shape[0])
+        bits = q * image.shape[-2] * image.shape[-1] / 50  # bpp = q / 50
+        offset = (1 - q / 100).view(-1, 1, 1, 1) * 0.1  # MSE = (0.1 (1 - q / 100))^2
+        return SurrogateOutput(image + offset, bits)
+
+
+def test_rate_perception_loss_codec_slope_matches_the_toy_codec():
+    """-dD/dR of the toy codec at q = 50: D = 0.01 (1 - q/100)^2, R = q / 50 -> slope = 0.01 * 2 * 0.5 / 100 * 50."""
+    loss_fn = RatePerceptionLoss(
+        _QualityNoiseSurrogate(), None, 3.0, 0.0, 1.0, rate_weighting="codec_slope", slope_delta=5.0
+    )
+    original = torch.rand(2, 3, 8, 8)
+    slope = loss_fn.codec_slope(original, 50.0)
+    expected = 0.01 * 2 * 0.5 / 100 * 50  # |dD/dq| / (dR/dq) = (0.01 * 2 * (1 - q/100) / 100) / (1/50)
+    assert slope.shape == (2,) and torch.allclose(slope, torch.full((2,), expected), rtol=1e-4)
+    preprocessed = original.clone().requires_grad_(True)
+    out = loss_fn(original, preprocessed, 50.0)
+    assert out.loss.item() == pytest.approx(3.0 * expected * out.bpp.item() + out.mse.item(), rel=1e-5)
+    out.loss.backward()
+    assert torch.isfinite(preprocessed.grad).all()
+    with pytest.raises(ValueError, match="rate_weighting"):
+        RatePerceptionLoss(_QualityNoiseSurrogate(), None, 1.0, 0.0, 1.0, rate_weighting="slope")
+
+
 def test_rate_perception_loss_clips_before_the_codec():
     seen = {}
 

@@ -15,9 +15,11 @@ from rp_diffusers.surrogates import SurrogateOutput, available_surrogates, get_s
 from rp_diffusers.surrogates.proxy import (
     WEIGHTS_DIR,
     CodecProxySurrogate,
+    fit_rate_calibration,
     load_proxy,
     measure_fidelity,
     proxy_qualities,
+    rate_correction,
 )
 from rp_diffusers.utils.image import load_image
 
@@ -150,3 +152,41 @@ def test_train_surrogate_two_steps_writes_loadable_weights(tmp_path, train_dir, 
     assert proxy.metadata["training"]["steps"] == 2 and "75" in proxy.metadata["fidelity"]["val-set14"]
     out = proxy(torch.rand(1, 3, 20, 30), 75)
     assert out.reconstruction.shape == (1, 3, 20, 30) and bool(torch.isfinite(out.bits).all())
+
+
+def test_rate_calibration_fit_recovers_a_known_correction():
+    """log(real / proxy) = a + b (log pixels - ref) + c q is recovered from noiseless synthetic records."""
+    rng = np.random.default_rng(0)
+    a, b, c = -0.2, -0.05, 0.3
+    records = []
+    for pixels in (192 * 192, 384 * 384, 768 * 512):
+        for q in (0.1, 0.5, 0.9):
+            proxy_bits = float(rng.uniform(1e4, 1e6))
+            records.append((pixels, q, proxy_bits, proxy_bits * math.exp(a + b * math.log(pixels) + c * q)))
+    fit = fit_rate_calibration(records)
+    assert fit["coef"][1] == pytest.approx(b, abs=1e-5) and fit["coef"][2] == pytest.approx(c, abs=1e-5)
+    assert fit["rms_log_residual"] < 1e-5 < fit["rms_log_before"]
+    for pixels, q, proxy_bits, real_bits in records:
+        corrected = proxy_bits * float(rate_correction(fit, pixels, torch.tensor([q]))[0])
+        assert corrected == pytest.approx(real_bits, rel=1e-4)
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_rate_calibration(records[:3])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_proxies_apply_their_rate_calibration(name, proxies):
+    """Every shipped proxy carries a size/quality calibration fitted on training photographs, and applies it."""
+    proxy = proxies[name]
+    calibration = proxy.metadata["rate_calibration"]
+    assert calibration["n"] >= 36 and "train-sunhays80" in calibration["data"]
+    assert calibration["rms_log_residual"] <= calibration["rms_log_before"]
+    image = torch.rand(1, 3, 40, 56)
+    calibrated = float(proxy(image, proxy.default_quality).bits[0])
+    saved, proxy.rate_calibration = proxy.rate_calibration, None
+    try:
+        raw = float(proxy(image, proxy.default_quality).bits[0])
+    finally:
+        proxy.rate_calibration = saved
+    lo, hi = proxy.quality_range
+    q_norm = torch.tensor([(proxy.default_quality - lo) / (hi - lo)])
+    assert calibrated == pytest.approx(raw * float(rate_correction(saved, 40 * 56, q_norm)[0]), rel=1e-5)

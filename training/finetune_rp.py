@@ -98,6 +98,16 @@ def parse_args(input_args=None):
         help="Codec qualities drawn per batch, inclusive (default: the codec's sweep range).",
     )
     parser.add_argument("--lambda_rate", type=float, default=0.5, help="Weight of the bits per pixel.")
+    parser.add_argument(
+        "--rate_weighting",
+        type=str,
+        default="fixed",
+        choices=["fixed", "codec_slope"],
+        help="fixed: loss has lambda_rate x bpp. codec_slope: lambda_rate x s x bpp, s = the codec's own R-D slope at "
+        "the drawn quality on each image (measured through the surrogate), so lambda_rate = 1 is the codec's own "
+        "trade-off and gains in the loss are BD-rate gains (see rp_diffusers.losses.RatePerceptionLoss).",
+    )
+    parser.add_argument("--slope_delta", type=float, default=5.0, help="codec_slope: quality step of the slope.")
     parser.add_argument("--lambda_perceptual", type=float, default=1.0, help="Weight of the perceptual loss.")
     parser.add_argument("--lambda_mse", type=float, default=0.0, help="Weight of the MSE between x and x_hat.")
     parser.add_argument(
@@ -279,7 +289,15 @@ def main(args):
         perceptual = perceptual_distance(args.perceptual_loss, args.lpips_net, args.perceptual_weights_path)
         perceptual = perceptual.to(accelerator.device)
     surrogate = get_surrogate(args.surrogate or args.codec).to(accelerator.device)
-    loss_fn = RatePerceptionLoss(surrogate, perceptual, args.lambda_rate, args.lambda_perceptual, args.lambda_mse)
+    loss_fn = RatePerceptionLoss(
+        surrogate,
+        perceptual,
+        args.lambda_rate,
+        args.lambda_perceptual,
+        args.lambda_mse,
+        rate_weighting=args.rate_weighting,
+        slope_delta=args.slope_delta,
+    )
     metric_models = load_validation_metric_models(accelerator.device) if args.validation_data_dir else {}
 
     # 2. Checkpoints hold only the LoRA weights (safetensors); accelerate adds optimizer, scheduler, RNG states
@@ -475,6 +493,7 @@ def main(args):
             "lambda_mse": args.lambda_mse,
             "perceptual_loss": args.perceptual_loss,
             "surrogate": args.surrogate or args.codec,
+            "rate_weighting": args.rate_weighting,
             "train_steps": global_step,
         }
         save_rp_adapter(unet, args.output_dir, adapter_name, args.codec, args.lambda_rate, args.rank, extra)

@@ -15,11 +15,16 @@ import torch
 def encode_image(vae, image: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None):
     """[0, 1] image (N, 3, H, W), H and W multiples of the VAE factor -> scaled latents (N, C, H/f, W/f).
 
-    The distribution's mode is used by default (deterministic), as img2img-turbo and OSEDiff do.
+    The distribution's mode is used by default (deterministic), as img2img-turbo and OSEDiff do. Deterministic
+    autoencoders without a posterior (diffusers' ``AutoencoderTiny``, e.g. TAESD) return their latents directly.
     """
     image_vae = image.to(dtype=vae.dtype) * 2.0 - 1.0  # the one place [0, 1] -> [-1, 1] happens
-    posterior = vae.encode(image_vae).latent_dist
-    latents = posterior.sample(generator) if sample else posterior.mode()
+    encoded = vae.encode(image_vae)
+    posterior = getattr(encoded, "latent_dist", None)
+    if posterior is None:
+        latents = encoded.latents
+    else:
+        latents = posterior.sample(generator) if sample else posterior.mode()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (latents - shift) * vae.config.scaling_factor
 

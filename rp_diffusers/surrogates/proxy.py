@@ -62,6 +62,8 @@ class CodecProxySurrogate(CodecSurrogate):
         self.quality_range = (lo, hi)
         self.default_quality = (lo + hi) / 2 if default_quality is None else default_quality
         self.metadata = metadata or {}
+        calibration = self.metadata.get("rate_calibration")
+        self.rate_calibration = None if calibration is None else dict(calibration)
 
     @property
     def fitted_quality_range(self) -> tuple[int, int]:
@@ -86,7 +88,8 @@ class CodecProxySurrogate(CodecSurrogate):
         q_norm = ((quality - lo) / (hi - lo)).to(param.dtype)
         recon, bits = self.net(image.to(param.dtype), q_norm)
         recon = recon + (recon.clamp(0, 1) - recon).detach()  # real decodes are clipped; keep the gradient
-        return SurrogateOutput(reconstruction=recon.to(image.dtype), bits=bits.float())
+        bits = bits.float() * rate_correction(self.rate_calibration, image.shape[-2] * image.shape[-1], q_norm)
+        return SurrogateOutput(reconstruction=recon.to(image.dtype), bits=bits)
 
     @classmethod
     def from_pretrained(cls, codec: str, weights_dir: str | Path | None = None) -> CodecProxySurrogate:
@@ -134,6 +137,49 @@ class CodecProxySurrogate(CodecSurrogate):
             metadata.setdefault("fidelity", {}).update(fidelity)
         (directory / f"proxy_{self.codec_name}.json").write_text(json.dumps(metadata, indent=2, default=str) + "\n")
         return path
+
+
+def rate_correction(calibration: dict | None, pixels: int, q_norm: torch.Tensor) -> torch.Tensor:
+    """Multiplicative size correction ``exp(a + b * (log(pixels) - log_pixels_ref) + c * q_norm)``, (N,) float32.
+
+    The proxy's rate head is fitted on crops of 128-320 pixels a side; real encoders spend fewer bits per pixel on
+    whole photographs (their entropy coders adapt over more data). ``fit_rate_calibration`` measures that on whole
+    and cropped training photographs; ``None`` means no correction (1).
+    """
+    q_norm = q_norm.float()
+    if calibration is None:
+        return torch.ones_like(q_norm)
+    a, b, c = calibration["coef"]
+    log_size = math.log(max(pixels, 1)) - calibration["log_pixels_ref"]
+    return torch.exp(a + b * log_size + c * q_norm)
+
+
+def fit_rate_calibration(records: list[tuple[int, float, float, float]]) -> dict:
+    """Least-squares fit of ``log(real / proxy) = a + b * (log(pixels) - ref) + c * q_norm``.
+
+    Args:
+        records: ``(pixels, q_norm, proxy_bits, real_bits)`` rows, proxy bits measured WITHOUT any calibration,
+            from training photographs (never the test set) at several sizes and qualities.
+
+    Returns:
+        ``{"coef": [a, b, c], "log_pixels_ref": ref, "n": rows, "rms_log_residual": ..., "rms_log_before": ...}``.
+    """
+    if len(records) < 4:
+        raise ValueError(f"need at least 4 (pixels, q, proxy, real) records to fit 3 coefficients, got {len(records)}")
+    rows = np.asarray(records, dtype=np.float64)
+    log_pixels, q_norm = np.log(rows[:, 0]), rows[:, 1]
+    ref = float(np.mean(log_pixels))
+    target = np.log(rows[:, 3] / rows[:, 2])
+    design = np.stack([np.ones_like(q_norm), log_pixels - ref, q_norm], axis=1)
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    residual = target - design @ coef
+    return {
+        "coef": [round(float(v), 6) for v in coef],
+        "log_pixels_ref": round(ref, 6),
+        "n": int(len(rows)),
+        "rms_log_residual": round(float(np.sqrt(np.mean(residual**2))), 4),
+        "rms_log_before": round(float(np.sqrt(np.mean(target**2))), 4),
+    }
 
 
 def load_proxy(codec: str, weights_dir: str | Path | None = None) -> CodecProxySurrogate:
