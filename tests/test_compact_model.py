@@ -82,27 +82,26 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         "VAL": str(val_dir),
         "WORK": str(tmp_path / "work"),
         "DEST": str(dest),
-        "VAE_CHANNELS": "8 16",
+        "VAE_CHANNELS": "8",
         "UNET_CHANNELS": "8 16",
-        "LATENT_CHANNELS": "4",
-        "VAE_STEPS": "2",
-        "VAE_RES": "32",
         "UNET_STEPS": "1",
         "UNET_RES": "32",
+        "UNET_BATCH": "2",
         "RP_STEPS": "1",
         "RP_RES": "32",
         "RP_PERCEPTUAL": "0",  # MS-SSIM needs 161+ pixels a side: the tiny run trains on rate + MSE
-        "LAMBDAS": "0.02 0.05",
+        "LAMBDAS": "1 2",
         "VALIDATE": "0",
     }
     subprocess.run(["bash", "training/compact_recipe.sh"], cwd=REPO, env=env, check=True, capture_output=True)
     model = RPPreprocessPipeline.from_pretrained(dest)
     assert set(model.config.adapters) == {
-        "rp_jpeg_lambda_0p02",
-        "rp_jpeg_lambda_0p05",
-        "rp_webp_lambda_0p02",
-        "rp_webp_lambda_0p05",
+        "rp_jpeg_lambda_1",
+        "rp_jpeg_lambda_2",
+        "rp_webp_lambda_1",
+        "rp_webp_lambda_2",
     }
-    assert model.config.residual and model.vae.config.block_out_channels == [8, 16]
+    assert model.config.residual and type(model.vae).__name__ == "AutoencoderTiny"
+    assert list(model.vae.config.block_out_channels) == [8] and model.config.vae_scale_factor == 1
     out = model(np.zeros((21, 19, 3), dtype=np.uint8), output_type="np").images
     assert out.shape == (1, 21, 19, 3)

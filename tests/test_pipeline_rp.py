@@ -178,6 +178,39 @@ def test_pipeline_bf16_close_to_fp32(stock_dir):
     assert np.abs(bf16 - fp32).mean() < 0.01 and np.abs(bf16 - fp32).max() < 0.1
 
 
+def test_pipeline_fp16_close_to_fp32(stock_dir):
+    image = _image(20, 28)
+    fp32 = _np(_pipe(stock_dir), image)
+    fp16_pipe = _pipe(stock_dir, torch_dtype=torch.float16)
+    assert fp16_pipe.unet.dtype == torch.float16 and fp16_pipe.vae.dtype == torch.float16
+    fp16 = _np(fp16_pipe, image)
+    assert fp16.dtype == np.float32 and np.isfinite(fp16).all()
+    assert np.abs(fp16 - fp32).mean() < 0.005 and np.abs(fp16 - fp32).max() < 0.05
+
+
+def test_pipeline_accepts_a_tiny_autoencoder(stock_dir, tmp_path):
+    """Swapping in diffusers' AutoencoderTiny (TAESD's class, no posterior) works and survives save/load."""
+    from diffusers import AutoencoderTiny
+
+    pipe = _pipe(stock_dir)
+    torch.manual_seed(0)
+    pipe.vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=pipe.unet.config.in_channels,
+    )
+    pipe.register_modules(vae=pipe.vae)
+    image = _image(13, 22)
+    out = _np(pipe, image)
+    assert out.shape == (1, 13, 22, 3) and np.isfinite(out).all()
+    pipe.save_pretrained(tmp_path / "tiny-vae")
+    again = _pipe(tmp_path / "tiny-vae")
+    assert type(again.vae).__name__ == "AutoencoderTiny"
+    np.testing.assert_allclose(_np(again, image), out, atol=1e-6)
+
+
 def test_pipeline_model_cpu_offload_keeps_output(stock_dir):
     image = _image(16, 20)
     expected = _np(_pipe(stock_dir), image)

@@ -4,11 +4,14 @@
 #   bash training/compact_recipe.sh                 # full recipe (CPU), writes rp_diffusers/assets/default_model
 #   WORK=/tmp/w DEST=/tmp/model bash training/compact_recipe.sh   # elsewhere
 #
-# Stage 1: training/train_compact_base.py (small VAE + residual one-step UNet, from scratch on train-sunhays80).
-# Stage 2: training/finetune_rp.py, one rate-perception LoRA per (codec, lambda), MS-SSIM + MSE as the quality
-#          term (LPIPS/DISTS weights are not available offline). No learned proxy surrogate was fitted for any
-#          codec but JPEG, so the WebP adapters are trained through DiffJPEG AS A STAND-IN (surrogate recorded as
-#          "jpeg" in their rp_adapter.json) and validated with the real WebP codec.
+# Stage 1: training/train_compact_base.py. No SD teacher is available offline, so the base is a residual one-step
+#          restorer trained from scratch: its "VAE" is an AutoencoderTiny (TAESD's class) at factor 1 set to an exact
+#          identity (latents = the pixels; no VAE training), and its UNet (4 levels, attention only in the mid block
+#          at 1/8 resolution) learns x0 = z + UNet(z) from lightly noised crops (a mild denoiser).
+# Stage 2: training/finetune_rp.py, one rate-perception LoRA per (codec, lambda) through the codec's surrogate
+#          (DiffJPEG for jpeg, the fitted learned proxy for webp), quality term 1 - MS-SSIM + MSE (LPIPS/DISTS
+#          weights are not available offline), rate weighted by the codec's own R-D slope (--rate_weighting
+#          codec_slope: lambda = 1 is the codec's trade-off, 2 favours fewer bits).
 # Then the adapters are gathered into the one pipeline folder (the pipeline records which adapters exist).
 # Every knob below can be overridden from the environment; tests/test_compact_model.py runs a tiny version.
 set -euo pipefail
@@ -20,19 +23,18 @@ DEST=${DEST:-rp_diffusers/assets/default_model}
 PYTHON=${PYTHON:-python}
 SEED=${SEED:-0}
 # stage 1
-VAE_CHANNELS=${VAE_CHANNELS:-"16 32"}
-UNET_CHANNELS=${UNET_CHANNELS:-"16 32 32"}
-LATENT_CHANNELS=${LATENT_CHANNELS:-12}
-VAE_STEPS=${VAE_STEPS:-65}  # the shipped run: --vae_steps 200 --max_minutes 8, which stopped after 65
-VAE_RES=${VAE_RES:-64}
-UNET_STEPS=${UNET_STEPS:-10}
+VAE_CHANNELS=${VAE_CHANNELS:-16}
+LATENT_CHANNELS=${LATENT_CHANNELS:-3}
+UNET_CHANNELS=${UNET_CHANNELS:-"8 16 32 32"}
+UNET_STEPS=${UNET_STEPS:-734}  # the shipped run: --unet_steps 3000 --max_minutes 10, which stopped after 734
 UNET_RES=${UNET_RES:-176}
+UNET_BATCH=${UNET_BATCH:-4}
 # stage 2
-RP_STEPS=${RP_STEPS:-10}
-RP_RES=${RP_RES:-176}
-RP_BATCH=${RP_BATCH:-1}
+RP_STEPS=${RP_STEPS:-600}
+RP_RES=${RP_RES:-192}
+RP_BATCH=${RP_BATCH:-2}
 RP_PERCEPTUAL=${RP_PERCEPTUAL:-1.0}
-LAMBDAS=${LAMBDAS:-"0.02 0.05"}
+LAMBDAS=${LAMBDAS:-"1 2"}
 CODECS=${CODECS:-"jpeg webp"}
 VALIDATE=${VALIDATE:-1}
 
@@ -45,26 +47,28 @@ if [ "$VALIDATE" = 1 ]; then VAL_ARGS=(--validation_data_dir "$VAL"); fi
 
 # Stage 1: the base (one-step near-identity image-to-image model)
 $PYTHON training/train_compact_base.py --train_data_dir "$WORK/train" "${VAL_ARGS[@]}" --seed "$SEED" \
-  --vae_channels $VAE_CHANNELS --unet_channels $UNET_CHANNELS --latent_channels "$LATENT_CHANNELS" \
-  --vae_resolution "$VAE_RES" --vae_batch_size 8 --vae_steps "$VAE_STEPS" --vae_learning_rate 3e-3 \
-  --lr_scheduler constant_with_warmup --num_validation_images 4 \
-  --unet_resolution "$UNET_RES" --unet_batch_size 1 --unet_steps "$UNET_STEPS" --lr_warmup_steps 5 --random_flip \
+  --vae_type tiny --vae_init identity --vae_channels $VAE_CHANNELS --latent_channels "$LATENT_CHANNELS" \
+  --vae_steps 0 --unet_channels $UNET_CHANNELS --num_validation_images 4 \
+  --unet_resolution "$UNET_RES" --unet_batch_size "$UNET_BATCH" --unet_steps "$UNET_STEPS" \
+  --unet_learning_rate 5e-4 --lr_scheduler constant_with_warmup --lr_warmup_steps 20 --random_flip \
   --output_dir "$WORK/base"
 
-# Stage 2: rate-perception adapters (independent runs; they may run in parallel)
+# Stage 2: rate-perception adapters (independent single-thread runs, so they run in parallel)
+pids=()
 for codec in $CODECS; do
   for lam in $LAMBDAS; do
-    surrogate=jpeg  # DiffJPEG; for webp a STAND-IN (no fitted webp proxy in rp_diffusers/surrogates/weights)
-    $PYTHON training/finetune_rp.py --pretrained_model_name_or_path "$WORK/base" --train_data_dir "$WORK/train" \
-      --codec "$codec" --surrogate "$surrogate" --quality_range 10 60 --lambda_rate "$lam" \
+    OMP_NUM_THREADS=1 $PYTHON training/finetune_rp.py --pretrained_model_name_or_path "$WORK/base" \
+      --train_data_dir "$WORK/train" --codec "$codec" --surrogate "$codec" --quality_range 10 80 \
+      --lambda_rate "$lam" --rate_weighting codec_slope --surrogate_rounding soft \
       --perceptual_loss ms_ssim --lambda_perceptual "$RP_PERCEPTUAL" --lambda_mse 1.0 \
       --rank 4 --lora_target_modules to_q to_k to_v to_out.0 conv1 conv2 conv_out \
       --resolution "$RP_RES" --train_batch_size "$RP_BATCH" --max_train_steps "$RP_STEPS" --learning_rate 1e-3 \
-      --lr_scheduler constant --seed "$SEED" --report_to none --checkpointing_steps 100000 \
+      --lr_scheduler constant --seed "$SEED" --report_to none --checkpointing_steps 100000 --random_flip \
       --output_dir "$WORK/rp_${codec}_${lam}" &
+    pids+=($!)
   done
 done
-wait
+for pid in "${pids[@]}"; do wait "$pid"; done  # fails the recipe if any run failed
 
 # Gather: base + every adapter in one folder; the first JPEG adapter is the active one
 $PYTHON - "$WORK" "$DEST" $CODECS -- $LAMBDAS <<'EOF'

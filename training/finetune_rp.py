@@ -107,6 +107,13 @@ def parse_args(input_args=None):
         "the drawn quality on each image (measured through the surrogate), so lambda_rate = 1 is the codec's own "
         "trade-off and gains in the loss are BD-rate gains (see rp_diffusers.losses.RatePerceptionLoss).",
     )
+    parser.add_argument(
+        "--surrogate_rounding",
+        type=str,
+        default=None,
+        choices=["ste", "soft", "cubic"],
+        help="DiffJPEG's rounding in training (default: its own, straight-through); ignored by learned proxies.",
+    )
     parser.add_argument("--slope_delta", type=float, default=5.0, help="codec_slope: quality step of the slope.")
     parser.add_argument("--lambda_perceptual", type=float, default=1.0, help="Weight of the perceptual loss.")
     parser.add_argument("--lambda_mse", type=float, default=0.0, help="Weight of the MSE between x and x_hat.")
@@ -289,6 +296,8 @@ def main(args):
         perceptual = perceptual_distance(args.perceptual_loss, args.lpips_net, args.perceptual_weights_path)
         perceptual = perceptual.to(accelerator.device)
     surrogate = get_surrogate(args.surrogate or args.codec).to(accelerator.device)
+    if args.surrogate_rounding is not None and hasattr(surrogate, "rounding"):
+        surrogate.rounding = args.surrogate_rounding
     loss_fn = RatePerceptionLoss(
         surrogate,
         perceptual,
@@ -494,6 +503,7 @@ def main(args):
             "perceptual_loss": args.perceptual_loss,
             "surrogate": args.surrogate or args.codec,
             "rate_weighting": args.rate_weighting,
+            "surrogate_rounding": args.surrogate_rounding,
             "train_steps": global_step,
         }
         save_rp_adapter(unet, args.output_dir, adapter_name, args.codec, args.lambda_rate, args.rank, extra)

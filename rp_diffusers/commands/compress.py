@@ -124,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
     if args.tile_size is not None:
         pipe.enable_tiling(tile_size=args.tile_size, overlap=min(128, args.tile_size // 4))
     adapter = _select_adapter(pipe, args.adapter)
+    recorded = pipe.config.adapters or {}
+    if adapter is None:  # the model's adapter for this codec, else the base model (never another codec's adapter)
+        adapter = next((name for name, info in recorded.items() if info.get("codec") == args.codec), None)
+    if adapter is not None:
+        pipe.enable_adapters()
+    elif recorded:
+        pipe.disable_adapters()
 
     rows, active_metrics = [], list(metric_names)
     for path in args.images:

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         runs = [(codec, None)]
         if pipe is not None:
             adapter = args.adapter or _default_adapter(pipe, codec)
-            runs.append((f"rp+{codec}" + (f"[{adapter}]" if adapter else ""), _preprocess_fn(pipe, adapter)))
+            label = f"[{adapter}]" if adapter else ("[base]" if getattr(pipe.config, "adapters", None) else "")
+            runs.append((f"rp+{codec}{label}", _preprocess_fn(pipe, adapter)))
         for name, preprocess in runs:
             common = dict(
                 metrics=metrics,
@@ -118,7 +119,15 @@ def _default_adapter(pipe, codec: str) -> str | None:
 
 
 def _preprocess_fn(pipe, adapter: str | None):
+    """Pre-process with ``adapter``; with none for this codec, the base model (adapters off), never another
+    codec's adapter that happens to be active."""
+
     def preprocess(images):
+        if adapter is None:
+            if getattr(pipe.config, "adapters", None):
+                pipe.disable_adapters()
+            return [pipe(image).images[0] for image in images]
+        pipe.enable_adapters()
         return [pipe(image, adapter_name=adapter).images[0] for image in images]
 
     return preprocess
