@@ -43,6 +43,7 @@ from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.training_utils import (
     PreparedModel,
     RandomCropImageDataset,
+    add_training_args,
     build_optimizer,
     checkpoint_step,
     collate_images,
@@ -83,8 +84,7 @@ def parse_args(input_args=None):
         default=None,
         help="Initial student UNet (e.g. stabilityai/sd-turbo); default: a copy of the teacher.",
     )
-    parser.add_argument("--revision", type=str, default=None, help="Revision of the pretrained model(s) on the Hub.")
-    parser.add_argument("--variant", type=str, default=None, help="Weights variant, e.g. fp16.")
+    add_training_args(parser, "pretrained")
     parser.add_argument("--prompt", type=str, default="", help="The fixed prompt of the one-step map.")
     parser.add_argument(
         "--timestep",
@@ -121,13 +121,7 @@ def parse_args(input_args=None):
     parser.add_argument("--train_full_student", action="store_true", help="Train every student weight, no LoRA.")
     parser.add_argument("--fake_score_lora_rank", type=int, default=64, help="LoRA rank of the fake score network.")
     parser.add_argument("--train_full_fake_score", action="store_true", help="Train the full fake score network.")
-    parser.add_argument(
-        "--lora_target_modules",
-        type=str,
-        nargs="+",
-        default=None,
-        help="LoRA target module names (default: to_q to_k to_v to_out.0 of every attention block).",
-    )
+    add_training_args(parser, "lora")
     parser.add_argument(
         "--fake_score_learning_rate",
         type=float,
@@ -135,68 +129,28 @@ def parse_args(input_args=None):
         help="Learning rate of the fake score (default: --learning_rate).",
     )
     # data
-    parser.add_argument("--dataset_name", type=str, default=None, help="A Hub image dataset, e.g. user/photos.")
-    parser.add_argument("--dataset_config_name", type=str, default=None, help="The dataset's config, if any.")
-    parser.add_argument("--train_data_dir", type=str, default=None, help="A folder of images (datasets' imagefolder).")
-    parser.add_argument("--image_column", type=str, default=None, help="Image column (default: the first Image one).")
-    parser.add_argument("--cache_dir", type=str, default=None, help="Where datasets and models are cached.")
-    parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N images.")
-    parser.add_argument("--resolution", type=int, default=512, help="Square crop size in pixels (multiple of 64).")
-    parser.add_argument("--center_crop", action="store_true", help="Center crops instead of random crops.")
-    parser.add_argument("--random_flip", action="store_true", help="Random horizontal flips.")
-    parser.add_argument(
-        "--resize_shorter_side",
-        type=int,
-        default=None,
-        help="Resize the shorter side to this before cropping (default: keep the content scale).",
-    )
-    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
+    add_training_args(parser, "data", "cropping")
     # optimisation
-    parser.add_argument("--train_batch_size", type=int, default=1, help="Batch size per device.")
-    parser.add_argument(
-        "--num_train_epochs", type=int, default=1, help="Epochs (ignored when max_train_steps is set)."
+    add_training_args(
+        parser,
+        "training",
+        "adamw",
+        defaults={"train_batch_size": 1, "learning_rate": 1e-5, "adam_beta1": 0.0, "adam_weight_decay": 0.0},
+        helps={
+            "learning_rate": "Learning rate of the student.",
+            "adam_beta1": "Adam beta1 (SiD uses 0).",
+            "mixed_precision": "Overrides the accelerate config. Frozen weights are cast to it; trained ones stay fp32.",
+        },
     )
-    parser.add_argument("--max_train_steps", type=int, default=None, help="Total optimisation steps.")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches per update.")
-    parser.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for activation memory.")
-    parser.add_argument("--learning_rate", type=float, default=1e-5, help="Learning rate of the student.")
-    parser.add_argument("--scale_lr", action="store_true", help="Scale learning rates by GPUs x batch x accumulation.")
-    parser.add_argument(
-        "--lr_scheduler",
-        type=str,
-        default="constant",
-        help='"linear", "cosine", "cosine_with_restarts", "polynomial", "constant", ...',
-    )
-    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up steps of the lr schedule.")
-    parser.add_argument("--adam_beta1", type=float, default=0.0, help="Adam beta1 (SiD uses 0).")
-    parser.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2.")
-    parser.add_argument("--adam_weight_decay", type=float, default=0.0, help="Weight decay.")
-    parser.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam epsilon.")
-    parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW.")
-    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
-    parser.add_argument(
-        "--mixed_precision",
-        type=str,
-        default=None,
-        choices=["no", "fp16", "bf16"],
-        help="Overrides the accelerate config. Frozen weights are cast to it; trained ones stay fp32.",
-    )
-    parser.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of everything random (crops, noise, init).")
     # outputs
-    parser.add_argument("--output_dir", type=str, default="rp-onestep", help="Where the pipeline and checkpoints go.")
-    parser.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder inside output_dir.")
-    parser.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all", "none".')
+    add_training_args(
+        parser,
+        "outputs",
+        defaults={"output_dir": "rp-onestep"},
+        helps={"output_dir": "Where the pipeline and checkpoints go."},
+    )
     parser.add_argument("--tracker_project_name", type=str, default="rp-distill-cid", help="Tracker project name.")
-    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint-{step} every N steps.")
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
-    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='"latest" or a checkpoint folder.')
-    parser.add_argument("--validation_data_dir", type=str, default=None, help="Folder of validation images.")
-    parser.add_argument("--validation_steps", type=int, default=500, help="Validate every N steps.")
-    parser.add_argument("--num_validation_images", type=int, default=4, help="Validation images used (first N).")
-    parser.add_argument("--push_to_hub", action="store_true", help="Upload the output folder to the Hub.")
-    parser.add_argument("--hub_model_id", type=str, default=None, help="Hub repository (default: output_dir's name).")
-    parser.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
+    add_training_args(parser, "validation", "hub")
     args = parser.parse_args(input_args)
 
     env_local_rank = int(os.environ.get("LOCAL_RANK", -1))

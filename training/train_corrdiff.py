@@ -36,6 +36,7 @@ from rp_diffusers.corrdiff.diffusion import build_scheduler, build_unet, diffusi
 from rp_diffusers.training_utils import (
     IMAGE_EXTENSIONS,
     RandomCropImageDataset,
+    add_training_args,
     build_optimizer,
     checkpoint_step,
     collate_images,
@@ -82,49 +83,31 @@ def parse_args(input_args=None):
     parser.add_argument("--block_size", type=int, default=64, help="Correction block side stored in the config.")
     parser.add_argument("--distortion_weight", type=float, default=0.5, help="Default distortion weight (config).")
     # data
-    parser.add_argument("--dataset_name", type=str, default=None, help="A Hub image dataset, e.g. user/photos.")
-    parser.add_argument("--dataset_config_name", type=str, default=None, help="The dataset's config, if any.")
-    parser.add_argument("--train_data_dir", type=str, default=None, help="A folder of images (datasets' imagefolder).")
-    parser.add_argument("--image_column", type=str, default=None, help="Image column (default: the first Image one).")
-    parser.add_argument("--cache_dir", type=str, default=None, help="Where datasets are cached.")
-    parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N images.")
-    parser.add_argument("--resolution", type=int, default=256, help="Square crop size in pixels (multiple of 64).")
-    parser.add_argument("--random_flip", action="store_true", help="Random horizontal flips.")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="Data loading worker processes.")
+    add_training_args(parser, "data", defaults={"resolution": 256}, helps={"cache_dir": "Where datasets are cached."})
     # optimisation
-    parser.add_argument("--train_batch_size", type=int, default=8, help="Batch size per device.")
-    parser.add_argument("--max_train_steps", type=int, default=1000, help="Total optimisation steps.")
+    add_training_args(
+        parser,
+        "training",
+        defaults={"train_batch_size": 8, "max_train_steps": 1000},
+        helps={
+            "mixed_precision": "Autocast precision (entropy models stay float32).",
+        },
+    )
     parser.add_argument(
         "--max_train_minutes",
         type=float,
         default=None,
         help="Also stop (and save) after this many minutes of training (small machines).",
     )
-    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate.")
-    parser.add_argument("--lr_warmup_steps", type=int, default=0, help="Linear warm-up steps.")
     parser.add_argument(
         "--lr_decay_start",
         type=float,
         default=0.9,
         help="Fraction of max_train_steps after which the learning rate is divided by 10.",
     )
-    parser.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
-    parser.add_argument(
-        "--mixed_precision",
-        type=str,
-        default=None,
-        choices=["no", "fp16", "bf16"],
-        help="Autocast precision (entropy models stay float32).",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of everything random (init, crops, noise).")
     # outputs
-    parser.add_argument("--output_dir", type=str, required=True, help="Where the model and checkpoints go.")
-    parser.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder inside output_dir.")
-    parser.add_argument("--report_to", type=str, default="none", help='"tensorboard", "wandb", "all" or "none".')
+    add_training_args(parser, "outputs", defaults={"report_to": "none"}, required=["output_dir"])
     parser.add_argument("--logging_steps", type=int, default=20, help="Print the running losses every N steps.")
-    parser.add_argument("--checkpointing_steps", type=int, default=500, help="Save a checkpoint-{step} every N steps.")
-    parser.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most N checkpoints.")
-    parser.add_argument("--resume_from_checkpoint", type=str, default=None, help='"latest" or a checkpoint folder.')
     args = parser.parse_args(input_args)
     if args.resolution % CorrDiffConfig.pad_multiple:
         parser.error(f"--resolution must be a multiple of {CorrDiffConfig.pad_multiple}")

@@ -1,9 +1,10 @@
-"""Library side of the training scripts in ``training/``: data, checkpoints, loop pieces, validation and cards.
+"""Library side of the training scripts in ``training/``: shared flags, data, checkpoints, loop, validation, cards.
 
 The scripts keep only their loop and CLI; everything they share lives here and is tested here. Nothing in this
 package reads an argparse ``Namespace``: the scripts pass plain values.
 """
 
+from .args import TRAINING_ARG_GROUPS, TRAINING_ARGS, add_training_args
 from .checkpoints import (
     checkpoint_folders,
     checkpoint_step,
@@ -38,7 +39,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "PreparedModel",
     "RandomCropImageDataset",
+    "TRAINING_ARGS",
+    "TRAINING_ARG_GROUPS",
     "VALIDATION_METRICS",
+    "add_training_args",
     "build_optimizer",
     "checkpoint_folders",
     "checkpoint_step",
