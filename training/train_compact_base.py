@@ -353,6 +353,8 @@ def main(args):
         pipe = RPPreprocessPipeline(vae=vae, unet=unet, scheduler=scheduler, timestep=args.timestep, residual=True)
         pipe._prompt_embeds = embeds
         pipe.save_pretrained(output_dir)
+        # An exact autoencoder scores an infinite 8-bit PSNR: write it as a string (JSON has no Infinity)
+        metrics = {k: "inf (8-bit identical)" if v == math.inf else v for k, v in metrics.items()}
         (output_dir / "stage1_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     accelerator.end_training()
 
