@@ -41,6 +41,7 @@ from rp_diffusers.training_utils import (
     checkpoint_step,
     codec_validation,
     collate_images,
+    epoch_loader,
     is_sharded,
     list_images,
     load_image_dataset,
@@ -51,9 +52,9 @@ from rp_diffusers.training_utils import (
     render_training_card,
     resolve_resume_checkpoint,
     resume_position,
-    rotate_checkpoints,
     save_args,
     save_trainable_weights,
+    save_training_state,
     step_generator,
     stop_on_signals,
 )
@@ -353,19 +354,15 @@ def main(args):
 
     # 6. Training loop
     def save_checkpoint(step):
-        if accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED:
-            rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
-            accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{step}"))
+        save_training_state(accelerator, args.output_dir, step, args.checkpoints_total_limit)
 
     stopped = False
     with stop_on_signals(accelerator):
         for epoch in range(first_epoch, args.num_train_epochs):
             unet_prepared.train()
-            train_dataset.set_epoch(epoch)
-            train_dataloader.set_epoch(epoch)
-            loader, offset = train_dataloader, 0
-            if epoch == first_epoch and skip_batches > 0:
-                loader, offset = accelerator.skip_first_batches(train_dataloader, skip_batches), skip_batches
+            loader, offset = epoch_loader(
+                accelerator, train_dataset, train_dataloader, epoch, first_epoch, skip_batches
+            )
             for index, batch in enumerate(loader, start=offset):
                 generator = step_generator(args.seed, accelerator.process_index, epoch, index)
                 image = batch["pixel_values"].to(accelerator.device)

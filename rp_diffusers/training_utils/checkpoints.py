@@ -105,6 +105,30 @@ def resume_position(
     return epoch, (global_step - epoch * update_steps_per_epoch) * gradient_accumulation_steps
 
 
+def save_training_state(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None) -> Path:
+    """Save Accelerate's full state to ``output_dir/checkpoint-{step}`` after rotating old checkpoints.
+
+    Runs on the main process, and on every process under DeepSpeed (which writes its own shards).
+    """
+    from accelerate.utils import DistributedType
+
+    folder = Path(output_dir) / f"checkpoint-{step}"
+    if accelerator.is_main_process or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        rotate_checkpoints(output_dir, total_limit)
+        accelerator.save_state(str(folder))
+    return folder
+
+
+def epoch_loader(accelerator, dataset, dataloader, epoch: int, first_epoch: int, skip_batches: int):
+    """Start ``epoch``: set it on the dataset and the dataloader (new crops, new order) and return
+    ``(loader, first_index)``; the first epoch of a resumed run skips the batches it had already consumed."""
+    dataset.set_epoch(epoch)
+    dataloader.set_epoch(epoch)
+    if epoch == first_epoch and skip_batches > 0:
+        return accelerator.skip_first_batches(dataloader, skip_batches), skip_batches
+    return dataloader, 0
+
+
 @contextlib.contextmanager
 def stop_on_signals(accelerator, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)):
     """While active, SIGTERM / SIGUSR1 (cluster preemption, ``kill``) ask the loop to checkpoint and stop.
