@@ -52,6 +52,7 @@ def parse_args(input_args=None):
     parser.add_argument("--num_validation_images", type=int, default=13, help="Validation images (first N).")
     parser.add_argument("--weights_dir", type=str, default=None, help="Proxy weights folder (default: shipped).")
     parser.add_argument("--workers", type=int, default=2, help="Processes running the real codec.")
+    parser.add_argument("--records_out", type=str, default=None, help="Also save the (pixels, q, proxy, real) rows.")
     parser.add_argument("--dry_run", action="store_true", help="Print the fit, do not write the JSON.")
     return parser.parse_args(input_args)
 
@@ -107,6 +108,8 @@ def main(args) -> dict:
         for (_, image, q), real_bits in zip(jobs, real):
             bits = float(proxy(pil_to_tensor(image), float(q)).bits[0])
             records.append((image.width * image.height, (q - lo) / (hi - lo), bits, real_bits))
+    if args.records_out:
+        Path(args.records_out).write_text(json.dumps(records) + "\n")
     fit = fit_rate_calibration(records)
     fit["data"] = (
         f"{len(files)} photographs of {args.train_data_dir}: whole (width {args.whole_width}) + centre crops "
