@@ -35,3 +35,18 @@ def train_dir() -> Path:
 @pytest.fixture(scope="session")
 def val_dir() -> Path:
     return _data_dir("val-set14")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module, restored afterwards.
+
+    Tiny models run fastest on one thread; on a shared 2-core machine two threads spin against each other (10-100x
+    the CPU time). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

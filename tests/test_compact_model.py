@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from rp_diffusers.default_model import has_default_model, resolve_model
 from rp_diffusers.metrics import psnr
@@ -19,12 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 MIN_BASE_PSNR_MEASURED = 45.27
 MIN_BASE_PSNR = MIN_BASE_PSNR_MEASURED - 1.5
 
-pytestmark = pytest.mark.skipif(not has_default_model(), reason="the compact default model is not in this checkout")
+pytestmark = [
+    pytest.mark.skipif(not has_default_model(), reason="the compact default model is not in this checkout"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.set_num_threads(1)
     pipeline = RPPreprocessPipeline.from_pretrained(resolve_model("default"))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

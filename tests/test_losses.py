@@ -15,14 +15,7 @@ from rp_diffusers.losses import (
 )
 from rp_diffusers.surrogates import SurrogateOutput
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors run fastest on one thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_sid_generator_loss_alpha_one_by_hand():

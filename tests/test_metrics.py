@@ -41,13 +41,7 @@ FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "metrics_reference.js
 SEED = FIXTURE["seed"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against each other (10x the CPU time)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

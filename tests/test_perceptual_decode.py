@@ -26,7 +26,7 @@ from rp_diffusers.decode.solvers import DPSGuidance, karras_sigmas, sample_dpmpp
 from rp_diffusers.pipelines.perceptual_decode import PerceptualDecodePipeline, enhance_images
 from rp_diffusers.utils.testing import save_tiny_sd, tiny_sd_components
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Gaussian toy world (model space [-1, 1]): data x ~ N(0, S^2); codec y = x + N(0, C^2); MMSE decode k * y.
 S, C = 0.2, 0.1

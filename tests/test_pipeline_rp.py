@@ -35,13 +35,7 @@ def _np(pipe, image, **kwargs) -> np.ndarray:
     return pipe(image, output_type="np", **kwargs).images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on a shared, busy machine spin-wait (10-100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
