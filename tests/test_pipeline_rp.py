@@ -15,6 +15,7 @@ from rp_diffusers.adapters import (
     rp_lora_config,
     save_rp_adapter,
 )
+from rp_diffusers.models.subpixel_upsample import SubpixelUpsample2D
 from rp_diffusers.pipelines import RPPreprocessPipeline, RPPreprocessPipelineOutput
 from rp_diffusers.utils import ImageLoadError
 from rp_diffusers.utils.testing import save_tiny_sd
@@ -230,8 +231,10 @@ def test_pipeline_optimize_for_cpu_exact_and_bf16_modes(stock_dir):
     image = _image(20, 28)
     expected = _np(_pipe(stock_dir), image)
     exact = _pipe(stock_dir)
-    exact.optimize_for_cpu(vae_dtype=None)  # channels-last only
+    exact.optimize_for_cpu(vae_dtype=None)  # channels-last and sub-pixel upsampling, both exact up to rounding
     assert exact.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    switched = [m for m in exact.components.values() if isinstance(m, torch.nn.Module) for m in m.modules()]
+    assert sum(isinstance(m, SubpixelUpsample2D) for m in switched) >= 2  # the VAE's and the UNet's upsamplers
     np.testing.assert_allclose(_np(exact, image), expected, atol=1e-5)
     fast = _pipe(stock_dir)
     fast.optimize_for_cpu()

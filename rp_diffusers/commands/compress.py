@@ -52,9 +52,10 @@ def load_preprocessor(model: str, device: str | None = None, dtype: str = "float
 
     from ..default_model import resolve_model
     from ..pipelines import RPPreprocessPipeline
+    from ..utils.hub import dtype_kwargs
 
     model = resolve_model(model)  # "default" -> the compact model shipped in rp_diffusers/assets/default_model
-    kwargs = {} if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
+    kwargs = dtype_kwargs(getattr(torch, dtype))
     try:
         pipe = RPPreprocessPipeline.from_pretrained(model, **kwargs)
     except OSError as error:

@@ -61,10 +61,10 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
     import torch
 
     from ..pipelines.perceptual_decode import PerceptualDecodePipeline
+    from ..utils.hub import dtype_kwargs
 
     try:
-        # float32 is the default; other dtypes go through torch_dtype, which every diffusers >= 0.30 accepts
-        kwargs = {} if dtype == "float32" else {"torch_dtype": getattr(torch, dtype)}
+        kwargs = dtype_kwargs(getattr(torch, dtype))  # dtype= on recent diffusers, torch_dtype= on older ones
         pipe = PerceptualDecodePipeline.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as error:
         raise RuntimeError(

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..adapters import RPLoraLoaderMixin, base_weights_only, resolve_optional_file
 from ..models import one_step_map
+from ..models.subpixel_upsample import use_subpixel_upsampling
 from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
 from ..utils.tiling import crop_to_size, pad_to_multiple, padded_size, tile_starts, tiled_apply
 
@@ -33,7 +34,7 @@ EXAMPLE_DOC_STRING = """
         >>> from rp_diffusers import RPPreprocessPipeline
         >>> from rp_diffusers.codecs import get_codec
 
-        >>> pipe = RPPreprocessPipeline.from_pretrained("stabilityai/sd-turbo", torch_dtype=torch.float16).to("cuda")
+        >>> pipe = RPPreprocessPipeline.from_pretrained("stabilityai/sd-turbo", dtype=torch.float16).to("cuda")
         >>> pipe.load_lora_weights("path/to/rp_jpeg_lambda_0p5")  # name and operating point from rp_adapter.json
         >>> pre = pipe("kodim01.png", adapter_name="rp_jpeg_lambda_0p5").images[0]  # same size as the input
         >>> result = get_codec("jpeg").run(pre, quality=40)  # an ordinary JPEG file: result.data
@@ -198,7 +199,18 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
         return count[0] * count[1]
 
     # ----------------------------------------------------------------------------------------------- CPU speed
-    def optimize_for_cpu(self, vae_dtype: torch.dtype | None = torch.bfloat16) -> None:
+    def enable_subpixel_upsampling(self) -> int:
+        """Compute every 2x upsampler (nearest 2x, then 3x3 conv) of the VAE and UNet in its exact sub-pixel form.
+
+        Same function, 2.25x fewer FLOPs in those convolutions (about 16% of SD 2.1's VAE decoder); only the
+        summation order differs. Parameters and saved weights are unchanged. Returns how many modules were switched.
+        See :mod:`rp_diffusers.models.subpixel_upsample`.
+        """
+        return sum(use_subpixel_upsampling(model) for model in (self.vae, self.unet) if model is not None)
+
+    def optimize_for_cpu(
+        self, vae_dtype: torch.dtype | None = torch.bfloat16, subpixel_upsampling: bool = True
+    ) -> None:
         """Speed up CPU inference (measured in ``benchmarks/pipeline.py``); call after loading, before inference.
 
         - The VAE's convolutions use the channels-last memory format (oneDNN's fast layout; same numbers up to
@@ -207,6 +219,7 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
           its dtype: the VAE is about two thirds of the work and tolerates bf16, whereas at t* = 999 the x0 formula
           divides the UNet's noise estimate by sqrt(alpha_bar) ~ 0.07, amplifying its rounding errors ~15x.
           ``vae_dtype=None`` keeps the VAE's dtype (exact mode).
+        - ``subpixel_upsampling``: :meth:`enable_subpixel_upsampling` (exact, fewer FLOPs).
 
         Saving afterwards stores the VAE in ``vae_dtype``; save before optimising to keep full-precision weights.
         """
@@ -220,6 +233,8 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
                 logger.warning("this CPU has no native bf16: keeping the VAE in %s", self.vae.dtype)
             else:
                 self.vae.to(dtype=vae_dtype)
+        if subpixel_upsampling:
+            self.enable_subpixel_upsampling()
 
     # --------------------------------------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):

@@ -144,3 +144,20 @@ def stage_pipeline(pipe, folder: str | os.PathLike, card: ModelCard, extra_files
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
     return folder
+
+
+def dtype_kwargs(dtype) -> dict:
+    """The ``from_pretrained`` keyword for a dtype: ``dtype=`` where diffusers has it, else ``torch_dtype=``.
+
+    Recent diffusers renamed ``torch_dtype`` to ``dtype`` and warns on the old name; older releases only know
+    ``torch_dtype``. ``None`` (or float32, the default) passes nothing.
+    """
+    import torch
+
+    if dtype is None or dtype == torch.float32:
+        return {}
+    try:
+        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
