@@ -164,6 +164,9 @@ def main(args: argparse.Namespace) -> dict:
             }
             path.write_text(json.dumps(metadata, indent=2) + "\n")
     output = Path(args.output)
+    if output.is_file():  # a run on some codecs keeps the other codecs' rows
+        kept = [r for r in json.loads(output.read_text()).get("results", []) if r.get("codec") not in names]
+        report["results"] = kept + rows
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     return report

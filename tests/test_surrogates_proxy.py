@@ -15,9 +15,11 @@ from rp_diffusers.surrogates import SurrogateOutput, available_surrogates, get_s
 from rp_diffusers.surrogates.proxy import (
     WEIGHTS_DIR,
     CodecProxySurrogate,
+    RATE_TERMS,
     fit_rate_calibration,
     load_proxy,
     measure_fidelity,
+    noise_level,
     proxy_qualities,
     rate_correction,
 )
@@ -173,6 +175,48 @@ def test_rate_calibration_fit_recovers_a_known_correction():
         fit_rate_calibration(records[:3])
 
 
+def test_noise_level_estimates_the_luma_noise():
+    """Donoho's estimate on the 0-255 scale: about sigma for white noise on a smooth image, ~0 for a flat one."""
+    generator = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 128), torch.linspace(0, 1, 160), indexing="ij")
+    smooth = (0.3 + 0.4 * xx * yy).expand(1, 3, 128, 160)
+    noisy = smooth + torch.randn(1, 1, 128, 160, generator=generator).expand(1, 3, 128, 160) * (6 / 255)
+    levels = noise_level(torch.cat([smooth, noisy.clamp(0, 1)]))
+    assert levels.shape == (2,) and not levels.requires_grad
+    assert math.exp(levels[0]) - 0.05 < 0.1
+    assert math.exp(levels[1]) - 0.05 == pytest.approx(6, rel=0.1)
+    assert noise_level(torch.rand(2, 3, 1, 5)).tolist() == [0.0, 0.0]  # too small for a 2x2 Haar step
+
+
+def test_rate_calibration_with_noise_and_quality_squared_terms():
+    """The richer model (quality squared, noise level and their products) is recovered exactly and applied."""
+    rng = np.random.default_rng(1)
+    true = {"1": -0.1, "log_pixels": 0.02, "q": 0.3, "q2": -0.4, "noise": 0.05, "noise*q": 0.2, "noise*q2": -0.1}
+    records = []
+    for pixels in (192 * 192, 768 * 512):
+        for q in (0.1, 0.4, 0.6, 0.9):
+            for noise in (-1.0, 0.5, 1.5):
+                proxy_bits = float(rng.uniform(1e4, 1e6))
+                terms = {"1": 1, "log_pixels": math.log(pixels), "q": q, "q2": q * q, "noise": noise}
+                terms.update({"noise*q": noise * q, "noise*q2": noise * q * q})
+                log_ratio = sum(true[k] * terms[k] for k in true)
+                records.append((pixels, q, proxy_bits, proxy_bits * math.exp(log_ratio), noise))
+    fit = fit_rate_calibration(records, RATE_TERMS)
+    assert fit["terms"] == list(RATE_TERMS) and fit["rms_log_residual"] < 1e-5
+    assert fit["coef"][2:] == pytest.approx([true[k] for k in RATE_TERMS[2:]], abs=1e-4)
+    image = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="pass the image"):
+        rate_correction(fit, 256, torch.tensor([0.5]))
+    q = torch.tensor([0.5], requires_grad=True)
+    correction = rate_correction(fit, 256, q, image)
+    (grad,) = torch.autograd.grad(correction.sum(), q)  # still differentiable in the quality
+    assert bool(torch.isfinite(grad).all()) and float(grad.abs()) > 0
+    with pytest.raises(ValueError, match="fifth column"):
+        fit_rate_calibration([r[:4] for r in records], RATE_TERMS)
+    with pytest.raises(ValueError, match="unknown rate calibration term"):
+        rate_correction({**fit, "terms": ["1", "bogus"], "coef": [0.0, 0.0]}, 256, q, image)
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_proxies_apply_their_rate_calibration(name, proxies):
     """Every shipped proxy carries a size/quality calibration fitted on training photographs, and applies it."""
@@ -189,4 +233,4 @@ def test_shipped_proxies_apply_their_rate_calibration(name, proxies):
         proxy.rate_calibration = saved
     lo, hi = proxy.quality_range
     q_norm = torch.tensor([(proxy.default_quality - lo) / (hi - lo)])
-    assert calibrated == pytest.approx(raw * float(rate_correction(saved, 40 * 56, q_norm)[0]), rel=1e-5)
+    assert calibrated == pytest.approx(raw * float(rate_correction(saved, 40 * 56, q_norm, image)[0]), rel=1e-5)

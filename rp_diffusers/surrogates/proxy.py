@@ -88,7 +88,8 @@ class CodecProxySurrogate(CodecSurrogate):
         q_norm = ((quality - lo) / (hi - lo)).to(param.dtype)
         recon, bits = self.net(image.to(param.dtype), q_norm)
         recon = recon + (recon.clamp(0, 1) - recon).detach()  # real decodes are clipped; keep the gradient
-        bits = bits.float() * rate_correction(self.rate_calibration, image.shape[-2] * image.shape[-1], q_norm)
+        pixels = image.shape[-2] * image.shape[-1]
+        bits = bits.float() * rate_correction(self.rate_calibration, pixels, q_norm, image)
         return SurrogateOutput(reconstruction=recon.to(image.dtype), bits=bits)
 
     @classmethod
@@ -139,42 +140,110 @@ class CodecProxySurrogate(CodecSurrogate):
         return path
 
 
-def rate_correction(calibration: dict | None, pixels: int, q_norm: torch.Tensor) -> torch.Tensor:
-    """Multiplicative size correction ``exp(a + b * (log(pixels) - log_pixels_ref) + c * q_norm)``, (N,) float32.
+BASE_TERMS = ("1", "log_pixels", "q")
+RATE_TERMS = ("1", "log_pixels", "q", "q2", "noise", "noise*q", "noise*q2")
 
-    The proxy's rate head is fitted on crops; ``fit_rate_calibration`` measures its bias on whole (resized) and
-    cropped training photographs at several qualities. On the shipped proxies the size term came out near zero
-    (|b| < 0.02) and the correction is mostly a quality-dependent bias (WebP: x0.75 at quality 0, x0.99 at 100).
-    ``None`` means no correction (1).
+
+def noise_level(image: torch.Tensor) -> torch.Tensor:
+    """``log(sigma + 0.05)`` per image (N,), float32, no gradient: the luma noise level on the 0-255 scale.
+
+    ``sigma`` is Donoho's robust estimate, ``median(|HH|) / 0.6745`` of the finest diagonal Haar coefficients of
+    the luma. It is the content feature of the ``noise`` calibration terms: how much of an image's detail sits at
+    the level a quantiser can remove. Clean, smooth photographs (low sigma) are cheaper for VVC at mid qualities
+    than the proxy, fitted on crops of JPEG-compressed photographs, predicts.
+    """
+    with torch.no_grad():
+        x = image.detach().float() * 255.0
+        luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+        height, width = luma.shape[-2] // 2 * 2, luma.shape[-1] // 2 * 2
+        if height == 0 or width == 0:
+            return torch.zeros(image.shape[0], device=image.device)
+        luma = luma[:, :height, :width]
+        diagonal = (luma[:, 0::2, 0::2] - luma[:, 1::2, 0::2] - luma[:, 0::2, 1::2] + luma[:, 1::2, 1::2]) / 2
+        sigma = diagonal.abs().flatten(1).median(dim=1).values / 0.6745
+        return torch.log(sigma + 0.05)
+
+
+def _rate_design(terms, log_size, q_norm, noise):
+    """The columns of the calibration's linear model, one per term name in ``terms``."""
+    columns = []
+    for term in terms:
+        factors = term.split("*")
+        value = 1.0
+        for factor in factors:
+            if factor == "1":
+                continue
+            if factor == "log_pixels":
+                value = value * log_size
+            elif factor in ("q", "q2"):
+                value = value * (q_norm if factor == "q" else q_norm * q_norm)
+            elif factor == "noise":
+                if noise is None:
+                    raise ValueError("this rate calibration has noise terms: pass the image")
+                value = value * noise
+            else:
+                raise ValueError(f"unknown rate calibration term {term!r}; known: {RATE_TERMS}")
+        columns.append(value)
+    return columns
+
+
+def rate_correction(
+    calibration: dict | None, pixels: int, q_norm: torch.Tensor, image: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multiplicative size correction ``exp(sum_k coef_k * term_k)``, (N,) float32, no gradient through the terms.
+
+    ``calibration["terms"]`` names the terms (default ``1, log_pixels, q``: ``log_pixels`` is ``log(pixels) -
+    log_pixels_ref``, ``q`` the normalised quality, ``q2`` its square, ``noise`` :func:`noise_level` of ``image``,
+    ``a*b`` a product). The proxy's rate head is fitted on crops; ``fit_rate_calibration`` measures its bias on
+    whole (resized) and cropped training photographs at several qualities. ``None`` means no correction (1).
     """
     q_norm = q_norm.float()
     if calibration is None:
         return torch.ones_like(q_norm)
-    a, b, c = calibration["coef"]
+    terms = calibration.get("terms", BASE_TERMS)
     log_size = math.log(max(pixels, 1)) - calibration["log_pixels_ref"]
-    return torch.exp(a + b * log_size + c * q_norm)
+    noise = None
+    if any("noise" in term for term in terms):
+        if image is None:
+            raise ValueError("this rate calibration has noise terms: pass the image")
+        noise = noise_level(image).to(q_norm.device)
+    columns = _rate_design(terms, log_size, q_norm, noise)
+    total = sum(coef * column for coef, column in zip(calibration["coef"], columns))
+    return torch.exp(torch.as_tensor(total, dtype=torch.float32, device=q_norm.device).expand_as(q_norm)).clone()
 
 
-def fit_rate_calibration(records: list[tuple[int, float, float, float]]) -> dict:
-    """Least-squares fit of ``log(real / proxy) = a + b * (log(pixels) - ref) + c * q_norm``.
+def fit_rate_calibration(records: list[tuple], terms: tuple[str, ...] = BASE_TERMS) -> dict:
+    """Least-squares fit of ``log(real / proxy) = sum_k coef_k * term_k`` (see :func:`rate_correction`).
 
     Args:
-        records: ``(pixels, q_norm, proxy_bits, real_bits)`` rows, proxy bits measured WITHOUT any calibration,
-            from training photographs (never the test set) at several sizes and qualities.
+        records: ``(pixels, q_norm, proxy_bits, real_bits)`` rows, plus ``noise_level`` as a fifth column when
+            ``terms`` use it; proxy bits measured WITHOUT any calibration, from training photographs (never the
+            test set) at several sizes and qualities.
+        terms: the model's terms (``BASE_TERMS`` or a subset of ``RATE_TERMS``).
 
     Returns:
-        ``{"coef": [a, b, c], "log_pixels_ref": ref, "n": rows, "rms_log_residual": ..., "rms_log_before": ...}``.
+        ``{"terms": [...], "coef": [...], "log_pixels_ref": ref, "n": rows, "rms_log_residual": ...,
+        "rms_log_before": ...}``.
     """
-    if len(records) < 4:
-        raise ValueError(f"need at least 4 (pixels, q, proxy, real) records to fit 3 coefficients, got {len(records)}")
+    terms = tuple(terms)
+    if len(records) < len(terms) + 1:
+        raise ValueError(
+            f"need at least {len(terms) + 1} (pixels, q, proxy, real) records to fit {len(terms)} coefficients, "
+            f"got {len(records)}"
+        )
     rows = np.asarray(records, dtype=np.float64)
+    uses_noise = any("noise" in term for term in terms)
+    if uses_noise and rows.shape[1] < 5:
+        raise ValueError("noise terms need a fifth column (noise_level) in every record")
     log_pixels, q_norm = np.log(rows[:, 0]), rows[:, 1]
     ref = float(np.mean(log_pixels))
     target = np.log(rows[:, 3] / rows[:, 2])
-    design = np.stack([np.ones_like(q_norm), log_pixels - ref, q_norm], axis=1)
+    columns = _rate_design(terms, log_pixels - ref, q_norm, rows[:, 4] if uses_noise else None)
+    design = np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), q_norm.shape) for c in columns], axis=1)
     coef, *_ = np.linalg.lstsq(design, target, rcond=None)
     residual = target - design @ coef
     return {
+        "terms": list(terms),
         "coef": [round(float(v), 6) for v in coef],
         "log_pixels_ref": round(ref, 6),
         "n": int(len(rows)),
