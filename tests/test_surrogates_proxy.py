@@ -13,9 +13,9 @@ from PIL import Image
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.surrogates import SurrogateOutput, available_surrogates, get_surrogate
 from rp_diffusers.surrogates.proxy import (
+    RATE_TERMS,
     WEIGHTS_DIR,
     CodecProxySurrogate,
-    RATE_TERMS,
     fit_rate_calibration,
     load_proxy,
     measure_fidelity,

@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.surrogates.proxy import (
-    WEIGHTS_DIR,
     BASE_TERMS,
     RATE_TERMS,
+    WEIGHTS_DIR,
     fit_rate_calibration,
     load_proxy,
     measure_fidelity,
