@@ -24,6 +24,7 @@ import resource
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,52 @@ def large_worker(dtype_name: str, width: int, height: int, optimize: bool) -> di
     }
 
 
+def roofline(dtype_name: str, width: int, height: int, plain_seconds: float | None = None) -> dict:
+    """How far an exact rewrite can go: FLOPs of the plain path and of ours, against this CPU's measured conv peak.
+
+    FLOPs are counted by ``torch.utils.flop_counter`` on meta tensors (no compute). The peak is the best of three
+    channels-last 3x3 convolutions of SD's VAE shapes in ``dtype``, the op that is 80-85% of the plain path's time.
+    ``floor_s`` is the time if every FLOP ran at that peak and nothing else cost anything.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rp_diffusers.models.subpixel_upsample import use_subpixel_upsampling
+
+    vae, unet, scheduler, embeds = sd21_components(torch.float32)
+    vae, unet, embeds = vae.to("meta"), unet.to("meta"), embeds.to("meta")
+    image = torch.zeros(1, 3, height, width, device="meta")
+
+    def count() -> float:
+        with FlopCounterMode(display=False) as counter:
+            plain_diffusers(vae, unet, scheduler, image, embeds)
+        return float(counter.get_total_flops())
+
+    flops_plain = count()
+    use_subpixel_upsampling(vae), use_subpixel_upsampling(unet)
+    flops_ours = count()
+    dtype = DTYPES[dtype_name]
+    peak = 0.0
+    with torch.no_grad():
+        for channels, h, w in ((128, height, width), (256, height // 2, width // 2), (512, height // 4, width // 4)):
+            conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(dtype).to(memory_format=torch.channels_last)
+            x = torch.randn(1, channels, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            conv(x)
+            for _ in range(3):
+                seconds, _ = timed(partial(conv, x))
+                peak = max(peak, 2 * 9 * channels * channels * h * w / seconds)
+    row = {
+        "tflop_plain": round(flops_plain / 1e12, 3),
+        "tflop_ours": round(flops_ours / 1e12, 3),
+        "conv_peak_gflops": round(peak / 1e9, 1),
+        "floor_s_plain": round(flops_plain / peak, 2),
+        "floor_s_ours": round(flops_ours / peak, 2),
+    }
+    if plain_seconds:
+        row["plain_gflops_achieved"] = round(flops_plain / plain_seconds / 1e9, 1)
+        row["max_exact_speedup"] = round(plain_seconds / row["floor_s_ours"], 2)
+    return row
+
+
 def machine(load_before: float) -> dict:
     """Where a row was measured: the machine is shared, so the 1-minute load average before and after is kept."""
     return {
@@ -234,6 +281,15 @@ def print_table(results: dict) -> None:
             f"{row['diff_default_vs_plain']['max_abs']:>12.1e}{row['diff_optimized_vs_plain']['psnr_db']:>13.1f}  "
             + ", ".join(f"{r:.2f}" for r in row["speedup_optimized_per_repeat"])
         )
+    for row in speed_rows.values():
+        if "roofline" in row:
+            r = row["roofline"]
+            print(
+                f"roofline {row['dtype']}: {r['tflop_plain']} TFLOP plain, {r['tflop_ours']} ours; conv peak "
+                f"{r['conv_peak_gflops']} GFLOP/s; plain runs at {r.get('plain_gflops_achieved', 'n/a')} GFLOP/s; "
+                f"floor {r['floor_s_ours']} s -> at most {r.get('max_exact_speedup', 'n/a')}x without fewer FLOPs "
+                "or lower precision"
+            )
     for key, large in results.get("large", {}).items():
         print(
             f"\ntiled {key}: {large['tiles']} tiles of {large['tile_size']} px, {large['seconds']:.0f} s, "
@@ -254,6 +310,8 @@ def main(args) -> int:
         load_before = os.getloadavg()[0]
         speed_rows[dtype_name] = speed(dtype_name, *parse_size(args.size), args.repeats)
         speed_rows[dtype_name]["machine"] = machine(load_before)
+        plain_seconds = float(np.median(speed_rows[dtype_name]["seconds"]["plain"]))
+        speed_rows[dtype_name]["roofline"] = roofline(dtype_name, *parse_size(args.size), plain_seconds)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
     if args.large_size.lower() != "none":
