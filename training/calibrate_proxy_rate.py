@@ -10,9 +10,10 @@ fits ``log(real / proxy) = a + b * (log(pixels) - ref) + c * q_norm`` by least s
 the useful part is the quality-dependent bias (WebP's default-quality Kodak error 23% -> 14%, VVC 22% -> 17%).
 
 ``--terms`` adds quality-squared and noise-level terms (``rate_correction``; the noise level is measured on the input
-image). They are chosen per codec on val-set14, never on Kodak. VVC uses them: the training photographs are
-JPEG-compressed, and on clean low-noise photographs the raw VVC proxy over-estimates mid-quality sizes (val-set14 at
-the default quality 16.4% -> 9.3%; then measured once on Kodak: 16.7% -> 10.5%).
+image). They are chosen per codec on val-set14 by ``select_proxy_calibration.py``, never on Kodak. VVC, WebP and
+HEIC use them: the training photographs are JPEG-compressed, and on clean low-noise photographs the raw proxies
+over-estimate mid-quality sizes (VVC on val-set14 at the default quality 16.4% -> 9.3%; then measured once on
+Kodak: 16.7% -> 10.5%).
 
     python training/calibrate_proxy_rate.py --codec vvc --train_data_dir ../shared/data/train-sunhays80 \
         --num_images 16 --whole_width 512 --terms "1,log_pixels,q,q2,noise,noise*q,noise*q2" \
