@@ -234,3 +234,40 @@ def test_shipped_proxies_apply_their_rate_calibration(name, proxies):
     lo, hi = proxy.quality_range
     q_norm = torch.tensor([(proxy.default_quality - lo) / (hi - lo)])
     assert calibrated == pytest.approx(raw * float(rate_correction(saved, 40 * 56, q_norm, image)[0]), rel=1e-5)
+
+
+def test_calibrate_and_select_proxy_calibration_scripts(tmp_path, monkeypatch):
+    """calibrate_proxy_rate.py writes noise-aware records; select_proxy_calibration.py compares the forms on them."""
+    monkeypatch.syspath_prepend(str(REPO / "training"))
+    calibrate = importlib.import_module("calibrate_proxy_rate")
+    select = importlib.import_module("select_proxy_calibration")
+    rng = np.random.default_rng(0)
+    for folder, count in (("train", 2), ("val", 2)):
+        (tmp_path / folder).mkdir()
+        for index in range(count):
+            noise = rng.normal(0, 4 + 8 * index, (60, 80, 3))
+            base = np.linspace(40, 200, 80)[None, :, None] + np.zeros((60, 80, 3))
+            Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(tmp_path / folder / f"{index}.png")
+    records_path = tmp_path / "records.json"
+    terms = ",".join(RATE_TERMS)
+    args = calibrate.parse_args(
+        ["--codec", "webp", "--train_data_dir", str(tmp_path / "train"), "--num_images", "2", "--whole_width", "64"]
+        + ["--crops", "48", "32", "--workers", "1", "--terms", terms, "--records_out", str(records_path), "--dry_run"]
+    )
+    fit = calibrate.main(args)
+    records = json.loads(records_path.read_text())
+    assert len(records) == 18 and all(len(r) == 5 for r in records)  # 2 photos x 3 views x 3 qualities, + noise
+    assert fit["terms"] == list(RATE_TERMS) and fit["n"] == 18
+    assert records[9][4] > records[0][4]  # the second photograph is the noisier one
+    output = tmp_path / "selection.json"
+    table = select.main(
+        select.parse_args(
+            ["--codec", "webp", "--records", str(records_path), "--validation_data_dir", str(tmp_path / "val")]
+            + ["--workers", "1", "--previous", str(WEIGHTS_DIR / "proxy_webp.json"), "--output", str(output)]
+        )
+    )
+    assert set(table) == {"current", "previous", *select.FORMS}
+    for row in table.values():
+        assert set(row["val_median_bits_err_pct"]) == {"0", "75", "95"} and math.isfinite(row["val_rms_log_err"])
+    assert table["+ q2 + noise (7 terms)"]["train_loo_rms_log_err"] > 0
+    assert json.loads(output.read_text())["webp"]["current"]["terms"] == table["current"]["terms"]
