@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _pair(channels=6, out_channels=5, seed=0):
     torch.manual_seed(seed)
-    plain = Upsample2D(channels, use_conv=True, out_channels=out_channels).eval()
+    plain = Upsample2D(channels, use_conv=True, out_channels=out_channels).eval().requires_grad_(False)
     fast = copy.deepcopy(plain)
     assert use_subpixel_upsampling(fast) == 1
     assert isinstance(fast, SubpixelUpsample2D)
@@ -24,21 +24,35 @@ def _pair(channels=6, out_channels=5, seed=0):
 
 @pytest.mark.parametrize("shape", [(2, 6, 7, 5), (1, 6, 1, 1), (1, 6, 8, 13)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_subpixel_matches_upsample2d_in_float64(shape, channels_last):
+def test_subpixel_matches_upsample2d_in_float64(shape, channels_last, monkeypatch):
     plain, fast = _pair()
     plain.double(), fast.double()
     x = torch.randn(*shape, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    out = fast(x)
+    expected = plain(x)
+    with monkeypatch.context() as patch:  # the sub-pixel path never upsamples
+        patch.setattr(torch.nn.functional, "interpolate", lambda *a, **k: pytest.fail("fell back to interpolate"))
+        out = fast(x)
     assert out.shape == (shape[0], 5, 2 * shape[2], 2 * shape[3])
-    torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     if shape[2] * shape[3] > 1:  # a 1x1 map is contiguous in both layouts
         assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def test_subpixel_trainable_weights_still_get_gradients():
+    """A convolution being trained runs the original forward, so its weights receive their gradient."""
+    plain, fast = _pair()
+    plain.requires_grad_(True), fast.requires_grad_(True)
+    x = torch.randn(1, 6, 4, 5)
+    plain(x).square().sum().backward()
+    fast(x).square().sum().backward()
+    torch.testing.assert_close(fast.conv.weight.grad, plain.conv.weight.grad, rtol=1e-5, atol=1e-5)
+
+
 def test_subpixel_gradients_match():
     plain, fast = _pair()
+    # frozen weights (as _pair makes them): the sub-pixel path runs and passes gradients to the input
     x = torch.randn(2, 6, 5, 9, requires_grad=True)
     (grad_plain,) = torch.autograd.grad(plain(x).square().sum(), x)
     (grad_fast,) = torch.autograd.grad(fast(x).square().sum(), x)

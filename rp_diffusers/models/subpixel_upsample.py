@@ -45,8 +45,9 @@ class SubpixelUpsample2D(Upsample2D):
 
     Instances are made by :func:`use_subpixel_upsampling`, which switches the class of existing modules so that their
     parameters, hooks and state-dict keys stay as they are. Cases the rewrite does not cover (a requested
-    ``output_size`` other than 2x, a norm, a transposed convolution, a non-3x3 or LoRA-wrapped convolution) run the
-    original forward.
+    ``output_size`` other than 2x, a norm, a transposed convolution, a non-3x3 or LoRA-wrapped convolution, or a
+    convolution being trained, whose weights need gradients the summed kernel cannot pass back) run the original
+    forward. Gradients with respect to the input flow through either path.
     """
 
     def refresh_subpixel_kernel(self) -> None:
@@ -70,6 +71,8 @@ class SubpixelUpsample2D(Upsample2D):
             return super().forward(hidden_states, output_size, *args, **kwargs)
         if type(self.conv) is not nn.Conv2d:  # e.g. a LoRA layer injected after the switch
             return super().forward(hidden_states, output_size)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.conv.parameters()):
+            return super().forward(hidden_states, output_size)  # the summed kernel would not pass gradients back
         if self._weight_state() != self._subpixel_source:  # weights moved, cast, loaded or fused since
             self.refresh_subpixel_kernel()
         weight = self.subpixel_weight
