@@ -109,10 +109,8 @@ def leave_one_photo_out(records: list, terms, per_photo: int) -> float:
     for held_out in np.unique(photo):
         fit = fit_rate_calibration([r for r, p in zip(records, photo) if p != held_out], terms)
         for pixels, q_norm, proxy_bits, real_bits, noise in (r for r, p in zip(records, photo) if p == held_out):
-            design = {"1": 1.0, "log_pixels": math.log(pixels) - fit["log_pixels_ref"], "q": q_norm,
-                      "q2": q_norm**2, "noise": noise, "noise*q": noise * q_norm, "noise*q2": noise * q_norm**2}  # fmt: skip
-            predicted = sum(c * design[t] for c, t in zip(fit["coef"], fit["terms"]))
-            residual.append(math.log(real_bits / proxy_bits) - predicted)
+            correction = rate_correction(fit, pixels, torch.tensor([q_norm]), noise=torch.tensor([noise]))
+            residual.append(math.log(real_bits / proxy_bits) - math.log(float(correction[0])))
     return round(float(np.sqrt(np.mean(np.square(residual)))), 4)
 
 

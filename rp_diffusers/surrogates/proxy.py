@@ -179,7 +179,7 @@ def _rate_design(terms, log_size, q_norm, noise):
                 value = value * (q_norm if factor == "q" else q_norm * q_norm)
             elif factor == "noise":
                 if noise is None:
-                    raise ValueError("this rate calibration has noise terms: pass the image")
+                    raise ValueError("this rate calibration has noise terms: pass the image (or its noise level)")
                 value = value * noise
             else:
                 raise ValueError(f"unknown rate calibration term {term!r}; known: {RATE_TERMS}")
@@ -188,25 +188,29 @@ def _rate_design(terms, log_size, q_norm, noise):
 
 
 def rate_correction(
-    calibration: dict | None, pixels: int, q_norm: torch.Tensor, image: torch.Tensor | None = None
+    calibration: dict | None,
+    pixels: int,
+    q_norm: torch.Tensor,
+    image: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Multiplicative size correction ``exp(sum_k coef_k * term_k)``, (N,) float32, no gradient through the terms.
+    """Multiplicative size correction ``exp(sum_k coef_k * term_k)``, (N,) float32, no gradient through the image.
 
     ``calibration["terms"]`` names the terms (default ``1, log_pixels, q``: ``log_pixels`` is ``log(pixels) -
-    log_pixels_ref``, ``q`` the normalised quality, ``q2`` its square, ``noise`` :func:`noise_level` of ``image``,
-    ``a*b`` a product). The proxy's rate head is fitted on crops; ``fit_rate_calibration`` measures its bias on
-    whole (resized) and cropped training photographs at several qualities. ``None`` means no correction (1).
+    log_pixels_ref``, ``q`` the normalised quality, ``q2`` its square, ``noise`` :func:`noise_level` of ``image``
+    (or ``noise`` given directly), ``a*b`` a product). The proxy's rate head is fitted on crops;
+    ``fit_rate_calibration`` measures its bias on whole (resized) and cropped training photographs at several
+    qualities. ``None`` means no correction (1).
     """
     q_norm = q_norm.float()
     if calibration is None:
         return torch.ones_like(q_norm)
     terms = calibration.get("terms", BASE_TERMS)
     log_size = math.log(max(pixels, 1)) - calibration["log_pixels_ref"]
-    noise = None
-    if any("noise" in term for term in terms):
-        if image is None:
-            raise ValueError("this rate calibration has noise terms: pass the image")
-        noise = noise_level(image).to(q_norm.device)
+    if noise is None and image is not None and any("noise" in term for term in terms):
+        noise = noise_level(image)
+    if noise is not None:
+        noise = torch.as_tensor(noise, dtype=torch.float32, device=q_norm.device)
     columns = _rate_design(terms, log_size, q_norm, noise)
     total = sum(coef * column for coef, column in zip(calibration["coef"], columns))
     return torch.exp(torch.as_tensor(total, dtype=torch.float32, device=q_norm.device).expand_as(q_norm)).clone()
