@@ -236,6 +236,19 @@ def test_shipped_proxies_apply_their_rate_calibration(name, proxies):
     assert calibrated == pytest.approx(raw * float(rate_correction(saved, 40 * 56, q_norm, image)[0]), rel=1e-5)
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_proxy_batch_equals_one_image_at_a_time(name, proxies):
+    """Per-image qualities and per-image noise levels (the 7-term calibrations) do not leak across a batch."""
+    proxy = proxies[name]
+    lo, hi = proxy.fitted_quality_range
+    x = torch.rand(3, 3, 24, 40, generator=torch.Generator().manual_seed(0))
+    x[1] = 0.5 + 0.02 * x[1]  # a nearly flat image: a very different noise level
+    quality = torch.tensor([lo, (lo + hi) / 2, hi], dtype=torch.float32)
+    batch = proxy(x, quality).bits
+    single = torch.cat([proxy(x[i : i + 1], quality[i : i + 1]).bits for i in range(3)])
+    torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-3)
+
+
 def test_calibrate_and_select_proxy_calibration_scripts(tmp_path, monkeypatch):
     """calibrate_proxy_rate.py writes noise-aware records; select_proxy_calibration.py compares the forms on them."""
     monkeypatch.syspath_prepend(str(REPO / "training"))
