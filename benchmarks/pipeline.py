@@ -23,6 +23,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -152,13 +153,18 @@ def speedups(runs: dict[str, list[float]]) -> dict[str, float]:
     }
 
 
-def large_worker(dtype_name: str, width: int, height: int, optimize: bool) -> dict:
+def large_worker(
+    dtype_name: str, width: int, height: int, optimize: bool, plain: bool = False, save_output: str | None = None
+) -> dict:
     """Run in a fresh process: resident memory after loading the models, and the peak while one large image runs.
 
-    The peak counter is reset after loading (``/proc/self/clear_refs``), so building the random models in float32
-    before casting them does not count; without that file the peak since start is reported.
+    ``plain`` runs the plain diffusers path on the whole image instead of our (tiled) pipeline. The peak counter is
+    reset after loading (``/proc/self/clear_refs``), so building the random models in float32 before casting them
+    does not count; without that file the peak since start is reported. ``save_output`` writes the output (float16
+    .npy, H x W x 3) for the parent to compare.
     """
     from rp_diffusers import RPPreprocessPipeline
+    from rp_diffusers.utils import pil_to_tensor
 
     vae, unet, scheduler, embeds = sd21_components(DTYPES[dtype_name])
     pipe = RPPreprocessPipeline(vae=vae, unet=unet, scheduler=scheduler)
@@ -167,25 +173,63 @@ def large_worker(dtype_name: str, width: int, height: int, optimize: bool) -> di
     if optimize:
         pipe.optimize_for_cpu()
     image = test_image(width, height)
+    x = pil_to_tensor(image)
     rss_loaded = _rss_gib("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         peak_reset = True
     except OSError:
         peak_reset = False
-    seconds, out = timed(lambda: pipe(image).images[0])
+    if plain:
+        seconds, out = timed(lambda: plain_diffusers(vae, unet, scheduler, x, embeds))
+    else:
+        seconds, out = timed(lambda: pipe(image, output_type="pt").images)
+    if save_output:
+        np.save(save_output, out[0].permute(1, 2, 0).numpy().astype(np.float16))
     return {
+        "path": "plain diffusers" if plain else "ours" + (" + optimize_for_cpu" if optimize else ""),
         "dtype": dtype_name,
         "size": [width, height],
         "optimized": optimize,
-        "tiles": pipe._num_tiles(height, width),
+        "tiles": 1 if plain else pipe._num_tiles(height, width),
         "tile_size": pipe._tile_size,
         "tile_overlap": pipe._tile_overlap,
-        "output_size": list(out.size),
+        "output_size": [int(out.shape[-1]), int(out.shape[-2])],
         "seconds": seconds,
         "rss_gib_models_loaded": rss_loaded,
         "peak_rss_gib": _rss_gib("VmHWM"),
         "peak_counter_reset_after_loading": peak_reset,
+    }
+
+
+def run_worker(args, size: str, dtype_name: str, optimize: bool, plain: bool = False, save_output=None) -> dict:
+    """``large_worker`` in a fresh subprocess (so its peak memory is its own)."""
+    command = [sys.executable, __file__, "--large-worker", "--large-size", size, "--large-dtype", dtype_name]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--optimize"] if optimize else []
+    command += ["--plain"] if plain else []
+    command += ["--save-output", save_output] if save_output else []
+    load_before = os.getloadavg()[0]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["machine"] = machine(load_before)
+    return row
+
+
+def size_comparison(args, size: str, dtype_name: str) -> dict:
+    """Plain diffusers (whole image) vs ours + optimize_for_cpu (tiled above 768 px), each in a fresh process."""
+    with tempfile.TemporaryDirectory() as folder:
+        plain = run_worker(args, size, dtype_name, False, plain=True, save_output=f"{folder}/plain.npy")
+        print(f"  {dtype_name} {size} plain: {plain['seconds']:.1f} s, {plain['peak_rss_gib']:.2f} GiB", flush=True)
+        ours = run_worker(args, size, dtype_name, True, save_output=f"{folder}/ours.npy")
+        print(f"  {dtype_name} {size} ours: {ours['seconds']:.1f} s, {ours['peak_rss_gib']:.2f} GiB", flush=True)
+        a, b = (torch.from_numpy(np.load(f"{folder}/{n}.npy").astype(np.float32)) for n in ("ours", "plain"))
+    return {
+        "plain": plain,
+        "ours_optimized": ours,
+        "speedup": plain["seconds"] / ours["seconds"],
+        "peak_rss_ratio_ours_over_plain": ours["peak_rss_gib"] / plain["peak_rss_gib"],
+        "diff_vs_plain": compare(a, b),
     }
 
 
@@ -263,6 +307,14 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="benchmarks/results/pipeline.json", help="results JSON (merged)")
     parser.add_argument("--large-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--optimize", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sizes",
+        default="none",
+        help="comma-separated WxH: plain vs ours + optimize_for_cpu, latency and peak RSS, each in a fresh process",
+    )
+    parser.add_argument("--sizes-dtype", default="bfloat16", choices=sorted(DTYPES))
     return parser.parse_args(argv)
 
 
@@ -270,7 +322,9 @@ def print_table(results: dict) -> None:
     """The speed table (median seconds; ratios paired per repetition) and the tiled memory rows."""
     speed_rows = results.get("speed", {})
     print(
-        f"\n{'dtype':<10}{'size':>10}{'plain s':>10}{'ours s':>9}{'ours+opt s':>12}{'x default':>11}"
+        ""
+        if not speed_rows
+        else f"\n{'dtype':<10}{'size':>10}{'plain s':>10}{'ours s':>9}{'ours+opt s':>12}{'x default':>11}"
         f"{'x opt':>8}{'max|d| def':>12}{'PSNR opt dB':>13}  x opt per repeat"
     )
     for row in speed_rows.values():
@@ -290,6 +344,16 @@ def print_table(results: dict) -> None:
                 f"floor {r['floor_s_ours']} s -> at most {r.get('max_exact_speedup', 'n/a')}x without fewer FLOPs "
                 "or lower precision"
             )
+    if results.get("sizes"):
+        print(
+            f"\n{'dtype size':<20}{'plain s':>9}{'ours s':>9}{'x':>6}{'plain GiB':>11}{'ours GiB':>10}{'tiles':>7}{'PSNR dB':>9}"
+        )
+    for key, row in results.get("sizes", {}).items():
+        plain, ours = row["plain"], row["ours_optimized"]
+        print(
+            f"{key:<20}{plain['seconds']:>9.1f}{ours['seconds']:>9.1f}{row['speedup']:>6.2f}{plain['peak_rss_gib']:>11.2f}"
+            f"{ours['peak_rss_gib']:>10.2f}{ours['tiles']:>7}{row['diff_vs_plain']['psnr_db']:>9.1f}"
+        )
     for key, large in results.get("large", {}).items():
         print(
             f"\ntiled {key}: {large['tiles']} tiles of {large['tile_size']} px, {large['seconds']:.0f} s, "
@@ -301,12 +365,14 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.large_worker:
-        print(json.dumps(large_worker(args.large_dtype, *parse_size(args.large_size), args.optimize)))
+        size = parse_size(args.large_size)
+        row = large_worker(args.large_dtype, *size, args.optimize, plain=args.plain, save_output=args.save_output)
+        print(json.dumps(row))
         return 0
     output = Path(args.output)
     results = json.loads(output.read_text()) if output.is_file() else {}
     speed_rows = results.setdefault("speed", {})
-    for dtype_name in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+    for dtype_name in [d.strip() for d in args.dtypes.split(",") if d.strip() and d.strip() != "none"]:
         load_before = os.getloadavg()[0]
         speed_rows[dtype_name] = speed(dtype_name, *parse_size(args.size), args.repeats)
         speed_rows[dtype_name]["machine"] = machine(load_before)
@@ -314,14 +380,11 @@ def main(args) -> int:
         speed_rows[dtype_name]["roofline"] = roofline(dtype_name, *parse_size(args.size), plain_seconds)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
+    for size in [s.strip() for s in args.sizes.split(",") if s.strip() and s.strip() != "none"]:
+        results.setdefault("sizes", {})[f"{args.sizes_dtype} {size}"] = size_comparison(args, size, args.sizes_dtype)
+        output.write_text(json.dumps(results, indent=2) + "\n")
     if args.large_size.lower() != "none":
-        command = [sys.executable, __file__, "--large-worker", "--large-size", args.large_size]
-        command += ["--large-dtype", args.large_dtype] + (["--threads", str(args.threads)] if args.threads else [])
-        command += ["--optimize"] if args.large_optimize else []
-        load_before = os.getloadavg()[0]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        row["machine"] = machine(load_before)
+        row = run_worker(args, args.large_size, args.large_dtype, args.large_optimize)
         key = f"{args.large_dtype}{'+optimize_for_cpu' if args.large_optimize else ''} {args.large_size}"
         results.setdefault("large", {})[key] = row
         output.write_text(json.dumps(results, indent=2) + "\n")
