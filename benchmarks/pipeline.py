@@ -154,7 +154,13 @@ def speedups(runs: dict[str, list[float]]) -> dict[str, float]:
 
 
 def large_worker(
-    dtype_name: str, width: int, height: int, optimize: bool, plain: bool = False, save_output: str | None = None
+    dtype_name: str,
+    width: int,
+    height: int,
+    optimize: bool,
+    plain: bool = False,
+    save_output: str | None = None,
+    untiled: bool = False,
 ) -> dict:
     """Run in a fresh process: resident memory after loading the models, and the peak while one large image runs.
 
@@ -172,6 +178,8 @@ def large_worker(
     pipe.set_progress_bar_config(disable=True)
     if optimize:
         pipe.optimize_for_cpu()
+    if untiled:
+        pipe.disable_tiling()
     image = test_image(width, height)
     x = pil_to_tensor(image)
     rss_loaded = _rss_gib("VmRSS")
@@ -187,7 +195,9 @@ def large_worker(
     if save_output:
         np.save(save_output, out[0].permute(1, 2, 0).numpy().astype(np.float16))
     return {
-        "path": "plain diffusers" if plain else "ours" + (" + optimize_for_cpu" if optimize else ""),
+        "path": "plain diffusers"
+        if plain
+        else "ours" + (" + optimize_for_cpu" if optimize else "") + (", untiled" if untiled and not plain else ""),
         "dtype": dtype_name,
         "size": [width, height],
         "optimized": optimize,
@@ -202,13 +212,16 @@ def large_worker(
     }
 
 
-def run_worker(args, size: str, dtype_name: str, optimize: bool, plain: bool = False, save_output=None) -> dict:
+def run_worker(
+    args, size: str, dtype_name: str, optimize: bool, plain: bool = False, save_output=None, untiled: bool = False
+) -> dict:
     """``large_worker`` in a fresh subprocess (so its peak memory is its own)."""
     command = [sys.executable, __file__, "--large-worker", "--large-size", size, "--large-dtype", dtype_name]
     command += ["--threads", str(args.threads)] if args.threads else []
     command += ["--optimize"] if optimize else []
     command += ["--plain"] if plain else []
     command += ["--save-output", save_output] if save_output else []
+    command += ["--untiled"] if untiled else []
     load_before = os.getloadavg()[0]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     row = json.loads(done.stdout.strip().splitlines()[-1])
@@ -217,11 +230,12 @@ def run_worker(args, size: str, dtype_name: str, optimize: bool, plain: bool = F
 
 
 def size_comparison(args, size: str, dtype_name: str) -> dict:
-    """Plain diffusers (whole image) vs ours + optimize_for_cpu (tiled above 768 px), each in a fresh process."""
+    """Plain diffusers (whole image) vs ours + optimize_for_cpu (tiled above 768 px unless ``--sizes-untiled``), each
+    in a fresh process."""
     with tempfile.TemporaryDirectory() as folder:
         plain = run_worker(args, size, dtype_name, False, plain=True, save_output=f"{folder}/plain.npy")
         print(f"  {dtype_name} {size} plain: {plain['seconds']:.1f} s, {plain['peak_rss_gib']:.2f} GiB", flush=True)
-        ours = run_worker(args, size, dtype_name, True, save_output=f"{folder}/ours.npy")
+        ours = run_worker(args, size, dtype_name, True, save_output=f"{folder}/ours.npy", untiled=args.sizes_untiled)
         print(f"  {dtype_name} {size} ours: {ours['seconds']:.1f} s, {ours['peak_rss_gib']:.2f} GiB", flush=True)
         a, b = (torch.from_numpy(np.load(f"{folder}/{n}.npy").astype(np.float32)) for n in ("ours", "plain"))
     return {
@@ -315,6 +329,8 @@ def parse_args(argv=None):
         help="comma-separated WxH: plain vs ours + optimize_for_cpu, latency and peak RSS, each in a fresh process",
     )
     parser.add_argument("--sizes-dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--sizes-untiled", action="store_true", help="ours processes every size whole (exact mode)")
+    parser.add_argument("--untiled", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -366,7 +382,14 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     if args.large_worker:
         size = parse_size(args.large_size)
-        row = large_worker(args.large_dtype, *size, args.optimize, plain=args.plain, save_output=args.save_output)
+        row = large_worker(
+            args.large_dtype,
+            *size,
+            args.optimize,
+            plain=args.plain,
+            save_output=args.save_output,
+            untiled=args.untiled,
+        )
         print(json.dumps(row))
         return 0
     output = Path(args.output)
@@ -381,7 +404,8 @@ def main(args) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
     for size in [s.strip() for s in args.sizes.split(",") if s.strip() and s.strip() != "none"]:
-        results.setdefault("sizes", {})[f"{args.sizes_dtype} {size}"] = size_comparison(args, size, args.sizes_dtype)
+        key = f"{args.sizes_dtype} {size}{' untiled' if args.sizes_untiled else ''}"
+        results.setdefault("sizes", {})[key] = size_comparison(args, size, args.sizes_dtype)
         output.write_text(json.dumps(results, indent=2) + "\n")
     if args.large_size.lower() != "none":
         row = run_worker(args, args.large_size, args.large_dtype, args.large_optimize)
