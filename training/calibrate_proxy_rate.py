@@ -65,7 +65,9 @@ def parse_args(input_args=None):
     parser.add_argument("--num_validation_images", type=int, default=13, help="Validation images (first N).")
     parser.add_argument("--weights_dir", type=str, default=None, help="Proxy weights folder (default: shipped).")
     parser.add_argument("--workers", type=int, default=2, help="Processes running the real codec.")
-    parser.add_argument("--records_out", type=str, default=None, help="Also save the (pixels, q, proxy, real) rows.")
+    parser.add_argument(
+        "--records_out", type=str, default=None, help="Also save the (pixels, q_norm, proxy, real, noise) rows."
+    )
     parser.add_argument(
         "--terms",
         type=str,
