@@ -27,14 +27,13 @@ from PIL import Image
 
 from .codecs import CodecResult, get_codec
 from .default_model import has_default_model, resolve_model
-from .utils.image import ImageLoadError, load_image, pil_to_tensor
+from .utils.image import ImageLoadError, load_image
 
 logger = logging.getLogger(__name__)
 
 SPACE_MODEL_ID = "rp-diffusers/rp-sd-turbo-compact"  # the published model the Space card links to
 MODEL_ENV = "RP_SPACE_MODEL"
 MAX_PIXELS = 4_000_000  # uploads above 4 megapixels are refused (CPU Space: seconds per megapixel)
-MS_SSIM_MIN_SIDE = 161  # MS-SSIM's five scales need this many pixels per side
 MATCH_MODES = ("bpp", "quality", "target_bpp")
 VARIANTS = ("codec alone", "rp + codec")
 RANDOM_MARKER = "RANDOM_WEIGHTS.txt"  # written next to the tiny random model so any page showing it says so
@@ -246,15 +245,6 @@ def preprocess(pipe, image: Image.Image, adapter_name: str | None = None, adapte
         return pipe(image).images[0]
 
 
-def measure(original: Image.Image, reconstruction: Image.Image, metrics: tuple[str, ...]) -> dict[str, float]:
-    """Metrics of ``reconstruction`` against ``original`` through ``compute_metrics`` (MS-SSIM only at >= 161 px)."""
-    from .metrics import compute_metrics
-
-    names = [m for m in metrics if m != "ms_ssim" or min(original.size) >= MS_SSIM_MIN_SIDE]
-    values = compute_metrics(pil_to_tensor(original), pil_to_tensor(reconstruction), metrics=names)
-    return {name: float(value[0]) for name, value in values.items()}
-
-
 def compare(
     pipe,
     image: Image.Image,
@@ -307,6 +297,8 @@ def compare(
         alone = coder.run(image, quality) if match == "quality" else coder.find_quality(image, rp.bpp)
     seconds["codec"] = time.perf_counter() - start
     start = time.perf_counter()
+    from .evaluation import measure
+
     scores = {
         variant: measure(image, result.reconstruction, metrics) for variant, result in zip(VARIANTS, (alone, rp))
     }

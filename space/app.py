@@ -15,7 +15,8 @@ from pathlib import Path
 import gradio as gr
 
 from rp_diffusers.codecs import CodecError, available_codecs, get_codec
-from rp_diffusers.evaluation.sweep import EXAMPLES_DIR, usable_metrics
+from rp_diffusers.evaluation import EXAMPLES_DIR, usable_metrics
+from rp_diffusers.metrics import MS_SSIM_MIN_SIDE, default_metrics
 from rp_diffusers.space_utils import (
     MAX_PIXELS,
     SPACE_MODEL_ID,
@@ -43,8 +44,28 @@ MATCH_CHOICES = [
     ("same quality setting for both", "quality"),
     ("target bpp: each at its highest quality within the budget", "target_bpp"),
 ]
-METRIC_HEADERS = {"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM", "lpips": "LPIPS", "dists": "DISTS"}
-METRIC_FORMAT = {"psnr": "{:.2f}", "ms_ssim": "{:.4f}", "lpips": "{:.4f}", "dists": "{:.4f}"}
+METRIC_HEADERS = {
+    "psnr": "PSNR (dB)",
+    "ms_ssim": "MS-SSIM",
+    "ssimulacra2": "SSIMULACRA2",
+    "butteraugli": "Butteraugli (max)",
+    "butteraugli_3norm": "Butteraugli (3-norm)",
+    "vmaf": "VMAF",
+    "vmaf_neg": "VMAF-NEG",
+    "lpips": "LPIPS",
+    "dists": "DISTS",
+}
+METRIC_FORMAT = {
+    "psnr": "{:.2f}",
+    "ms_ssim": "{:.4f}",
+    "ssimulacra2": "{:.2f}",
+    "butteraugli": "{:.3f}",
+    "butteraugli_3norm": "{:.3f}",
+    "vmaf": "{:.2f}",
+    "vmaf_neg": "{:.2f}",
+    "lpips": "{:.4f}",
+    "dists": "{:.4f}",
+}
 CSS = "#model-banner.random {border: 2px solid #d97706; border-radius: 8px; padding: 0 12px; background: #fffbeb}"
 
 
@@ -100,7 +121,7 @@ def _summary(comparison, note: str | None, name: str, target_bpp: float | None =
     over = [variant for variant, coded in comparison.results().items() if budget is not None and coded.bpp > budget]
     if over:
         lines.append(f"⚠️ {' and '.join(over)}: even the lowest quality exceeds {budget:.3f} bpp.")
-    if min(comparison.original.size) < 161:
+    if min(comparison.original.size) < MS_SSIM_MIN_SIDE:
         lines.append("MS-SSIM needs at least 161 pixels per side: not computed for this image.")
     if note:
         lines.append(f"Note: {name}: {note}.")
@@ -110,8 +131,8 @@ def _summary(comparison, note: str | None, name: str, target_bpp: float | None =
 def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None = None) -> gr.Blocks:
     """The page: inputs on the left, the comparison on the right. ``model``/``metrics`` default to start-up probes."""
     model = model or load_space_model()
-    if metrics is None:  # network metrics whose weights load here (probed once, not per request)
-        metrics = ("psnr", "ms_ssim", *usable_metrics(("lpips", "dists")))
+    if metrics is None:  # tools and network metrics that run here (probed once, not per request)
+        metrics = tuple(usable_metrics(default_metrics()))
     adapters = model.pipe.available_adapters()
     folders = RequestFolders()
     codecs = available_codecs()

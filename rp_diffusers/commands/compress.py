@@ -9,9 +9,6 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_METRICS = "psnr,ms_ssim,lpips,dists"
-MS_SSIM_MIN_SIDE = 161  # MS-SSIM's five scales need at least this many pixels per side
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -19,8 +16,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="pre-process images with a rate-perception model and encode them with a standard codec",
         description=(
             "For each IMAGE, write the pre-processed image's standard codec file (NAME.rp.EXT) and the codec-alone "
-            "file (NAME.EXT) to --out, and print bpp and quality (PSNR, MS-SSIM, LPIPS, DISTS where available) of "
-            "both against the original."
+            "file (NAME.EXT) to --out, and print bpp and quality (PSNR, MS-SSIM, SSIMULACRA2, Butteraugli, VMAF, "
+            "VMAF-NEG, LPIPS, DISTS where available) of both against the original."
         ),
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
@@ -37,7 +34,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "compact model shipped with the package",
     )
     parser.add_argument("--adapter", default=None, help="adapter name in the model, or a folder holding one")
-    parser.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated metrics to report")
+    parser.add_argument(
+        "--metrics",
+        default="default",
+        help="comma-separated metrics to report; 'default': PSNR, MS-SSIM, every installed weight-free perceptual "
+        "metric (SSIMULACRA2, Butteraugli, VMAF, VMAF-NEG), LPIPS and DISTS",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels for large images")
@@ -88,17 +90,6 @@ def _encode(codec, image, quality: int | None, target_bpp: float | None):
     return codec.find_quality(image, target_bpp) if target_bpp is not None else codec.run(image, quality)
 
 
-def _metrics(original, reconstruction, names: list[str]) -> dict[str, float]:
-    """Metrics of one image; a network metric whose weights are missing is dropped from ``names`` (warned once)."""
-    from ..metrics import compute_metrics
-    from ..utils import pil_to_tensor
-
-    wanted = [name for name in names if name != "ms_ssim" or min(original.size) >= MS_SSIM_MIN_SIDE]
-    values = compute_metrics(pil_to_tensor(original), pil_to_tensor(reconstruction), metrics=wanted)
-    names[:] = [name for name in names if name in values or name not in wanted]
-    return {name: value[0] for name, value in values.items()}
-
-
 def _format_table(rows: list[dict], metric_names: list[str]) -> str:
     header = f"{'image':<24}{'variant':<14}{'quality':>8}{'bpp':>9}" + "".join(f"{m:>10}" for m in metric_names)
     lines = [header, "-" * len(header)]
@@ -117,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
     codec = get_codec(args.codec)
     if args.quality is not None:
         codec.check_quality(args.quality)
-    metric_names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    from ..evaluation import measure, parse_metrics, usable_metrics
+
+    metric_names = usable_metrics(parse_metrics(args.metrics))  # missing tools and weights: warned once here
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_preprocessor(args.model, args.device, args.dtype)
@@ -133,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     elif recorded:
         pipe.disable_adapters()
 
-    rows, active_metrics = [], list(metric_names)
+    rows = []
     for path in args.images:
         path = Path(path)
         original = load_image(path)
@@ -146,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             target.write_bytes(result.data)
             row = {"image": path.name, "variant": variant, "file": str(target), "quality": result.quality}
             row["bpp"] = result.bpp
-            row.update(_metrics(original, result.reconstruction, active_metrics))
+            row.update(measure(original, result.reconstruction, metric_names))
             rows.append(row)
     print(f"{codec.name}, model {args.model}" + (f", adapter {adapter}" if adapter else ""))
     print(_format_table(rows, metric_names))

@@ -17,7 +17,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--images", nargs="+", default=None, help="image files or folders (default: bundled examples)")
     parser.add_argument("--codec", default="jpeg", help="codec name(s), comma-separated, e.g. jpeg,webp,heic")
     parser.add_argument("--qualities", default=None, help="e.g. 10,30,50 or 10:90:10 (default: the codec's sweep)")
-    parser.add_argument("--metrics", default="psnr,ms_ssim,lpips,dists", help="per-image metrics, comma-separated")
+    parser.add_argument(
+        "--metrics",
+        default="default",
+        help="per-image metrics, comma-separated; 'default': psnr, ms_ssim, every installed weight-free perceptual "
+        "metric (ssimulacra2, butteraugli, butteraugli_3norm, vmaf, vmaf_neg), lpips and dists",
+    )
     parser.add_argument("--fid", action="store_true", help="also patch FID and KID per quality (Inception weights)")
     parser.add_argument(
         "--model",
@@ -50,12 +55,12 @@ def _print_curve(data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import EXAMPLES_DIR, bd_table, evaluate, format_bd_table, list_images, plot_rd
+    from ..evaluation import EXAMPLES_DIR, bd_table, evaluate, format_bd_table, list_images, parse_metrics, plot_rd
 
     images = list_images(args.images or [EXAMPLES_DIR])
     if args.limit:
         images = images[: args.limit]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = parse_metrics(args.metrics)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     pipe = _load_preprocessor(args.model) if args.model else None

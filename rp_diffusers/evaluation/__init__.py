@@ -3,10 +3,9 @@
 from .bd_table import bd_table, format_bd_table
 from .plot import plot_rd
 from .results import EvaluationResult, higher_is_better, load_results
-from .sweep import DEFAULT_METRICS, EXAMPLES_DIR, evaluate, list_images, measure, parse_qualities
+from .sweep import EXAMPLES_DIR, evaluate, list_images, measure, parse_metrics, parse_qualities, usable_metrics
 
 __all__ = [
-    "DEFAULT_METRICS",
     "EXAMPLES_DIR",
     "EvaluationResult",
     "bd_table",
@@ -16,6 +15,8 @@ __all__ = [
     "list_images",
     "load_results",
     "measure",
+    "parse_metrics",
     "parse_qualities",
     "plot_rd",
+    "usable_metrics",
 ]

@@ -20,9 +20,15 @@ RESULT_KEYS = {
     "lpips": "lpips",
     "lpips_vgg": "lpips-vgg",
     "dists": "dists",
+    "ssim": "ssim-rgb",
+    "ssimulacra2": "ssimulacra2",
+    "butteraugli": "butteraugli",
+    "butteraugli_3norm": "butteraugli-3norm",
+    "vmaf": "vmaf",
+    "vmaf_neg": "vmaf-neg",
 }
 # Keys where lower is better (BD-rate needs to know which way the curve goes).
-LOWER_IS_BETTER = {"lpips", "lpips-vgg", "dists", "fid", "kid", "mse"}
+LOWER_IS_BETTER = {"lpips", "lpips-vgg", "dists", "fid", "kid", "mse", "butteraugli", "butteraugli-3norm"}
 NOT_QUALITY_KEYS = {"bpp", "quality", "encoding_time", "decoding_time", "preprocess_time", "enhance_time"}
 
 

@@ -22,7 +22,6 @@ from .results import RESULT_KEYS, EvaluationResult
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-DEFAULT_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 # Per-process caches: a worker builds its codec and metric networks once, not once per image.
@@ -69,18 +68,60 @@ def parse_qualities(spec: str | Sequence[float]) -> list[float]:
     return sorted({int(v) if float(v).is_integer() else v for v in values})
 
 
+def parse_metrics(spec: str | Sequence[str]) -> list[str]:
+    """``"psnr,ms_ssim"`` or a list -> metric names, ``"default"`` expanded to
+    :func:`rp_diffusers.metrics.default_metrics`; repeated names once.
+
+    Example:
+        >>> parse_metrics("psnr, ssimulacra2,psnr")
+        ['psnr', 'ssimulacra2']
+    """
+    from ..metrics import default_metrics
+
+    names = [name.strip() for name in spec.split(",")] if isinstance(spec, str) else list(spec)
+    expanded = [m for name in names if name for m in (default_metrics() if name == "default" else (name,))]
+    if not expanded:
+        raise ValueError("no metrics given: name some (e.g. psnr,ssimulacra2) or 'default'")
+    return list(dict.fromkeys(expanded))
+
+
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
 
 
-def measure(reference: Image.Image, distorted: Image.Image, metrics: Sequence[str]) -> dict[str, float]:
-    """Full-reference metrics of one image pair, keyed as in CompressAI's results files."""
+def measure(
+    reference: Image.Image,
+    distorted: Image.Image,
+    metrics: Sequence[str],
+    *,
+    models: dict | None = None,
+    result_keys: bool = False,
+) -> dict[str, float]:
+    """Full-reference metrics of one image pair: the one measurement every entry point uses (the sweep,
+    ``compress``, the Space and training validation).
+
+    Args:
+        reference, distorted: RGB images of one size (the original and what a decoder returned).
+        metrics: names of :data:`rp_diffusers.metrics.AVAILABLE_METRICS`. Those undefined at this size (MS-SSIM
+            under 161 px a side) are left out; those whose tool or weights are missing, with a warning.
+        models: ready LPIPS / DISTS networks by name (see :func:`rp_diffusers.metrics.compute_metrics`).
+        result_keys: key the values as CompressAI's results files do (``psnr-rgb``, ``ms-ssim-rgb``, ...).
+
+    Returns:
+        `dict[str, float]`: one value per metric computed.
+
+    Example:
+        >>> from PIL import Image
+        >>> image = Image.new("RGB", (200, 180), "gray")
+        >>> measure(image, image, ["psnr", "ms_ssim", "ssimulacra2"], result_keys=True)
+        {'psnr-rgb': inf, 'ms-ssim-rgb': 1.0, 'ssimulacra2': 100.0}
+    """
     from ..metrics import compute_metrics
 
     if reference.size != distorted.size:
         raise ValueError(f"reconstruction is {distorted.size}, original {reference.size}: sizes must match")
-    values = compute_metrics(_to_tensor(reference), _to_tensor(distorted), metrics=tuple(metrics))
-    return {RESULT_KEYS.get(name, name): float(v[0]) for name, v in values.items()}
+    values = compute_metrics(_to_tensor(reference), _to_tensor(distorted), metrics=tuple(metrics), models=models)
+    return {(RESULT_KEYS.get(name, name) if result_keys else name): float(v[0]) for name, v in values.items()}
 
 
 def usable_metrics(metrics: Sequence[str]) -> list[str]:
@@ -140,7 +181,7 @@ def _run_one(job: tuple) -> tuple[dict, np.ndarray | None]:
         "decoding_time": float(result.decode_seconds),
     }
     if metrics:
-        record.update(measure(original, result.reconstruction, metrics))
+        record.update(measure(original, result.reconstruction, metrics, result_keys=True))
     return record, (np.asarray(result.reconstruction) if keep else None)
 
 
@@ -149,7 +190,7 @@ def evaluate(
     codec: str,
     qualities: Sequence[float] | str | None = None,
     *,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
     codec_settings: dict | None = None,
     preprocess: Callable[[list[Image.Image]], list[Image.Image]] | None = None,
     enhance: Callable[[list[Image.Image], float], list[Image.Image]] | None = None,
@@ -164,8 +205,10 @@ def evaluate(
         images: a folder, a list of files, or PIL images (named ``image_{i}``).
         codec: a codec name of ``rp_diffusers.codecs.available_codecs()``.
         qualities: the sweep (``"10:90:10"``, ``"10,30"`` or numbers); default: the codec's ``sweep_qualities``.
-        metrics: full-reference metrics per image (``psnr``, ``ms_ssim``, ``lpips``, ``lpips_vgg``, ``dists``);
-            those whose weights are unavailable are skipped with a warning.
+        metrics: full-reference metrics per image, names of ``rp_diffusers.metrics.AVAILABLE_METRICS``
+            (default :func:`rp_diffusers.metrics.default_metrics`: PSNR, MS-SSIM, every installed weight-free
+            perceptual metric, LPIPS and DISTS); those whose tool or weights are unavailable are skipped with a
+            warning.
         preprocess: maps the original images to what is encoded (e.g. an ``RPPreprocessPipeline``); run once per
             image, before the sweep. bpp is always counted on the original image's pixels.
         enhance: ``enhance(decoded_images, quality) -> images`` applied after decoding (perceptual decoding).
@@ -200,7 +243,9 @@ def evaluate(
     if not originals:
         raise ValueError("no images to evaluate")
 
-    metrics = usable_metrics(metrics)
+    from ..metrics import default_metrics
+
+    metrics = usable_metrics(default_metrics() if metrics is None else metrics)
 
     # 1. Pre-process once per image (the encoder side of rp + codec).
     preprocess_seconds = 0.0
@@ -247,7 +292,7 @@ def evaluate(
             seconds = (time.perf_counter() - start) / max(1, len(rows))
             for k, image in zip(rows, enhanced):
                 records[k]["enhance_time"] = seconds
-                records[k].update(measure(originals[jobs[k][0]], image, metrics))
+                records[k].update(measure(originals[jobs[k][0]], image, metrics, result_keys=True))
                 outputs[k] = (records[k], np.asarray(image))
 
     result = EvaluationResult(

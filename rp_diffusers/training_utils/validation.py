@@ -11,8 +11,17 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 
-VALIDATION_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
-MS_SSIM_MIN_SIDE = 161  # five scales of an 11-tap window
+VALIDATION_METRICS = (
+    "psnr",
+    "ms_ssim",
+    "ssimulacra2",
+    "butteraugli",
+    "butteraugli_3norm",
+    "vmaf",
+    "vmaf_neg",
+    "lpips",
+    "dists",
+)
 
 
 def load_validation_metric_models(device="cpu") -> dict[str, torch.nn.Module]:
@@ -44,19 +53,22 @@ def codec_validation(
         codec: a ``rp_diffusers.codecs.Codec`` (``get_codec(name)``).
         qualities: integer codec qualities.
         metric_models: ready LPIPS / DISTS networks by name (see :func:`load_validation_metric_models`); metrics
-            without a network are left out. MS-SSIM is averaged over the images of 161 pixels or more per side.
+            without a network are left out. PSNR, MS-SSIM and the installed weight-free perceptual metrics
+            (SSIMULACRA2, Butteraugli, VMAF, VMAF-NEG) are always measured; MS-SSIM is averaged over the images
+            of 161 pixels or more per side.
 
     Returns:
         ``(rows, decoded)``: one row per (quality, setting), ``{"quality", "setting", "bpp", "psnr", "ms_ssim",
-        "lpips", "dists"}`` (means over images; bpp from the real bitstream over the original's pixels), and the
+        "ssimulacra2", ..., "lpips", "dists"}`` (means over images; bpp from the real bitstream over the original's pixels), and the
         decoded images by ``(quality, setting)``.
     """
-    from ..metrics import compute_metrics
-    from ..utils.image import pil_to_tensor
+    from ..evaluation import measure
+    from ..metrics import installed_perceptual_metrics
 
     if len(originals) != len(preprocessed):
         raise ValueError(f"{len(originals)} originals but {len(preprocessed)} pre-processed images")
     metric_models = metric_models or {}
+    names = ["psnr", "ms_ssim", *installed_perceptual_metrics(), *metric_models]
     rows, decoded = [], {}
     for quality in qualities:
         for setting, inputs in (("codec alone", originals), ("rp + codec", preprocessed)):
@@ -64,15 +76,10 @@ def codec_validation(
             for original, image in zip(originals, inputs):
                 result = codec.run(image, int(quality))
                 decoded.setdefault((int(quality), setting), []).append(result.reconstruction)
-                names = ["psnr", *metric_models]
-                if min(original.size) >= MS_SSIM_MIN_SIDE:
-                    names.insert(1, "ms_ssim")
-                values = compute_metrics(
-                    pil_to_tensor(original), pil_to_tensor(result.reconstruction), names, models=metric_models
-                )
+                values = measure(original, result.reconstruction, names, models=metric_models)
                 sums.setdefault("bpp", []).append(float(result.bpp))
                 for name, value in values.items():
-                    sums.setdefault(name, []).append(float(value[0]))
+                    sums.setdefault(name, []).append(value)
             means = {name: sum(v) / len(v) for name, v in sums.items()}
             rows.append(
                 {
