@@ -229,3 +229,64 @@ def test_cli_evaluate_enhance_adds_enhanced_curves(crops, tmp_path, capsys):
     )
     changed = load_results(noisy / "jpeg+fast.json")["results"]["psnr-rgb"][0]
     assert abs(changed - plain["results"]["psnr-rgb"][0]) > 0.1  # a random tiny model really ran on the decode
+
+
+
+def test_evaluate_default_metrics_measure_every_installed_perceptual_metric(crops, monkeypatch):
+    """The default set has SSIMULACRA2 always and the tools where installed; the values are those of the
+    metric functions on the real decodes."""
+    import warnings
+
+    from rp_diffusers.evaluation.results import RESULT_KEYS
+    from rp_diffusers.metrics import compute_metrics, installed_perceptual_metrics
+    from rp_diffusers.utils import pil_to_tensor
+
+    installed = installed_perceptual_metrics()
+    assert installed[0] == "ssimulacra2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LPIPS / DISTS weights are not on this machine
+        result = evaluate(crops, "jpeg", [20, 60], workers=0, progress=False)
+    record = result.records[0]
+    for name in ("psnr", "ms_ssim", *installed):
+        assert RESULT_KEYS[name] in record, name
+    assert result.meta["metrics"][: 2 + len(installed)] == ["psnr", "ms_ssim", *installed]
+    original = Image.open(list_images(crops)[0]).convert("RGB")
+    decoded = get_codec("jpeg").run(original, quality=20).reconstruction
+    expected = compute_metrics(pil_to_tensor(original), pil_to_tensor(decoded), installed)
+    for name in installed:
+        assert record[RESULT_KEYS[name]] == pytest.approx(expected[name][0], rel=1e-6), name
+    higher = result.averaged()
+    assert higher["ssimulacra2"][1] > higher["ssimulacra2"][0]  # q60 looks better than q20
+
+
+def test_measure_is_one_rule_for_small_images():
+    """MS-SSIM needs 161 px a side: left out below it by every caller, no error; the other metrics still run."""
+    from rp_diffusers.evaluation import measure
+
+    image = Image.new("RGB", (128, 96), "gray")
+    values = measure(image, image, ["psnr", "ms_ssim", "ssimulacra2"])
+    assert values == {"psnr": float("inf"), "ssimulacra2": 100.0}
+    assert measure(image, image, ["psnr"], result_keys=True) == {"psnr-rgb": float("inf")}
+
+
+def test_bd_overlap_and_the_table_mark_narrow_overlaps():
+    from rp_diffusers.evaluation import bd_overlap, format_bd_table
+
+    anchor = {"results": {"bpp": [0.2, 0.4, 0.8, 1.6], "psnr-rgb": [28, 31, 34, 37], "vmaf": [50, 60, 70, 80]}}
+    test = {"results": {"bpp": [0.2, 0.4, 0.8, 1.6], "psnr-rgb": [29, 32, 35, 38], "vmaf": [70, 80, 90, 95]}}
+    overlap = bd_overlap(anchor, test)
+    assert overlap == pytest.approx({"psnr-rgb": 8 / 10, "vmaf": 10 / 45})
+    rows = {"test": bd_table(anchor, test)}
+    text = format_bd_table(rows, "anchor", {"test": overlap})
+    assert "(80%) " in text and "(22%)*" in text and "under 75 %" in text
+    assert "*" not in format_bd_table(rows, "anchor", {"test": {"psnr-rgb": 0.8, "vmaf": 0.9}})
+
+
+def test_cli_evaluate_bd_json_records_overlap(crops, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["evaluate", "--images", str(crops), "--codec", "jpeg,webp", "--qualities", "10,30,50,70"]
+    assert main([*args, "--metrics", "psnr,ssimulacra2", "--output", str(out), "--workers", "0", "--no-progress"]) == 0
+    bd = json.loads((out / "bd_rate.json").read_text())
+    assert set(bd["overlap"]["webp"]) == {"psnr-rgb", "ssimulacra2"} and bd["min_overlap"] == 0.75
+    assert all(0 <= v <= 1 for v in bd["overlap"]["webp"].values())
+    assert "overlap of the two curves' quality ranges" in capsys.readouterr().out

@@ -22,15 +22,17 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import bd_table, format_bd_table, load_results
+    from ..evaluation import MIN_OVERLAP, bd_overlap, bd_table, format_bd_table, load_results
 
     anchor = load_results(args.anchor)
-    rows = {}
+    rows, overlaps = {}, {}
     for path in args.tests:
         test = load_results(path)
         rows[test["name"]] = bd_table(anchor, test, method=args.method)
+        overlaps[test["name"]] = bd_overlap(anchor, test)
     if args.json:
-        print(json.dumps({"anchor": anchor["name"], "method": args.method, "bd_rate": rows}, indent=2))
+        table = {"anchor": anchor["name"], "method": args.method, "bd_rate": rows, "overlap": overlaps}
+        print(json.dumps({**table, "min_overlap": MIN_OVERLAP}, indent=2))
     else:
-        print(format_bd_table(rows, anchor["name"]))
+        print(format_bd_table(rows, anchor["name"], overlaps))
     return 0

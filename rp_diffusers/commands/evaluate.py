@@ -55,7 +55,17 @@ def _print_curve(data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import EXAMPLES_DIR, bd_table, evaluate, format_bd_table, list_images, parse_metrics, plot_rd
+    from ..evaluation import (
+        EXAMPLES_DIR,
+        MIN_OVERLAP,
+        bd_overlap,
+        bd_table,
+        evaluate,
+        format_bd_table,
+        list_images,
+        parse_metrics,
+        plot_rd,
+    )
 
     images = list_images(args.images or [EXAMPLES_DIR])
     if args.limit:
@@ -101,9 +111,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--anchor {anchor_name!r} is not one of the curves: {', '.join(names)}")
         anchor = curves[names.index(anchor_name)]
         rows = {c["name"]: bd_table(anchor, c) for c in curves if c is not anchor}
-        (output / "bd_rate.json").write_text(json.dumps({"anchor": anchor_name, "bd_rate": rows}, indent=2) + "\n")
+        overlaps = {c["name"]: bd_overlap(anchor, c) for c in curves if c is not anchor}
+        table = {"anchor": anchor_name, "bd_rate": rows, "overlap": overlaps, "min_overlap": MIN_OVERLAP}
+        (output / "bd_rate.json").write_text(json.dumps(table, indent=2) + "\n")
         print()
-        print(format_bd_table(rows, anchor_name))
+        print(format_bd_table(rows, anchor_name, overlaps))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Sweeps over folders or datasets -> results JSON (CompressAI schema), R-D plots and BD-rate tables."""
 
-from .bd_table import bd_table, format_bd_table
+from .bd_table import MIN_OVERLAP, bd_overlap, bd_table, format_bd_table
 from .plot import plot_rd
 from .results import EvaluationResult, higher_is_better, load_results
 from .sweep import EXAMPLES_DIR, evaluate, list_images, measure, parse_metrics, parse_qualities, usable_metrics
@@ -8,6 +8,8 @@ from .sweep import EXAMPLES_DIR, evaluate, list_images, measure, parse_metrics, 
 __all__ = [
     "EXAMPLES_DIR",
     "EvaluationResult",
+    "MIN_OVERLAP",
+    "bd_overlap",
     "bd_table",
     "evaluate",
     "format_bd_table",

@@ -14,6 +14,12 @@ TITLES = {
     "lpips": "LPIPS (Alex) - lower is better",
     "lpips-vgg": "LPIPS (VGG) - lower is better",
     "dists": "DISTS - lower is better",
+    "ssim-rgb": "SSIM (RGB)",
+    "ssimulacra2": "SSIMULACRA2",
+    "butteraugli": "Butteraugli max - lower is better",
+    "butteraugli-3norm": "Butteraugli 3-norm - lower is better",
+    "vmaf": "VMAF",
+    "vmaf-neg": "VMAF-NEG",
     "fid": "patch FID - lower is better",
     "kid": "patch KID - lower is better",
 }
