@@ -231,8 +231,7 @@ def test_cli_evaluate_enhance_adds_enhanced_curves(crops, tmp_path, capsys):
     assert abs(changed - plain["results"]["psnr-rgb"][0]) > 0.1  # a random tiny model really ran on the decode
 
 
-
-def test_evaluate_default_metrics_measure_every_installed_perceptual_metric(crops, monkeypatch):
+def test_evaluate_default_metrics_measure_every_installed_perceptual_metric(crops):
     """The default set has SSIMULACRA2 always and the tools where installed; the values are those of the
     metric functions on the real decodes."""
     import warnings
