@@ -8,6 +8,8 @@ re-implementations checked against the reference packages with identical weights
 their weights load from safetensors files (see :mod:`rp_diffusers.metrics.weights`).
 """
 
+from pathlib import Path
+
 from .bd import bd_quality, bd_rate
 from .compute import (
     AVAILABLE_METRICS,
@@ -54,7 +56,10 @@ from .weights import (
     resolve_weights_file,
 )
 
+EVALUATE_MODULE = Path(__file__).with_name("rp_image_quality.py")  # evaluate.load(str(EVALUATE_MODULE))
+
 __all__ = [
+    "EVALUATE_MODULE",
     "AVAILABLE_METRICS",
     "MS_SSIM_MIN_SIDE",
     "MetricToolError",
