@@ -1,12 +1,19 @@
 """Test settings: offline by construction, real photographs from ../shared/data when present."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Metric weights converted into the user's cache must not make the "weights missing" tests load them: a fresh,
+# empty cache per test session.
+os.environ["RP_DIFFUSERS_METRIC_CACHE"] = _METRIC_CACHE = tempfile.mkdtemp(prefix="rp-metric-cache-")
+atexit.register(shutil.rmtree, _METRIC_CACHE, True)
 
 from pathlib import Path  # noqa: E402
 

@@ -49,7 +49,7 @@ class DISTS(FrozenMetricNetwork):
             for the 13 VGG16 convolutions, ``alpha`` and ``beta`` of shape (1, 1475, 1, 1)).
         weights_path (`str` or `os.PathLike`, *optional*): our safetensors file, or a folder holding
             ``dists_vgg16.safetensors``.
-        repo_id (`str`, *optional*): Hub repo holding the converted file.
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted file (no default).
         load_weights (`bool`): ``False`` leaves a random initialisation (for shapes and tests).
 
     Raises:
@@ -118,7 +118,7 @@ def dists(x: torch.Tensor, y: torch.Tensor, *, model: DISTS | None = None, repo_
     Args:
         x, y (`torch.Tensor` of shape `(N, 3, H, W)`): images in [0, 1].
         model (`DISTS`, *optional*): a ready model (e.g. built from an explicit ``state_dict``).
-        repo_id (`str`, *optional*): Hub repo holding the converted weights.
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted weights (no default).
 
     Returns:
         `torch.Tensor` of shape `(N,)`.

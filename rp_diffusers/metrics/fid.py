@@ -92,7 +92,7 @@ def inception_features(
         images (`torch.Tensor` of shape `(N, 3, H, W)`): images in [0, 1] (resized to 299 by the model).
         model (`FIDInceptionV3`, *optional*): a ready model; default the pretrained one (cached).
         batch_size (`int`): images per forward pass.
-        repo_id (`str`, *optional*): Hub repo holding the converted weights.
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted weights (no default).
 
     Returns:
         `torch.Tensor` of shape `(N, 2048)`, float64, on the CPU.
@@ -204,7 +204,7 @@ def patch_fid(
         patch_size (`int`): patch side (256 as in HiFiC / MS-ILLM).
         model (`FIDInceptionV3`, *optional*): a ready feature extractor; default the pretrained one.
         batch_size (`int`): patches per Inception forward pass.
-        repo_id (`str`, *optional*): Hub repo holding the converted weights.
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted weights (no default).
 
     Returns:
         `float`: the patch FID (lower is better).

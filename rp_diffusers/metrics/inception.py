@@ -142,7 +142,7 @@ class FIDInceptionV3(FrozenMetricNetwork):
             without ``fc``/``AuxLogits``.
         weights_path (`str` or `os.PathLike`, *optional*): our safetensors file, or a folder holding
             ``pt_inception-2015-12-05.safetensors``.
-        repo_id (`str`, *optional*): Hub repo holding the converted file.
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted file (no default).
         load_weights (`bool`): ``False`` leaves a random initialisation (for shapes and tests).
         resize_input (`bool`): resize to 299x299 first (pytorch-fid's default and the FID definition).
 

@@ -48,8 +48,8 @@ class LPIPS(FrozenMetricNetwork):
             ``lin{k}.weight``); skips every file lookup.
         weights_path (`str` or `os.PathLike`, *optional*): our safetensors file, or a folder holding
             ``lpips_{net}.safetensors``.
-        repo_id (`str`, *optional*): Hub repo holding the converted file (default
-            :data:`~rp_diffusers.metrics.weights.METRICS_REPO_ID`).
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted file (no default:
+            the official files download by themselves, see :mod:`rp_diffusers.metrics.weights`).
         load_weights (`bool`): ``False`` leaves the random initialisation (for shapes and tests).
 
     Raises:
@@ -125,7 +125,7 @@ def lpips(
         x, y (`torch.Tensor` of shape `(N, 3, H, W)`): images in [0, 1].
         net (`str`): ``"alex"`` or ``"vgg"``.
         model (`LPIPS`, *optional*): a ready model (e.g. built from an explicit ``state_dict``).
-        repo_id (`str`, *optional*): Hub repo holding the converted weights.
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted weights (no default).
 
     Returns:
         `torch.Tensor` of shape `(N,)`.

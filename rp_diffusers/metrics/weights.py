@@ -1,27 +1,38 @@
 """Weights of the metric networks: where they come from, how they load, and the converter from the authors' files.
 
-Our files are safetensors in our own key layout (torchvision's keys for the backbones):
+Our files are safetensors in our own key layout (torchvision's keys for the backbones); the official files are read
+with ``torch.load(weights_only=True)``, so no pickled code ever runs:
 
-==================  =====================================  ==============================================
-name                file                                   made from (official files)
-==================  =====================================  ==============================================
-``lpips_alex``      ``lpips_alex.safetensors``             ``alexnet-owt-7be5be79.pth`` + lpips ``alex.pth``
-``lpips_vgg``       ``lpips_vgg.safetensors``              ``vgg16-397923af.pth`` + lpips ``vgg.pth``
-``dists``           ``dists_vgg16.safetensors``            ``vgg16-397923af.pth`` + DISTS ``weights.pt``
+==================  =======================================  ============================================
+name                file                                     made from (official files, :data:`SOURCES`)
+==================  =======================================  ============================================
+``lpips_alex``      ``lpips_alex.safetensors``               ``alexnet-owt-7be5be79.pth`` + lpips ``alex.pth``
+``lpips_vgg``       ``lpips_vgg.safetensors``                ``vgg16-397923af.pth`` + lpips ``vgg.pth``
+``dists``           ``dists_vgg16.safetensors``              ``vgg16-397923af.pth`` + DISTS ``weights.pt``
 ``fid_inception``   ``pt_inception-2015-12-05.safetensors``  pytorch-fid ``pt_inception-2015-12-05-6726825d.pth``
-==================  =====================================  ==============================================
+==================  =======================================  ============================================
 
-Lookup order: an explicit ``state_dict`` or ``weights_path``; the folder named by ``RP_DIFFUSERS_METRIC_WEIGHTS``;
-the Hugging Face Hub repo :data:`METRICS_REPO_ID` (override with ``RP_DIFFUSERS_METRICS_REPO`` or ``repo_id=``)
-through ``hf_hub_download``. When none has the file, :class:`MetricWeightsUnavailable` says what to download and
-how to convert it: ``python -m rp_diffusers.metrics.weights FILE... --out DIR``. Official files are read with
-``torch.load(weights_only=True)``: no pickled code ever runs.
+Lookup order: an explicit ``state_dict`` or ``weights_path`` (or ``repo_id``, a Hub repo of your own holding our
+files); the folder ``RP_DIFFUSERS_METRIC_WEIGHTS``; the cache (:func:`metric_weights_cache_dir`); else the official
+files are downloaded from the URLs their authors' loaders use, SHA-256 checked and converted once into the cache.
+
+- ``RP_DIFFUSERS_METRIC_WEIGHTS``: a folder of converted files that you manage (read only);
+- ``RP_DIFFUSERS_METRIC_CACHE``: the cache (default ``~/.cache/rp_diffusers/metric_weights``, under ``XDG_CACHE_HOME``
+  if set); the official downloads stay in its ``official/`` (0.85 GB for all four networks, deletable once converted);
+- ``RP_DIFFUSERS_METRIC_WEIGHTS_MIRROR``: a base URL serving the official files under their file names
+  (``{mirror}/alexnet-owt-7be5be79.pth``, ``{mirror}/alex.pth``, ...), instead of the authors' hosts;
+- ``HF_HUB_OFFLINE=1`` or ``RP_DIFFUSERS_OFFLINE=1``: never download; :class:`MetricWeightsUnavailable` then says
+  which files to get and how to convert them: ``python -m rp_diffusers.metrics.weights FILE... --out DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import http.client
 import os
+import urllib.request
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,25 +41,36 @@ from torch import nn
 
 from .backbones import ALEXNET_CONV_INDICES, VGG16_CONV_INDICES
 
-METRICS_REPO_ID = "rp-diffusers/metric-weights"
-ENV_REPO = "RP_DIFFUSERS_METRICS_REPO"
 ENV_DIR = "RP_DIFFUSERS_METRIC_WEIGHTS"
+ENV_CACHE = "RP_DIFFUSERS_METRIC_CACHE"
+ENV_MIRROR = "RP_DIFFUSERS_METRIC_WEIGHTS_MIRROR"
+ENV_OFFLINE = "RP_DIFFUSERS_OFFLINE"
+# Kept for rp_diffusers.metrics' imports only, read nowhere: no Hub repo holds converted weights, none is the default
+DOWNLOAD_TIMEOUT_S = 15  # per socket operation (connect, each read): a dead route fails in seconds, not hours
 WEIGHT_FILES = {
     "lpips_alex": "lpips_alex.safetensors",
     "lpips_vgg": "lpips_vgg.safetensors",
     "dists": "dists_vgg16.safetensors",
     "fid_inception": "pt_inception-2015-12-05.safetensors",
 }
-_TORCHVISION = "https://download.pytorch.org/models/"
-OFFICIAL_SOURCES = {
-    "alexnet": f"alexnet-owt-7be5be79.pth ({_TORCHVISION}alexnet-owt-7be5be79.pth)",
-    "vgg16": f"vgg16-397923af.pth ({_TORCHVISION}vgg16-397923af.pth)",
-    "lpips_alex_lin": "alex.pth (lpips/weights/v0.1/alex.pth inside the `lpips` wheel: pip download lpips --no-deps)",
-    "lpips_vgg_lin": "vgg.pth (lpips/weights/v0.1/vgg.pth inside the `lpips` wheel: pip download lpips --no-deps)",
-    "dists_alpha_beta": "weights.pt (DISTS_pytorch/weights.pt inside the `dists-pytorch` wheel: "
-    "pip download dists-pytorch --no-deps)",
-    "fid_inception": "pt_inception-2015-12-05-6726825d.pth "
-    "(https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth)",
+_LPIPS = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1"
+# official file -> (URL, SHA-256 or its leading hex digits). torchvision's and pytorch-fid's file names carry the first
+# 8 hex digits of their SHA-256 (torch.hub's check_hash convention). The full SHA-256 of the head files are those of
+# lpips/weights/v0.1/{alex,vgg}.pth in the lpips 0.1.4 wheel and of DISTS_pytorch/weights.pt in the dists-pytorch 0.1
+# wheel on PyPI (the files of the GitHub repositories below).
+SOURCES = {
+    "alexnet": ("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79"),
+    "vgg16": ("https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
+    "lpips_alex_lin": (f"{_LPIPS}/alex.pth", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"),
+    "lpips_vgg_lin": (f"{_LPIPS}/vgg.pth", "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
+    "dists_alpha_beta": (
+        "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt",
+        "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218",
+    ),
+    "fid_inception": (
+        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+        "6726825d",
+    ),
 }
 NEEDS = {
     "lpips_alex": ("alexnet", "lpips_alex_lin"),
@@ -62,29 +84,138 @@ class MetricWeightsUnavailable(RuntimeError):
     """The weights of a metric network are not available here; the message says what to download and where."""
 
 
-def _help(name: str) -> str:
-    sources = "; ".join(OFFICIAL_SOURCES[source] for source in NEEDS[name])
+def metric_weights_cache_dir() -> Path:
+    """The cache: ``$RP_DIFFUSERS_METRIC_CACHE``, else ``rp_diffusers/metric_weights`` in ``$XDG_CACHE_HOME``."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "rp_diffusers" / "metric_weights"
+
+
+def _offline() -> bool:
+    values = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get(ENV_OFFLINE, ""))
+    return any(value.strip().lower() in ("1", "true", "yes", "on") for value in values)
+
+
+def _url(kind: str) -> str:
+    url = SOURCES[kind][0]
+    mirror = os.environ.get(ENV_MIRROR)
+    return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[1]}" if mirror else url
+
+
+def _help(name: str, online: bool = True) -> str:
+    urls = " and ".join(_url(kind) for kind in NEEDS[name])
+    automatic = (
+        f" Online (HF_HUB_OFFLINE and {ENV_OFFLINE} unset, no weights_path) they download and convert by themselves, "
+        f"once, into {metric_weights_cache_dir()}."
+    )
     return (
-        f"Get {sources}. Convert them with `python -m rp_diffusers.metrics.weights FILE... --out DIR` "
-        f"(rp_diffusers.metrics.weights.convert_official_weights) and set {ENV_DIR}=DIR, or pass weights_path="
-        f"DIR/{WEIGHT_FILES[name]}. Online, the converted file loads from the Hub repo {METRICS_REPO_ID!r} "
-        f"(or the repo named by {ENV_REPO})."
+        f"Get {urls} (the lpips and DISTS files are also in their wheels: pip download lpips dists-pytorch "
+        f"--no-deps), convert them with `python -m rp_diffusers.metrics.weights FILE... --out DIR` and set "
+        f"{ENV_DIR}=DIR or pass weights_path=DIR/{WEIGHT_FILES[name]}.{automatic if online else ''}"
     )
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, path: Path, expected: str) -> None:
+    """Stream ``url`` into ``path`` through a temporary file beside it; nothing is left behind on any failure.
+
+    Not ``torch.hub.download_url_to_file``: it has no timeout and keeps a body shorter than its Content-Length."""
+    from tqdm.auto import tqdm
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    digest, received, size = hashlib.sha256(), 0, None
+    retry = f"Retry later or set {ENV_MIRROR} to a reachable copy"
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "rp-diffusers"})
+        try:
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, open(partial, "wb") as out:
+                size = int(response.headers["Content-Length"]) if response.headers.get("Content-Length") else None
+                with tqdm(total=size, unit="B", unit_scale=True, desc=path.name, disable=None) as bar:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as error:  # URLError, HTTPError, timeout, reset, IncompleteRead
+            raise MetricWeightsUnavailable(
+                f"could not download {url} ({type(error).__name__}: {error}). {retry}."
+            ) from error
+        if size is not None and received != size:
+            raise MetricWeightsUnavailable(
+                f"download of {url} stopped after {received} of {size} bytes (the connection closed). {retry}."
+            )
+        actual = digest.hexdigest()
+        if not actual.startswith(expected):
+            raise MetricWeightsUnavailable(
+                f"{url}: SHA-256 {actual} does not match the expected {expected} (the file was deleted; a proxy or an "
+                f"out-of-date mirror may have served another file). {retry}."
+            )
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def download_official_weights(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Download the official files of metric network ``name``, check their SHA-256 and convert them into the cache.
+
+    Files already in ``{cache_dir}/official`` with the right SHA-256 are not downloaded again. The converted file is
+    written under a temporary name and renamed, so a half-written file never looks complete.
+
+    Args:
+        name (`str`): one of :data:`WEIGHT_FILES`.
+        cache_dir (path, *optional*): default :func:`metric_weights_cache_dir`.
+
+    Returns:
+        `pathlib.Path` of the converted safetensors file.
+
+    Raises:
+        MetricWeightsUnavailable: offline, a download failed or a file has the wrong SHA-256 (the message says which).
+
+    Example:
+        >>> download_official_weights("lpips_alex")  # doctest: +SKIP
+        PosixPath('/home/me/.cache/rp_diffusers/metric_weights/lpips_alex.safetensors')
+    """
+    if name not in NEEDS:
+        raise ValueError(f"unknown metric network {name!r}; choose one of {sorted(NEEDS)}")
+    cache = Path(cache_dir) if cache_dir is not None else metric_weights_cache_dir()
+    if _offline():
+        raise MetricWeightsUnavailable(
+            f"{name}: {WEIGHT_FILES[name]} is not in {ENV_DIR} nor in the cache {cache}, and downloads are off "
+            f"(HF_HUB_OFFLINE=1 or {ENV_OFFLINE}=1). {_help(name)}"
+        )
+    files = []
+    for kind in NEEDS[name]:
+        path = cache / "official" / SOURCES[kind][0].rsplit("/", 1)[1]
+        try:
+            if not (path.is_file() and _sha256(path).startswith(SOURCES[kind][1])):
+                _download(_url(kind), path, SOURCES[kind][1])
+        except MetricWeightsUnavailable as error:
+            raise MetricWeightsUnavailable(f"{name}: {error} Or by hand: {_help(name, online=False)}") from error
+        files.append(path)
+    return convert_official_weights(files, cache)[name]
+
+
 def resolve_weights_file(name: str, *, weights_path: str | os.PathLike | None = None, repo_id: str | None = None):
-    """Find the safetensors file of metric network ``name`` (see the module docstring for the order).
+    """Find the safetensors file of metric network ``name``, downloading the official files if needed.
 
     Args:
         name (`str`): one of :data:`WEIGHT_FILES`.
         weights_path (`str` or `os.PathLike`, *optional*): a file, or a folder holding ``WEIGHT_FILES[name]``.
-        repo_id (`str`, *optional*): a Hub repo to download from, instead of :data:`METRICS_REPO_ID`.
+        repo_id (`str`, *optional*): a Hub repo of your own holding ``WEIGHT_FILES[name]`` (there is no default one).
 
     Returns:
         `pathlib.Path` of an existing file.
 
     Raises:
-        MetricWeightsUnavailable: if no source has the file.
+        MetricWeightsUnavailable: if no source has the file and it cannot be downloaded; the message says what to do.
     """
     if name not in WEIGHT_FILES:
         raise ValueError(f"unknown metric network {name!r}; choose one of {sorted(WEIGHT_FILES)}")
@@ -95,20 +226,22 @@ def resolve_weights_file(name: str, *, weights_path: str | os.PathLike | None = 
         if not path.is_file():
             raise MetricWeightsUnavailable(f"{name}: {path} does not exist. {_help(name)}")
         return path
+    if repo_id is not None:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+        except Exception as error:  # offline, missing repo or file, no network: all mean "not available"
+            raise MetricWeightsUnavailable(
+                f"{name}: {filename} not found in the Hub repo {repo_id!r} ({type(error).__name__}). {_help(name)}"
+            ) from error
     folder = os.environ.get(ENV_DIR)
     if folder and (Path(folder) / filename).is_file():
         return Path(folder) / filename
-    repo = repo_id or os.environ.get(ENV_REPO) or METRICS_REPO_ID
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo_id=repo, filename=filename))
-    except Exception as error:  # offline, missing repo or file, no network: all mean "not available"
-        where = f"{ENV_DIR}={folder} has no {filename}; " if folder else f"{ENV_DIR} is not set; "
-        raise MetricWeightsUnavailable(
-            f"{name}: weights file {filename} not found ({where}Hub repo {repo!r}: {type(error).__name__}). "
-            f"{_help(name)}"
-        ) from error
+    cached = metric_weights_cache_dir() / filename
+    if cached.is_file():
+        return cached
+    return download_official_weights(name)
 
 
 def load_weights_into(
@@ -150,7 +283,7 @@ def _load_official(path: Path) -> dict[str, torch.Tensor]:
 
 
 def identify_official_file(state_dict: dict[str, torch.Tensor]) -> str | None:
-    """Which official file a loaded state dict is: a key of :data:`OFFICIAL_SOURCES`, or ``None``."""
+    """Which official file a loaded state dict is: a key of :data:`SOURCES`, or ``None``."""
     first = state_dict.get("features.0.weight")
     if first is not None and tuple(first.shape) == (64, 3, 11, 11):
         return "alexnet"
@@ -217,7 +350,7 @@ def convert_official_weights(src_files: Iterable[str | os.PathLike], out_dir: st
         state_dict = _load_official(path)
         kind = identify_official_file(state_dict)
         if kind is None:
-            raise ValueError(f"{path}: not an official file this converter knows ({sorted(OFFICIAL_SOURCES)})")
+            raise ValueError(f"{path}: not an official file this converter knows ({sorted(SOURCES)})")
         files[kind], sources[kind] = state_dict, path.name
     builders = {
         "lpips_alex": lambda: LPIPS("alex", load_weights=False),
@@ -237,7 +370,12 @@ def convert_official_weights(src_files: Iterable[str | os.PathLike], out_dir: st
         load_weights_into(builders[name](), name, state_dict=ours)
         out.mkdir(parents=True, exist_ok=True)
         written[name] = out / WEIGHT_FILES[name]
-        save_file(ours, str(written[name]), metadata={"source": ", ".join(sources[s] for s in needs)})
+        partial = written[name].with_name(f".{written[name].name}.{uuid.uuid4().hex}.partial")
+        try:  # a temporary name, then a rename: a half-written file never looks complete
+            save_file(ours, str(partial), metadata={"source": ", ".join(sources[s] for s in needs)})
+            os.replace(partial, written[name])
+        finally:
+            partial.unlink(missing_ok=True)
     if not written:
         wanted = "; ".join(f"{name} needs {' + '.join(needs)}" for name, needs in NEEDS.items())
         raise ValueError(f"no metric weights can be made from {sorted(sources.values())}: {wanted}")
