@@ -49,9 +49,10 @@ def _print_curve(data: dict) -> None:
     results = data["results"]
     keys = [k for k in results if k not in ("quality", "encoding_time", "decoding_time")]
     print(f"\n{data['name']}  ({data['description']})")
-    print("quality".rjust(8) + "".join(f"{k:>13}" for k in keys))
+    widths = [max(13, len(k) + 2) for k in keys]
+    print("quality".rjust(8) + "".join(f"{k:>{w}}" for k, w in zip(keys, widths)))
     for i, q in enumerate(results["quality"]):
-        print(f"{q:>8g}" + "".join(f"{results[k][i]:>13.4f}" for k in keys))
+        print(f"{q:>8g}" + "".join(f"{results[k][i]:>{w}.4f}" for k, w in zip(keys, widths)))
 
 
 def run(args: argparse.Namespace) -> int:
