@@ -1,6 +1,6 @@
 """Rate-perception LoRA adapters: names, target modules, configs, and save/load through diffusers' LoRA API.
 
-One adapter per (codec, lambda) operating point, named ``rp_{codec}_lambda_{value}`` (DESIGN.md section 4).
+One adapter per (codec, lambda) operating point, named ``rp_{codec}_lambda_{value}``.
 peft keeps adapters in ``nn.ModuleDict``s, whose keys cannot hold a dot, so the decimal point of lambda is spelled
 ``p`` (``rp_bpg_lambda_0p5`` for lambda 0.5) and a minus sign ``m`` (``rp_jpeg_lambda_1em05`` for 1e-05); every
 function here also accepts the dotted spelling and normalises it.

@@ -1,6 +1,9 @@
-"""Training losses of seed 000: SiD/CiD distillation (stage 1) and the rate-perception loss (stage 2).
+"""Training losses of rate-perception pre-processing: SiD/CiD distillation (stage 1), rate-perception (stage 2).
 
-Stage 1 (DESIGN.md section 4), all tensors are latents (N, C, h, w):
+The method: Guo et al., "Generative Preprocessing for Image Compression with Pre-trained Diffusion Models",
+arXiv:2512.15270 (2025).
+
+Stage 1, all tensors are latents (N, C, h, w):
 - :func:`sid_generator_loss` is Score identity Distillation's generator loss (Zhou et al., 2024, eq. 9 with its
   public code): ``(f_real - f_fake) * ((f_real - x_g) - alpha * (f_real - f_fake)) / w`` with the per-sample weight
   ``w = mean|x_g - f_real|`` detached. For ``alpha = 1`` it is ``(f_real - f_fake) * (f_fake - x_g) / w``.
@@ -33,7 +36,7 @@ def sid_generator_loss(
         x_g: (N, C, h, w) the student's clean latents (with gradient to the student).
         f_real: (N, C, h, w) the frozen teacher's x0 estimate at the noised ``x_g`` (with guidance, if any).
         f_fake: (N, C, h, w) the fake-score network's x0 estimate at the same noised latents.
-        alpha: SiD's alpha (1.0 in DESIGN.md; SiD uses 1.2 for EDM, SiD-LSG 1.0 for Stable Diffusion).
+        alpha: SiD's alpha (1.0 by default, as SiD-LSG for Stable Diffusion; SiD uses 1.2 for EDM).
 
     Returns:
         A scalar loss. The weight ``mean|x_g - f_real|`` per sample is detached (clipped at 1e-5), as in SiD.

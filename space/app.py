@@ -29,7 +29,7 @@ from rp_diffusers.space_utils import (
     safe_stem,
     write_files,
 )
-from rp_diffusers.utils import ImageLoadError
+from rp_diffusers.utils import ImageLoadError, list_images
 
 logger = logging.getLogger("rp_space")
 
@@ -230,9 +230,7 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
                     interactive=bool(adapters),
                 )
                 button = gr.Button("Compress and compare", variant="primary", elem_id="run-button")
-                gr.Examples(
-                    [[str(p)] for p in sorted(EXAMPLES_DIR.glob("*.png"))], inputs=[image], label="example photos"
-                )
+                gr.Examples([[str(p)] for p in list_images(EXAMPLES_DIR)], inputs=[image], label="example photos")
             with gr.Column(scale=3, min_width=400):
                 slider = gr.ImageSlider(
                     label="codec alone | rp + codec (drag)", format="png", type="pil", elem_id="comparison-slider"

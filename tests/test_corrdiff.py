@@ -1,4 +1,4 @@
-"""Tests of CorrDiff (seed 001): integer entropy tables, bit-exact bitstreams, privileged correction, training resume."""
+"""Tests of CorrDiff (arXiv:2404.04916): integer entropy tables, bit-exact bitstreams, correction, training resume."""
 
 import os
 import subprocess

@@ -178,10 +178,7 @@ def test_rate_perception_loss_with_diffjpeg_and_random_lpips():
     from rp_diffusers.metrics import LPIPS
     from rp_diffusers.surrogates import get_surrogate
 
-    try:
-        surrogate = get_surrogate("jpeg")
-    except FileNotFoundError as error:  # the rate calibration is produced by training/calibrate_jpeg_rate.py
-        pytest.skip(f"DiffJPEG rate calibration missing: {error}")
+    surrogate = get_surrogate("jpeg")  # its rate calibration ships with the package: missing is a failure
     torch.manual_seed(0)
     lpips = LPIPS("vgg", load_weights=False)  # random weights: the gradient path, not the values, is tested
     loss_fn = RatePerceptionLoss(surrogate, lpips, lambda_rate=0.5, lambda_perceptual=1.0, lambda_mse=1.0)

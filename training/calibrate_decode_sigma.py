@@ -1,4 +1,4 @@
-"""Build the noise-level table of PerceptualDecodePipeline (seed 002's rule) on training photographs.
+"""Build the noise-level table of PerceptualDecodePipeline (the rule of arXiv:2506.16102) on training photographs.
 
 For each codec and quality: encode + decode every photograph with the real codec (``rp_diffusers.codecs``), record
 the mean codec MSE, then (unless ``--codec-mse-only``) search the sigma at which the enhanced images' MSE to the
@@ -8,9 +8,9 @@ quality at run time. Photographs are centre-cropped to ``--crop`` pixels (never 
 it is the test set.
 
 Examples:
-    python training/calibrate_decode_sigma.py --codec-mse-only --codec jpeg webp avif hevc
-    python training/calibrate_decode_sigma.py --model openai/diffusers-cd_imagenet64_lpips --codec jpeg \\
-        --qualities 5,10,20,30,50,75 --preset fast --device cuda
+    python training/calibrate_decode_sigma.py --data photos/ --codec-mse-only --codec jpeg webp avif hevc
+    python training/calibrate_decode_sigma.py --data photos/ --model openai/diffusers-cd_imagenet64_lpips \\
+        --codec jpeg --qualities 5,10,20,30,50,75 --preset fast --device cuda
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import torch
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.commands.enhance import load_pipeline
 from rp_diffusers.decode.calibration import DEFAULT_TABLE_PATH, SigmaTable, search_sigma
-from rp_diffusers.utils.image import load_image, pil_to_tensor
+from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 
 logger = logging.getLogger("calibrate_decode_sigma")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm"}
 DEFAULT_QUALITIES = {
     "jpeg": "5,10,20,30,40,50,60,75,90",
     "webp": "5,10,20,30,40,50,60,75,90",
@@ -42,7 +41,7 @@ DEFAULT_QUALITIES = {
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/data/train-sunhays80", help="folder of training photographs")
+    parser.add_argument("--data", required=True, help="folder of training photographs (train-sunhays80, not Kodak)")
     parser.add_argument("--num-images", type=int, default=80, help="use the first N photographs (sorted by name)")
     parser.add_argument("--crop", type=int, default=256, help="centre crop side in pixels (0: whole images)")
     parser.add_argument("--codec", nargs="+", default=["jpeg"], help="codec names from rp_diffusers.codecs")
@@ -67,9 +66,7 @@ def load_photographs(folder: str, num_images: int, crop: int) -> list[torch.Tens
     root = Path(folder)
     if "kodak" in root.resolve().name.lower():
         raise ValueError("Kodak is the test set: calibrate on training photographs (train-sunhays80)")
-    paths = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:num_images]
-    if not paths:
-        raise FileNotFoundError(f"no images in {root}")
+    paths = list_images(root)[:num_images]
     images = []
     for path in paths:
         image = load_image(path)

@@ -8,7 +8,7 @@ baseline, standard Huffman tables), reads the real file size, and fits per quali
 
 Fit on training images only (``train-sunhays80``); Kodak is the test set.
 
-    python training/calibrate_jpeg_rate.py --data_dir ../shared/data/train-sunhays80 \
+    python training/calibrate_jpeg_rate.py --data_dir photos/train-sunhays80 \
         --output rp_diffusers/surrogates/weights/jpeg_rate.json
 """
 
@@ -26,16 +26,12 @@ from PIL import Image
 
 from rp_diffusers.surrogates import DiffJPEG
 from rp_diffusers.surrogates.jpeg_tables import HEADER_BYTES
-from rp_diffusers.utils.image import load_image, pil_to_tensor
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--data_dir", type=Path, default=Path("../shared/data/train-sunhays80"), help="training photographs"
-    )
+    parser.add_argument("--data_dir", type=Path, required=True, help="training photographs (train-sunhays80)")
     parser.add_argument(
         "--qualities",
         default="1,5,10,15,25,35,50,65,75,85,92,100",
@@ -82,9 +78,7 @@ def measure(paths: list[Path], qualities: list[int], model: DiffJPEG) -> tuple[n
 
 def main(args: argparse.Namespace) -> dict:
     qualities = [int(q) for q in args.qualities.split(",")]
-    paths = sorted(p for p in args.data_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.max_images]
-    if not paths:
-        raise FileNotFoundError(f"no images in {args.data_dir}")
+    paths = list_images(args.data_dir)[: args.max_images]
     if args.cache is not None and args.cache.is_file():
         cached = np.load(args.cache)
         real, entropy = cached["real"], cached["entropy"]

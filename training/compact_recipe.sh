@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The exact commands that produced rp_diffusers/assets/default_model (the compact default model).
 #
-#   bash training/compact_recipe.sh                 # full recipe (CPU), writes rp_diffusers/assets/default_model
-#   WORK=/tmp/w DEST=/tmp/model bash training/compact_recipe.sh   # elsewhere
+#   TRAIN=photos/train-sunhays80 VAL=photos/val-set14 bash training/compact_recipe.sh   # full recipe (CPU), writes
+#                                                   # rp_diffusers/assets/default_model
+#   TRAIN=... VAL=... WORK=/tmp/w DEST=/tmp/model bash training/compact_recipe.sh       # elsewhere
 #
 # Stage 1: training/train_compact_base.py. No SD teacher is available offline, so the base is a residual one-step
 #          restorer trained from scratch: its "VAE" is an AutoencoderTiny (TAESD's class) at factor 1 set to an exact
@@ -16,8 +17,8 @@
 # Every knob below can be overridden from the environment; tests/test_compact_model.py runs a tiny version.
 set -euo pipefail
 
-TRAIN=${TRAIN:-../shared/data/train-sunhays80}
-VAL=${VAL:-../shared/data/val-set14}
+TRAIN=${TRAIN:?set TRAIN to a folder of training photographs (the shipped model used train-sunhays80)}
+VAL=${VAL:-}  # validation photographs (val-set14); needed when VALIDATE=1
 WORK=${WORK:-compact-work}
 DEST=${DEST:-rp_diffusers/assets/default_model}
 PYTHON=${PYTHON:-python}
@@ -43,7 +44,9 @@ mkdir -p "$WORK/train/train"
 # pattern): link the images into WORK/train/train and train on that folder instead.
 for f in "$TRAIN"/*; do ln -sf "$(realpath "$f")" "$WORK/train/train/"; done
 VAL_ARGS=()
-if [ "$VALIDATE" = 1 ]; then VAL_ARGS=(--validation_data_dir "$VAL"); fi
+if [ "$VALIDATE" = 1 ]; then
+  VAL_ARGS=(--validation_data_dir "${VAL:?set VAL to a folder of validation photographs (val-set14), or VALIDATE=0}")
+fi
 
 # Stage 1: the base (one-step near-identity image-to-image model)
 $PYTHON training/train_compact_base.py --train_data_dir "$WORK/train" "${VAL_ARGS[@]}" --seed "$SEED" \
@@ -90,6 +93,11 @@ pipe.set_adapters([next(n for n in names if n.startswith("rp_jpeg_"))] if any("j
 if dest.exists():
     shutil.rmtree(dest)
 pipe.save_pretrained(dest)
+for config in (dest / "model_index.json", dest / "unet" / "config.json", dest / "vae" / "config.json"):
+    # diffusers records the folder it loaded from (WORK, a path of this machine); loading sets it again anyway
+    entries = json.loads(config.read_text())
+    entries.pop("_name_or_path", None)
+    config.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
 shutil.copy(work / "base" / "stage1_metrics.json", dest / "stage1_metrics.json")
 for codec in codecs:  # keep the training record (surrogate, losses, steps) that save_pretrained leaves out
     for lam in lambdas:

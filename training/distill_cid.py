@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Stage 1 of seed 000: distil SD 2.1 into a one-step image-to-image model with SiD + a consistency term (CiD).
+"""Stage 1 of rate-perception pre-processing: distil SD 2.1 into a one-step image-to-image model (SiD + CiD).
 
 Teacher: the frozen SD 2.1 UNet. Student: the one-step map G(x) = Dec(x0(UNet(Enc(x), t*))) (LoRA or full).
 Fake score: a trainable copy of the teacher (LoRA or full) fitted with the denoising loss on the student's
 outputs. Each step updates the fake score, then the student with SiD's generator loss + lambda_task x (L2 +
-lambda_lpips x LPIPS) between G(x) and x (DESIGN.md section 4). Output: a folder `RPPreprocessPipeline` loads.
+lambda_lpips x LPIPS) between G(x) and x, the consistency term (our reading of CiD in Guo et al. 2025,
+arXiv:2512.15270). Output: a folder `RPPreprocessPipeline` loads.
 
     accelerate launch training/distill_cid.py \
       --pretrained_model_name_or_path stabilityai/stable-diffusion-2-1-base \
@@ -49,7 +50,6 @@ from rp_diffusers.training_utils import (
     collate_images,
     epoch_loader,
     is_sharded,
-    list_images,
     load_image_dataset,
     load_trainable_weights,
     log_images,
@@ -63,7 +63,7 @@ from rp_diffusers.training_utils import (
     step_generator,
     stop_on_signals,
 )
-from rp_diffusers.utils.image import load_image, pil_to_tensor, tensor_to_pil
+from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor, tensor_to_pil
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -101,7 +101,9 @@ def parse_args(input_args=None):
         default=1.0,
         help="Classifier-free guidance of the teacher between the empty prompt and --prompt.",
     )
-    parser.add_argument("--sid_alpha", type=float, default=1.0, help="SiD's alpha (1.0: DESIGN.md; 1.2: SiD on EDM).")
+    parser.add_argument(
+        "--sid_alpha", type=float, default=1.0, help="SiD's alpha (1.0: SiD-LSG on SD; 1.2: SiD on EDM)."
+    )
     parser.add_argument("--sid_t_min", type=int, default=20, help="Smallest timestep of the SiD/fake-score noise.")
     parser.add_argument("--sid_t_max", type=int, default=980, help="Largest timestep of the SiD/fake-score noise.")
     parser.add_argument("--lambda_task", type=float, default=1.0, help="Weight of the consistency term to the input.")

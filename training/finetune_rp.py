@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Stage 2 of seed 000: a rate-perception LoRA on the one-step model, trained through a differentiable codec.
+"""Stage 2 of rate-perception pre-processing: a LoRA on the one-step model, trained through a differentiable codec.
 
 For each batch a codec quality q is drawn from --quality_range; x' = G_lora(x); (x_hat, bits) = S(x', q) with the
 codec's surrogate; loss = lambda_rate x bpp + lambda_perceptual x P(x, x_hat) + lambda_mse x MSE(x, x_hat)
-(DESIGN.md section 4). Validation runs the REAL codec ("codec alone" vs "rp + codec"). The adapter is saved as
-`pytorch_lora_weights.safetensors` at the top of --output_dir, loadable with `pipe.load_lora_weights(output_dir)`.
+(Guo et al. 2025, arXiv:2512.15270). Validation runs the REAL codec ("codec alone" vs "rp + codec"). The adapter
+is saved as `pytorch_lora_weights.safetensors` at the top of --output_dir, loadable with
+`pipe.load_lora_weights(output_dir)`.
 
     accelerate launch training/finetune_rp.py --pretrained_model_name_or_path stabilityai/sd-turbo \
       --train_data_dir photos/ --codec jpeg --quality_range 10 60 --lambda_rate 0.5 --perceptual_loss dists \
@@ -43,7 +44,6 @@ from rp_diffusers.training_utils import (
     collate_images,
     epoch_loader,
     is_sharded,
-    list_images,
     load_image_dataset,
     load_trainable_weights,
     load_validation_metric_models,
@@ -58,7 +58,7 @@ from rp_diffusers.training_utils import (
     step_generator,
     stop_on_signals,
 )
-from rp_diffusers.utils.image import load_image
+from rp_diffusers.utils.image import list_images, load_image
 
 logger = get_logger(__name__, log_level="INFO")
 

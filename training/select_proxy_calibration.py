@@ -8,11 +8,11 @@ median bits error and rms log error on whole val-set14 images against the real c
 before is measured the same way. Rule used for the shipped proxies: take the 7-term form where its val-set14 rms
 log error is lower than the previous calibration's (VVC, WebP, HEIC), keep the previous one otherwise (HEVC, AVIF).
 
-    python training/calibrate_proxy_rate.py --codec webp --train_data_dir ../shared/data/train-sunhays80 \\
+    python training/calibrate_proxy_rate.py --codec webp --train_data_dir photos/train-sunhays80 \\
         --num_images 16 --whole_width 512 --terms "1,log_pixels,q,q2,noise,noise*q,noise*q2" --dry_run \\
         --records_out /tmp/rec_webp.json
     python training/select_proxy_calibration.py --codec webp --records /tmp/rec_webp.json \\
-        --validation_data_dir ../shared/data/val-set14 --output benchmarks/results/proxy_calibration_selection.json
+        --validation_data_dir photos/val-set14 --output benchmarks/results/proxy_calibration_selection.json
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from rp_diffusers.surrogates.proxy import (
     proxy_qualities,
     rate_correction,
 )
-from rp_diffusers.training_utils import list_images
-from rp_diffusers.utils.image import load_image, pil_to_tensor
+from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 
 FORMS = {
     "3 terms": BASE_TERMS,

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Stage 1 of the compact default model, scaled down for a CPU: a small VAE and a residual one-step restorer.
 
-No SD teacher is available offline, so stage 1 of seed 000 (distillation into a one-step model) is adapted:
+No SD teacher is available offline, so stage 1 of the method of Guo et al. 2025 (arXiv:2512.15270), distillation
+into a one-step model, is adapted:
 
 1. a small ``AutoencoderKL`` (factor 2, no attention) is trained to near-lossless reconstruction (L1 + MSE + a tiny
    KL term) on random crops of --train_data_dir;
@@ -13,8 +14,8 @@ No SD teacher is available offline, so stage 1 of seed 000 (distillation into a 
 The result is a folder ``RPPreprocessPipeline.from_pretrained`` loads (fixed random prompt embedding, no text
 encoder; ``residual=True``, ``prediction_type="sample"``), the base stage 2 (``training/finetune_rp.py``) adapts.
 
-    accelerate launch training/train_compact_base.py --train_data_dir ../shared/data/train-sunhays80 \
-      --validation_data_dir ../shared/data/val-set14 --vae_steps 200 --unet_steps 10 --output_dir compact-base
+    accelerate launch training/train_compact_base.py --train_data_dir photos/ \
+      --validation_data_dir val/ --vae_steps 200 --unet_steps 10 --output_dir compact-base
 
 (``training/compact_recipe.sh`` holds the exact commands of the shipped model.)
 """
@@ -42,12 +43,11 @@ from rp_diffusers.training_utils import (
     RandomCropImageDataset,
     build_optimizer,
     collate_images,
-    list_images,
     load_image_dataset,
     save_args,
     step_generator,
 )
-from rp_diffusers.utils.image import load_image, pil_to_tensor
+from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 from rp_diffusers.utils.tiling import crop_to_size, pad_to_multiple
 
 logger = get_logger(__name__, log_level="INFO")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train CorrDiff (seed 001) in two phases: the codec + end-to-end decoder, then the diffusion decoder.
+"""Train CorrDiff (arXiv:2404.04916) in two phases: the codec + end-to-end decoder, then the diffusion decoder.
 
 Phase ``codec``: analysis/synthesis transforms, scale hyperprior and the end-to-end decoder with the rate-distortion
 loss ``bpp + lambda_q * 255**2 * MSE(x_e2e, x)``, the quality q drawn per sample and ``lambda_q = lmbda * gain_q**2``
@@ -34,7 +34,6 @@ from safetensors.torch import load_file, save_file
 from rp_diffusers.corrdiff import CorrDiffConfig, CorrDiffModel, load_model, save_model
 from rp_diffusers.corrdiff.diffusion import build_scheduler, build_unet, diffusion_loss
 from rp_diffusers.training_utils import (
-    IMAGE_EXTENSIONS,
     RandomCropImageDataset,
     add_training_args,
     build_optimizer,
@@ -46,6 +45,7 @@ from rp_diffusers.training_utils import (
     save_args,
     step_generator,
 )
+from rp_diffusers.utils.image import list_images
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -124,9 +124,7 @@ def image_entries(args) -> tuple[list | object, str | None]:
     if args.train_data_dir is None:
         return load_image_dataset(args.dataset_name, None, args.image_column, args.dataset_config_name,
                                   args.cache_dir, max_samples=args.max_train_samples)  # fmt: skip
-    files = sorted(p for p in Path(args.train_data_dir).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {args.train_data_dir}")
+    files = list_images(args.train_data_dir, recursive=True)
     return [{"path": str(p)} for p in files[: args.max_train_samples]], None
 
 

@@ -8,8 +8,8 @@ the real file size (squared error of log bits). Validation runs the real codec o
 folder (never Kodak, the test set). The result is ``proxy_{codec}.safetensors`` + ``proxy_{codec}.json``.
 
 Example:
-    accelerate launch training/train_surrogate.py --codec heic --resolution 128 --num_pairs 2000 \\
-        --max_train_steps 3000 --output_dir out/proxy-heic
+    accelerate launch training/train_surrogate.py --codec heic --train_data_dir photos/ --validation_data_dir val/ \\
+        --resolution 128 --num_pairs 2000 --max_train_steps 3000 --output_dir out/proxy-heic
 """
 
 from __future__ import annotations
@@ -43,10 +43,9 @@ from rp_diffusers.surrogates.proxy import (
     training_quality_range,
 )
 from rp_diffusers.surrogates.proxy_model import CodecProxyNet
-from rp_diffusers.utils.image import load_image
+from rp_diffusers.utils.image import list_images, load_image
 
 logger = get_logger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -55,14 +54,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--codec_settings", type=str, default="{}", help="JSON dict of codec setting overrides (get_codec kwargs)."
     )
-    parser.add_argument(
-        "--train_data_dir", type=str, default="../shared/data/train-sunhays80", help="Folder of training photos."
-    )
+    parser.add_argument("--train_data_dir", type=str, required=True, help="Folder of training photos (sun-hays80).")
     parser.add_argument(
         "--validation_data_dir",
         type=str,
-        default="../shared/data/val-set14",
-        help="Folder of validation photos (never the test set).",
+        default=None,
+        help="Folder of validation photos, never the test set (the shipped proxies: val-set14; default: none).",
     )
     parser.add_argument("--resolution", type=int, default=128, help="Largest side of the random training crops.")
     parser.add_argument(
@@ -158,13 +155,6 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(f"--min_resolution ({args.min_resolution}) must not exceed --resolution ({args.resolution})")
     json.loads(args.codec_settings)
     return args
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise FileNotFoundError(f"no images in {folder}: pass a folder of photographs (--train_data_dir)")
-    return paths
 
 
 def _pairs_key(args: argparse.Namespace, quality_range: tuple[int, int]) -> str:
@@ -283,7 +273,7 @@ class SameShapeBatchSampler(torch.utils.data.Sampler):
 
 
 def validation_set(args: argparse.Namespace) -> list[Image.Image]:
-    if args.num_validation_images <= 0 or not os.path.isdir(args.validation_data_dir):
+    if args.num_validation_images <= 0 or args.validation_data_dir is None:
         return []
     images = []
     for path in list_images(args.validation_data_dir)[: args.num_validation_images]:

@@ -226,8 +226,7 @@ class HEICCodec(PillowCodec):
         info = pillow_heif.libheif_info()
         if "x265" not in info.get("encoders", {}) or not info.get("decoders"):
             return f"pillow-heif's libheif lacks an x265 encoder or an HEVC decoder: {info}"
-        pillow_heif.register_heif_opener()
-        return None
+        return None  # no side effect: the HEIF plugin is registered once, by utils.image.register_image_plugins
 
     def _check_settings(self) -> None:
         if self.settings["chroma"] not in (420, 422, 444):

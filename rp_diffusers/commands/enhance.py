@@ -1,4 +1,4 @@
-"""``rp-diffusers enhance``: training-free perceptual enhancement of decoded images (seed 002), written as PNG."""
+"""``rp-diffusers enhance``: training-free perceptual enhancement of decoded images (arXiv:2506.16102), as PNG."""
 
 from __future__ import annotations
 

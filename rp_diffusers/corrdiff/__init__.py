@@ -1,4 +1,8 @@
-"""CorrDiff (seed 001): a learned image codec whose diffusion decoder is corrected by a privileged e2e decoder.
+"""CorrDiff: a learned image codec whose diffusion decoder is corrected by a privileged end-to-end decoder.
+
+Method: Y. Ma, W. Yang and J. Liu, "Correcting Diffusion-Based Perceptual Image Compression with Privileged
+End-to-End Decoder", ICML 2024, arXiv:2404.04916. The encoder sees the original image, so it can choose how to
+mix the diffusion decoder's score estimate with the end-to-end decoder's and send that choice as a few side bits.
 
 Example:
     >>> from rp_diffusers import CorrDiffCodec

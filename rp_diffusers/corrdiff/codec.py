@@ -45,8 +45,8 @@ def _stream_bytes(encoder) -> bytes:
 
 @register_codec("corrdiff")
 class CorrDiffCodec(Codec):
-    """CorrDiff (seed 001, our reading): scale-hyperprior codec, end-to-end decoder and a diffusion decoder
-    corrected by encoder-chosen per-block weights sent as side information.
+    """CorrDiff (Ma et al., ICML 2024, arXiv:2404.04916; our reading): scale-hyperprior codec, end-to-end decoder
+    and a diffusion decoder corrected by encoder-chosen per-block weights sent as side information.
 
     Args:
         model: a folder or Hub repo id written by ``save_pretrained``, or a ``CorrDiffModel``.

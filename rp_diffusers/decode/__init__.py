@@ -1,4 +1,4 @@
-"""Seed 002's building blocks: model-agnostic denoisers in VE sigma, reverse-diffusion solvers, sigma calibration."""
+"""Training-free perceptual decoding (arXiv:2506.16102): VE-sigma denoisers, reverse solvers, sigma calibration."""
 
 from .calibration import DEFAULT_TABLE_PATH, CalibrationError, SigmaTable, search_sigma
 from .denoisers import ConsistencyDenoiser, Denoiser, EDMDenoiser, VPDenoiser, make_denoiser

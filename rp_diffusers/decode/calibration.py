@@ -1,4 +1,4 @@
-"""The noise-level rule of seed 002: the sigma at which MSE(enhanced, source) is twice the codec's MSE.
+"""The noise-level rule of arXiv:2506.16102: the sigma at which MSE(enhanced, source) is twice the codec's MSE.
 
 The rule needs the source, which a decoder does not have, so it is applied offline on training photographs
 (``training/calibrate_decode_sigma.py`` on train-sunhays80) and stored per (model, preset, codec, quality) in a

@@ -1,6 +1,6 @@
 """One x0 estimate D(x, sigma) in VE/EDM notation for any diffusers noise model (consistency, VP/DDPM, EDM).
 
-The solvers of seed 002 are written once, in the VE notation of the paper: a clean sample ``x`` (pixels in
+The solvers are written once, in the VE notation of Zhu et al. 2025, arXiv:2506.16102: a clean sample ``x`` (pixels in
 [-1, 1] or scaled VAE latents) is noised as ``x_sigma = x + sigma * n`` and a denoiser returns an estimate of
 ``x`` from ``x_sigma``. Each model family is converted here, and only here:
 

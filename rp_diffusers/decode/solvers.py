@@ -1,4 +1,4 @@
-"""Reverse-diffusion solvers of seed 002 in VE notation: consistency (multi)step, DPM-Solver++(2M), Euler-Maruyama, DPS.
+"""Perceptual-decoding solvers in VE notation: consistency (multi)step, DPM-Solver++(2M), Euler-Maruyama, DPS.
 
 Every solver starts from ``x = x_dec + sigma_0 * n`` and walks a decreasing list of sigmas to 0 with a denoiser
 ``denoise(x, sigma) -> x0`` (:mod:`rp_diffusers.decode.denoisers`), so one implementation serves pixel and

@@ -1,9 +1,10 @@
 """Sweeps over folders or datasets -> results JSON (CompressAI schema), R-D plots and BD-rate tables."""
 
+from ..utils.image import list_images  # re-exported: the sweeps' inputs are listed here
 from .bd_table import MIN_OVERLAP, bd_overlap, bd_table, format_bd_table
 from .plot import plot_rd
 from .results import EvaluationResult, higher_is_better, load_results
-from .sweep import EXAMPLES_DIR, evaluate, list_images, measure, parse_metrics, parse_qualities, usable_metrics
+from .sweep import EXAMPLES_DIR, evaluate, measure, parse_metrics, parse_qualities, usable_metrics
 
 __all__ = [
     "EXAMPLES_DIR",

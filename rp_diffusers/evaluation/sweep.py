@@ -16,32 +16,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..utils.image import load_image
+from ..utils.image import list_images, load_image
 from .results import RESULT_KEYS, EvaluationResult
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 # Per-process caches: a worker builds its codec and metric networks once, not once per image.
 _WORKER_STATE: dict = {}
-
-
-def list_images(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
-    """Expand folders (sorted, non-recursive) and files into a list of image paths; error if none."""
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"no such image file or folder: {path}")
-    if not found:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
-    return found
 
 
 def parse_qualities(spec: str | Sequence[float]) -> list[float]:

@@ -1,7 +1,7 @@
 """The one-step image-to-image map G(x) = Dec(x0(u(Enc(x), t*))): one function for the pipeline and training.
 
 The pipeline calls it under ``torch.no_grad()``; every training script calls it with gradients. Keeping a single
-implementation means inference and training can never diverge (DESIGN.md section 3).
+implementation means inference and training can never diverge.
 
 Spaces: ``image`` in [0, 1] (N, 3, H, W); ``image_vae`` in [-1, 1]; ``latents`` are scaled VAE latents
 (``vae.config.scaling_factor`` applied); ``x0_latents`` the model's clean-latent estimate.

@@ -1,4 +1,4 @@
-"""Pipelines: rate-perception pre-processing (seed 000) and perceptual decoding (seed 002), with output dataclasses."""
+"""Pipelines: rate-perception pre-processing and training-free perceptual decoding, with output dataclasses."""
 
 from .perceptual_decode import PerceptualDecodePipeline, PerceptualDecodePipelineOutput
 from .rp_preprocess import RPPreprocessPipeline, RPPreprocessPipelineOutput

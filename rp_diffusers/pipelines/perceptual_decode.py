@@ -1,4 +1,9 @@
-"""PerceptualDecodePipeline (seed 002): training-free perceptual enhancement of any codec's decoded image.
+"""PerceptualDecodePipeline: training-free perceptual enhancement of any codec's decoded image.
+
+Method: Z. Zhu, T. Xu, M. Huang, D. He, X. Ge, X. Zhang, L. Li and Y. Wang, "Fast Training-free Perceptual
+Image Compression", arXiv:2506.16102 (2025): add Gaussian noise to the decoded image and denoise it with a
+pre-trained diffusion model, at the noise level where the result's MSE to the source is about twice the codec's
+MSE; no training, any codec.
 
 x_dec -> x_sigma = x_dec + sigma * n -> denoise with the preset's solver -> x_out. ``fast``: one consistency-model
 call (or one x0 prediction of a diffusion model, SD-Turbo style); ``medium``: few-step DPM-Solver++ on the
@@ -77,7 +82,7 @@ def _pad_at_least(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 class PerceptualDecodePipeline(DiffusionPipeline):
     r"""Training-free perceptual decoding: add noise to a decoded image and denoise it (Meng et al.'s SDEdit,
-    seed 002's presets and noise-level rule).
+    with the presets and noise-level rule of Zhu et al. 2025, arXiv:2506.16102).
 
     Args:
         unet ([`UNet2DModel`] or [`UNet2DConditionModel`]): a pixel-space model (consistency model, EDM, ADM/DDPM)

@@ -1,4 +1,10 @@
-"""RPPreprocessPipeline: one-step rate-perception pre-processing of images before a standard codec (seed 000)."""
+"""RPPreprocessPipeline: one-step rate-perception pre-processing of images before a standard codec.
+
+Method: M. Guo, S. Zhao, J. Li and L. Zhang, "Generative Preprocessing for Image Compression with Pre-trained
+Diffusion Models", arXiv:2512.15270 (2025): Stable Diffusion 2.1 distilled into a one-step image-to-image model
+by Consistent Score Identity Distillation (CiD), then LoRA-fine-tuned per codec with a rate-perception loss
+through a differentiable codec surrogate; the codec itself is unchanged.
+"""
 
 from __future__ import annotations
 

@@ -104,8 +104,8 @@ class CodecProxySurrogate(CodecSurrogate):
         if not weights.is_file() or not config.is_file():
             raise FileNotFoundError(
                 f"no proxy weights for codec {codec!r} in {folder} (need {weights.name} and {config.name}); "
-                f"fit them with `python training/train_surrogate.py --codec {codec} --output_dir DIR` and pass "
-                f"weights_dir=DIR"
+                f"fit them with `python training/train_surrogate.py --codec {codec} --train_data_dir PHOTOS "
+                f"--output_dir DIR` and pass weights_dir=DIR"
             )
         metadata = json.loads(config.read_text())
         architecture = metadata["architecture"]

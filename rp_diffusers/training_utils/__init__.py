@@ -20,10 +20,8 @@ from .checkpoints import (
     trainable_state_dict,
 )
 from .data import (
-    IMAGE_EXTENSIONS,
     RandomCropImageDataset,
     collate_images,
-    list_images,
     load_image_dataset,
     random_crop,
     step_generator,
@@ -38,7 +36,6 @@ from .validation import (
 )
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "PreparedModel",
     "RandomCropImageDataset",
     "TRAINING_ARGS",
@@ -52,7 +49,6 @@ __all__ = [
     "collate_images",
     "epoch_loader",
     "is_sharded",
-    "list_images",
     "load_image_dataset",
     "load_trainable_weights",
     "load_validation_metric_models",

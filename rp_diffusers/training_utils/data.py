@@ -19,8 +19,6 @@ from ..utils.image import ImageLoadError, load_image, pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".jxl")
-
 
 def load_image_dataset(
     dataset_name: str | None = None,
@@ -185,17 +183,6 @@ class RandomCropImageDataset(torch.utils.data.Dataset):
 def collate_images(examples: list[dict]) -> dict:
     """Stack ``pixel_values`` -> {"pixel_values": (N, 3, R, R) float32 in [0, 1]}."""
     return {"pixel_values": torch.stack([example["pixel_values"] for example in examples]).contiguous()}
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name (validation sets)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"validation folder {folder} does not exist; pass --validation_data_dir DIR")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    return files
 
 
 def step_generator(seed: int, *keys: int, device: str | torch.device = "cpu") -> torch.Generator:

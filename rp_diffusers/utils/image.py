@@ -10,9 +10,11 @@ Conversions (documented for users):
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
+# The file suffixes every lister of the package takes for images: what Pillow opens here, with the HEIF and
+# JPEG XL plugins registered below (AVIF is native in Pillow >= 11).
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
+    | {".heic", ".heif", ".avif", ".jxl"}
+)
+
 ImageInput = "str | os.PathLike | bytes | Image.Image | np.ndarray | torch.Tensor"
 
 
@@ -28,8 +37,14 @@ class ImageLoadError(ValueError):
     """An input could not be turned into an RGB image; the message says why and what to do."""
 
 
-def _register_plugins() -> None:
-    """Teach Pillow HEIF/AVIF and JPEG XL when their plugins are installed (they are dependencies)."""
+@functools.cache
+def register_image_plugins() -> None:
+    """Teach Pillow HEIF/HEIC and JPEG XL when their plugins are installed (they are dependencies); AVIF is native.
+
+    The one place the package registers Pillow plugins: called once when this module is imported, so every loader
+    and codec of the package (and ``PIL.Image.open`` in the user's code) reads those formats. Calling it again
+    does nothing.
+    """
     try:
         import pillow_heif
 
@@ -37,12 +52,54 @@ def _register_plugins() -> None:
     except ImportError:  # pragma: no cover - optional at import time
         pass
     try:
-        import pillow_jxl  # noqa: F401
+        import pillow_jxl  # noqa: F401 (importing it registers the plugin)
     except ImportError:  # pragma: no cover
         pass
 
 
-_register_plugins()
+register_image_plugins()
+
+
+def list_images(paths: str | os.PathLike | Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Expand folders and files into a list of image paths; a folder gives its images sorted by name.
+
+    Args:
+        paths: one folder or file, or a sequence of them. Files are kept as given whatever their suffix; folders
+            contribute the files whose suffix (any case) is in ``IMAGE_SUFFIXES``.
+        recursive: also list the images of sub-folders (sorted by path).
+
+    Returns:
+        ``list[pathlib.Path]``, never empty.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or no image was found.
+
+    Example:
+        >>> import tempfile
+        >>> from rp_diffusers.utils import list_images
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (4, 4)).save(folder / "b.PNG")
+        >>> _ = (folder / "notes.txt").write_text("not an image")
+        >>> [p.name for p in list_images(folder)]
+        ['b.PNG']
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            candidates = path.rglob("*") if recursive else path.iterdir()
+            found.extend(sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {path}; pass an existing folder or file")
+    if not found:
+        where = "under" if recursive else "in"
+        raise FileNotFoundError(
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) {where} {', '.join(map(str, paths))}; "
+            "pass a folder holding such files"
+        )
+    return found
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
