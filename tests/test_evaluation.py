@@ -289,3 +289,30 @@ def test_cli_evaluate_bd_json_records_overlap(crops, tmp_path, capsys):
     assert set(bd["overlap"]["webp"]) == {"psnr-rgb", "ssimulacra2"} and bd["min_overlap"] == 0.75
     assert all(0 <= v <= 1 for v in bd["overlap"]["webp"].values())
     assert "overlap of the two curves' quality ranges" in capsys.readouterr().out
+
+
+def test_evaluate_keeps_a_metric_missing_on_the_first_image(tmp_path):
+    """A small first image has no MS-SSIM; the mean over the other images is still reported."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(tmp_path / "a_small.png")
+    Image.fromarray(rng.integers(0, 255, (200, 220, 3), dtype=np.uint8)).save(tmp_path / "b_large.png")
+    result = evaluate(tmp_path, "jpeg", [50, 80], metrics=["psnr", "ms_ssim"], workers=0, progress=False)
+    averaged = result.averaged()
+    large = [r["ms-ssim-rgb"] for r in result.records if r["image"] == "b_large"]
+    assert averaged["ms-ssim-rgb"] == pytest.approx(large)
+
+
+def test_measure_accepts_any_pil_mode():
+    from rp_diffusers.evaluation import measure
+
+    gray = Image.new("L", (40, 30), 128)
+    assert measure(gray, gray.convert("RGB"), ["psnr"]) == {"psnr": float("inf")}
+    assert measure(gray.convert("RGBA"), gray.convert("P"), ["psnr"]) == {"psnr": float("inf")}
+
+
+def test_bd_overlap_ignores_points_bd_table_drops():
+    from rp_diffusers.evaluation import bd_overlap
+
+    anchor = {"results": {"bpp": [0.2, 0.4, 0.8, 1.6], "vmaf": [50, None, 70, 80]}}
+    test = {"results": {"bpp": [0.2, 0.4, 0.8, 1.6], "vmaf": [60, 70, 80, 90]}}
+    assert bd_overlap(anchor, test) == pytest.approx({"vmaf": 20 / 40})

@@ -119,3 +119,10 @@ def test_compute_metrics_offers_ssimulacra2():
     y = (x + 0.02).clamp(0, 1)
     values = compute_metrics(x, y, metrics=("ssimulacra2",))
     np.testing.assert_allclose(values["ssimulacra2"], ssimulacra2(x, y).tolist(), rtol=1e-6)
+
+
+def test_ssimulacra2_nan_input_gives_nan_not_100():
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    y = x.clone()
+    y[0, 0, 5, 5] = float("nan")
+    assert torch.isnan(ssimulacra2(x, y, quantize=False)).all()

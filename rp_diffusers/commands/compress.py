@@ -91,10 +91,16 @@ def _encode(codec, image, quality: int | None, target_bpp: float | None):
 
 
 def _format_table(rows: list[dict], metric_names: list[str]) -> str:
-    header = f"{'image':<24}{'variant':<14}{'quality':>8}{'bpp':>9}" + "".join(f"{m:>10}" for m in metric_names)
+    widths = {m: max(10, len(m) + 2) for m in metric_names}
+    header = f"{'image':<24}{'variant':<14}{'quality':>8}{'bpp':>9}" + "".join(
+        f"{m:>{widths[m]}}" for m in metric_names
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
-        cells = "".join(f"{row[m]:>10.4f}" if isinstance(row.get(m), float) else f"{'-':>10}" for m in metric_names)
+        cells = "".join(
+            f"{row[m]:>{widths[m]}.4f}" if isinstance(row.get(m), float) else f"{'-':>{widths[m]}}"
+            for m in metric_names
+        )
         lines.append(f"{row['image'][:23]:<24}{row['variant']:<14}{row['quality']:>8}{row['bpp']:>9.4f}{cells}")
     return "\n".join(lines)
 

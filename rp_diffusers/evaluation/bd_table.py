@@ -57,7 +57,11 @@ def bd_overlap(anchor: dict, test: dict) -> dict[str, float]:
     from ..metrics.bd import curve_overlap
 
     a, t = anchor["results"], test["results"]
-    return {key: curve_overlap(a[key], t[key]) for key in quality_keys(a) if key in t}
+
+    def qualities(results: dict, key: str) -> list[float]:  # the same points bd_table uses
+        return [q for r, q in zip(results["bpp"], results[key]) if _finite(r, q)]
+
+    return {key: curve_overlap(qualities(a, key), qualities(t, key)) for key in quality_keys(a) if key in t}
 
 
 def _finite(*values: float) -> bool:

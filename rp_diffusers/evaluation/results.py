@@ -52,7 +52,9 @@ class EvaluationResult:
 
     def averaged(self) -> dict[str, list[float]]:
         """``{"quality": [...], "bpp": [...], "psnr-rgb": [...], ...}``: means over images, sorted by quality."""
-        keys = [k for k in self.records[0] if k not in ("image", "quality")] if self.records else []
+        # The union over records: a metric undefined for some images (MS-SSIM under 161 px) is averaged over the
+        # others, whatever the order of the images.
+        keys = [k for k in dict.fromkeys(k for r in self.records for k in r) if k not in ("image", "quality")]
         results: dict[str, list[float]] = {"quality": []}
         for quality in self.qualities():
             rows = [r for r in self.records if r["quality"] == quality]

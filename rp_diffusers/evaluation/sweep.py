@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..utils.image import list_images, load_image
+from ..utils.image import list_images, load_image, pil_to_tensor
 from .results import RESULT_KEYS, EvaluationResult
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def parse_metrics(spec: str | Sequence[str]) -> list[str]:
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+    return pil_to_tensor(image)  # any mode (L, P, RGBA, I;16) -> (1, 3, H, W) RGB in [0, 1]
 
 
 def measure(

@@ -140,7 +140,7 @@ def _score(features: torch.Tensor) -> torch.Tensor:
     weights = torch.tensor(_WEIGHTS, dtype=values.dtype, device=values.device)[: values.shape[1]]
     total = (values * weights).sum(dim=1) * 0.9562382616834844
     total = 2.326765642916932 * total - 0.020884521182843837 * total**2 + 6.248496625763138e-05 * total**3
-    positive = total > 0
+    positive = ~(total <= 0)  # NaN (a broken decode) stays NaN instead of scoring a perfect 100
     safe = torch.where(positive, total, torch.ones_like(total))
     return torch.where(positive, 100.0 - 10.0 * safe**0.6276336467831387, torch.full_like(total, 100.0))
 

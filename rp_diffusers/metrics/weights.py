@@ -45,7 +45,6 @@ ENV_DIR = "RP_DIFFUSERS_METRIC_WEIGHTS"
 ENV_CACHE = "RP_DIFFUSERS_METRIC_CACHE"
 ENV_MIRROR = "RP_DIFFUSERS_METRIC_WEIGHTS_MIRROR"
 ENV_OFFLINE = "RP_DIFFUSERS_OFFLINE"
-# Kept for rp_diffusers.metrics' imports only, read nowhere: no Hub repo holds converted weights, none is the default
 DOWNLOAD_TIMEOUT_S = 15  # per socket operation (connect, each read): a dead route fails in seconds, not hours
 WEIGHT_FILES = {
     "lpips_alex": "lpips_alex.safetensors",
