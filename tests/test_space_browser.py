@@ -121,12 +121,17 @@ def test_space_browser_upload_compare_shows_images_table_and_downloads(page, app
         """() => Array.from(document.querySelectorAll('#results-table [role=grid] [role=row]')).map(row =>
             Array.from(row.querySelectorAll('[role=columnheader], [role=gridcell]')).map(cell => cell.innerText.trim()))"""
     )
-    assert table[0] == ["variant", "quality", "bpp", "bytes", "PSNR (dB)", "MS-SSIM"]
-    rows = {row[0]: row[1:] for row in table[1:]}
+    header = table[0]
+    assert header[:6] == ["variant", "quality", "bpp", "bytes", "PSNR (dB)", "MS-SSIM"]
+    # then every weight-free perceptual metric this machine has (SSIMULACRA2 always: it is ours)
+    assert "SSIMULACRA2" in header[6:]
+    rows = {row[0]: dict(zip(header[1:], row[1:])) for row in table[1:]}
     assert list(rows) == ["codec alone", "rp + codec"]
-    for quality, bpp, size, psnr, ms_ssim in rows.values():
-        assert 0 < float(bpp) < 24 and float(bpp) == pytest.approx(8 * int(size) / (192 * 176), abs=1e-4)
-        assert 5 < float(psnr) < 100 and 0 < float(ms_ssim) <= 1 and 1 <= int(quality) <= 100
+    for row in rows.values():
+        bpp, size = float(row["bpp"]), int(row["bytes"])
+        assert 0 < bpp < 24 and bpp == pytest.approx(8 * size / (192 * 176), abs=1e-4)
+        assert 5 < float(row["PSNR (dB)"]) < 100 and 0 < float(row["MS-SSIM"]) <= 1 and 1 <= int(row["quality"]) <= 100
+        assert float(row["SSIMULACRA2"]) <= 100
     assert re.search(r"rp \+ codec\*?\*?: [0-9.]+ bpp", page.locator("#summary").inner_text())
 
     outputs = "#comparison-slider img, #codec-alone img, #rp-codec img"
@@ -147,7 +152,7 @@ def test_space_browser_upload_compare_shows_images_table_and_downloads(page, app
     for (_, href), variant in zip(links, ("codec alone", "rp + codec")):
         with urllib.request.urlopen(href, timeout=10) as response:
             data = response.read()
-        assert data[:2] == b"\xff\xd8" and len(data) == int(rows[variant][2])  # the JPEG the table measured
+        assert data[:2] == b"\xff\xd8" and len(data) == int(rows[variant]["bytes"])  # the JPEG the table measured
 
     screenshot = tmp_path / "space_screenshot.png"
     page.screenshot(path=str(screenshot), full_page=True)
