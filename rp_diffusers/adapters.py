@@ -16,6 +16,7 @@ import json
 import os
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -249,6 +250,30 @@ def base_weights_only(unet: torch.nn.Module):
         handle.remove()
 
 
+@dataclass(frozen=True)
+class AdapterChoice:
+    """What :meth:`RPLoraLoaderMixin.adapter_for` decided for a codec.
+
+    Attributes:
+        adapter: the adapter to run, or ``None`` (the base model when ``preprocess``, else nothing).
+        preprocess: ``False``: run the codec alone, no pre-processing (no adapter wins for this codec).
+        reason: one line for the user, e.g. ``"webp alone (no adapter of this model beats webp alone ...)"``.
+    """
+
+    adapter: str | None
+    preprocess: bool
+    reason: str
+
+
+def _validation_summary(record: dict) -> str:
+    validation = record.get("validation") or {}
+    rates = validation.get("bd_rate") or {}
+    headline = validation.get("headline") or list(rates)
+    parts = [f"{m} {rates[m]:+.1f}%" for m in headline if isinstance(rates.get(m), (int, float))]
+    where = validation.get("images", "validation")
+    return f"BD-rate on {where}: " + ", ".join(parts) if parts else "no validation numbers"
+
+
 class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
     """diffusers' SD LoRA loader for UNet-only R-P adapters, recording each one's operating point.
 
@@ -303,6 +328,7 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
             self._record_adapter(name, info)
 
     def _record_adapter(self, name: str, info: dict | None) -> None:
+        self._adapter_info = {**getattr(self, "_adapter_info", {}), name: dict(info or {})}
         record = {k: v for k, v in (info or {}).items() if k in ("codec", "lambda", "rank", "lora_alpha")}
         if "codec" not in record:
             try:
@@ -321,6 +347,86 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         super().set_adapters(names, weights)
         self._adapter_weights = {name: 1.0 if w is None else float(w) for name, w in zip(names, weights)}
 
+    @contextmanager
+    def scoped_adapters(self, adapter_names: list[str] | str | None, adapter_weights=None):
+        """Use ``adapter_names`` (``[]``: none, the base model) inside the block; restore the selection after it.
+
+        ``None`` leaves the current selection as it is. The pipeline's ``__call__`` uses this, so that
+        ``pipe(image, adapter_name=...)`` never changes what later calls run.
+        """
+        if adapter_names is None:
+            yield
+            return
+        layers = self._lora_layers()
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if names and not layers:
+            raise ValueError(f"adapter {names[0]!r} is not loaded: this pipeline has no adapters")
+        before_enabled = not any(layer.disable_adapters for layer in layers)
+        before_names = list(self.get_active_adapters()) if layers else []
+        before_weights = dict(getattr(self, "_adapter_weights", {}))
+        try:
+            if names:
+                self.enable_lora()
+                self.set_adapters(names, adapter_weights)
+            elif layers:
+                self.disable_lora()
+            yield
+        finally:
+            if layers:
+                if before_names:
+                    self.set_adapters(before_names, [before_weights.get(name, 1.0) for name in before_names])
+                self._adapter_weights = before_weights
+                if before_enabled:
+                    self.enable_lora()
+                else:
+                    self.disable_lora()
+
+    def adapter_info(self, name: str) -> dict:
+        """Everything the adapter's ``rp_adapter.json`` recorded (training record, ``validation``), ``{}`` if none.
+
+        That file is the one place an adapter's facts live: :meth:`save_adapters` writes it back unchanged.
+        """
+        return dict(getattr(self, "_adapter_info", {}).get(normalize_adapter_name(name), {}))
+
+    def adapter_for(self, codec: str) -> AdapterChoice:
+        """What to run before ``codec``: the policy that ``--model default``, ``compress``, ``evaluate`` and the
+        Space all follow.
+
+        - If any of the pipeline's adapters carries a validation record (``rp_adapter.json``'s ``validation``:
+          held-out BD-rates against the codec alone), only an adapter for ``codec`` whose record says it wins is
+          chosen (the best mean headline BD-rate); if none wins, nothing runs: the codec alone
+          (``preprocess=False``). An adapter that lost in validation is never picked without being asked for.
+        - Without validation records (a model you trained and did not validate): the first adapter trained for
+          ``codec`` by name; none: the base model with adapters off.
+
+        Returns:
+            :class:`AdapterChoice` with ``adapter`` (a name, or ``None`` for the base model), ``preprocess`` and a
+            one-line ``reason`` for the user.
+        """
+        adapters = self.available_adapters()
+        for name, record in adapters.items():
+            record["validation"] = self.adapter_info(name).get("validation")
+        validated = any(record.get("validation") for record in adapters.values())
+        matching = sorted(name for name, record in adapters.items() if record.get("codec") == codec)
+        if not validated:
+            if matching:
+                return AdapterChoice(matching[0], True, f"{matching[0]} (trained for {codec}; not validated)")
+            return AdapterChoice(None, True, f"the base model (no adapter trained for {codec})")
+        winners = [name for name in matching if (adapters[name].get("validation") or {}).get("wins")]
+        if not winners:
+            tried = ", ".join(f"{name} ({_validation_summary(adapters[name])})" for name in matching)
+            why = f"no adapter of this model beats {codec} alone in validation" + (f": {tried}" if tried else "")
+            return AdapterChoice(None, False, f"{codec} alone ({why})")
+
+        def score(name: str) -> float:
+            rates = adapters[name]["validation"].get("bd_rate", {})
+            headline = adapters[name]["validation"].get("headline") or list(rates)
+            values = [rates[m] for m in headline if m in rates]
+            return sum(values) / len(values) if values else 0.0
+
+        best = min(winners, key=score)
+        return AdapterChoice(best, True, f"{best} ({_validation_summary(adapters[best])})")
+
     def disable_adapters(self) -> None:
         """Run the base model (adapters stay loaded; :meth:`enable_adapters` or an ``adapter_name`` brings them back)."""
         self.disable_lora()
@@ -334,11 +440,12 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         names = [normalize_adapter_name(name) for name in names]
         super().delete_adapters(names)
         self.register_to_config(adapters={k: v for k, v in self.config.adapters.items() if k not in names})
+        self._adapter_info = {k: v for k, v in getattr(self, "_adapter_info", {}).items() if k not in names}
 
     def unload_lora_weights(self):
         super().unload_lora_weights()
         self.register_to_config(adapters={})
-        self._adapter_weights = {}
+        self._adapter_weights, self._adapter_info = {}, {}
 
     def _lora_layers(self):
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -360,7 +467,11 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         names = list(getattr(self.unet, "peft_config", {}))
         for name in names:
             record = self.config.adapters.get(name, {})
-            save_rp_adapter(self.unet, folder / name, name, codec=record.get("codec"), lam=record.get("lambda"))
+            regenerated = ("adapter_name", "codec", "lambda", "rank", "lora_alpha", "target_modules")
+            extra = {k: v for k, v in self.adapter_info(name).items() if k not in regenerated}
+            save_rp_adapter(
+                self.unet, folder / name, name, codec=record.get("codec"), lam=record.get("lambda"), extra=extra
+            )
         if names:
             active = list(self.get_active_adapters())
             weights = getattr(self, "_adapter_weights", {})

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PERCEPTUAL_LOSSES = ("dists", "lpips", "ms_ssim")
+PERCEPTUAL_LOSSES = ("dists", "lpips", "ms_ssim", "ssimulacra2")
 
 
 def sid_generator_loss(
@@ -121,11 +121,25 @@ class MSSSIMDistance(torch.nn.Module):
         return 1.0 - ms_ssim(x.clamp(0, 1), y.clamp(0, 1), quantize=False)
 
 
+class SSIMULACRA2Distance(torch.nn.Module):
+    """``(100 - SSIMULACRA2) / 100`` on unquantised images (differentiable): (N,), 0 for identical images.
+
+    SSIMULACRA2 (Cloudinary's metric, the JPEG XL / AVIF communities' reference) in our PyTorch implementation;
+    it needs no network weights. Needs sides of 8 pixels or more.
+    """
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from .metrics.ssimulacra2 import ssimulacra2
+
+        return (100.0 - ssimulacra2(x.clamp(0, 1), y.clamp(0, 1), quantize=False)) / 100.0
+
+
 def perceptual_distance(name: str, net: str = "alex", weights_path: str | None = None) -> torch.nn.Module:
     """A frozen perceptual distance module ``(reference, distorted) -> (N,)`` on [0, 1] images, by name.
 
     Args:
-        name: ``"dists"`` (the paper's metric), ``"lpips"`` or ``"ms_ssim"`` (1 - MS-SSIM, needs no weights).
+        name: ``"dists"`` (the paper's metric), ``"lpips"``, ``"ms_ssim"`` (1 - MS-SSIM) or ``"ssimulacra2"``
+            ((100 - SSIMULACRA2) / 100); the last two need no weights.
         net: LPIPS trunk, ``"alex"`` or ``"vgg"``.
         weights_path: converted weights (file or folder) for LPIPS/DISTS; by default they are looked up as
             ``rp_diffusers.metrics.weights`` describes (environment folder, then the Hub).
@@ -139,6 +153,8 @@ def perceptual_distance(name: str, net: str = "alex", weights_path: str | None =
     """
     if name == "ms_ssim":
         return MSSSIMDistance()
+    if name == "ssimulacra2":
+        return SSIMULACRA2Distance()
     if name == "lpips":
         from .metrics.lpips import LPIPS
 

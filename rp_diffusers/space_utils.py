@@ -196,11 +196,20 @@ def open_upload(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) ->
     return image, _CONVERSIONS.get("I;16" if mode and mode.startswith("I;16") else mode)
 
 
-def adapter_for_codec(adapters: dict[str, dict], codec: str) -> str | None:
-    """The adapter to pre-select for ``codec``: the first trained for it (by name), else the first one, else None."""
-    names = sorted(adapters)
-    matching = [name for name in names if (adapters[name] or {}).get("codec") == codec]
-    return (matching or names or [None])[0]
+NO_ADAPTER = "none"  # the adapter menu's entry for the base one-step model
+NO_PREPROCESS = "codec-alone"  # ... and for no pre-processing at all
+
+
+def adapter_choice_value(pipe, codec: str) -> str:
+    """The adapter menu's value for ``codec``: the pipeline's policy (:meth:`adapter_for`) as a menu entry.
+
+    An adapter name, :data:`NO_ADAPTER` (the base model) or :data:`NO_PREPROCESS` (the codec alone: no adapter of
+    the model wins on this codec in validation).
+    """
+    choice = pipe.adapter_for(codec)
+    if not choice.preprocess:
+        return NO_PREPROCESS
+    return choice.adapter or NO_ADAPTER
 
 
 @dataclass
@@ -233,16 +242,15 @@ class Comparison:
 def preprocess(pipe, image: Image.Image, adapter_name: str | None = None, adapter_weight: float = 1.0) -> Image.Image:
     """Run the pipeline on one image with one adapter at ``adapter_weight`` in [0, 1] (``None``: base model).
 
-    Thread-safe: the adapter selection lives on the pipeline, so selection and call hold one lock.
+    Thread-safe: the call scopes the adapter selection, but the selection lives on the UNet's layers while the
+    call runs, so concurrent requests take turns.
     """
     if not 0.0 <= float(adapter_weight) <= 1.0:
         raise ValueError(f"the adapter strength must lie in [0, 1], got {adapter_weight}")
     with _PIPE_LOCK:
         if adapter_name:
             return pipe(image, adapter_name=adapter_name, adapter_weights=float(adapter_weight)).images[0]
-        if pipe.available_adapters():
-            pipe.disable_adapters()
-        return pipe(image).images[0]
+        return pipe(image, adapter_name=[] if pipe.available_adapters() else None).images[0]
 
 
 def compare(
@@ -256,6 +264,7 @@ def compare(
     adapter_name: str | None = None,
     adapter_weight: float = 1.0,
     metrics: tuple[str, ...] = ("psnr", "ms_ssim"),
+    pre_process: bool = True,
 ) -> Comparison:
     """Encode the image with the codec alone and after rate-perception pre-processing, at a matched rate.
 
@@ -269,6 +278,8 @@ def compare(
             ``"quality"``: both at ``quality``; ``"target_bpp"``: each at its highest quality within ``target_bpp``.
         adapter_name, adapter_weight: the R-P adapter and its strength in [0, 1] (``None``: the base model).
         metrics: metric names for ``compute_metrics`` (drop the ones whose weights are unavailable beforehand).
+        pre_process: ``False``: no pre-processing ("rp + codec" is then the codec alone on the original, as
+            ``--model default`` does for a codec none of whose adapters wins).
 
     Returns:
         :class:`Comparison`.
@@ -286,7 +297,7 @@ def compare(
         quality = coder.check_quality(None if quality is None else int(quality))
     seconds = {}
     start = time.perf_counter()
-    pre = preprocess(pipe, image, adapter_name, adapter_weight)
+    pre = preprocess(pipe, image, adapter_name, adapter_weight) if pre_process else image.copy()
     seconds["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
     if match == "target_bpp":

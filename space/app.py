@@ -19,10 +19,12 @@ from rp_diffusers.evaluation import EXAMPLES_DIR, usable_metrics
 from rp_diffusers.metrics import MS_SSIM_MIN_SIDE, default_metrics
 from rp_diffusers.space_utils import (
     MAX_PIXELS,
+    NO_ADAPTER,
+    NO_PREPROCESS,
     SPACE_MODEL_ID,
     RequestFolders,
     SpaceModel,
-    adapter_for_codec,
+    adapter_choice_value,
     compare,
     load_space_model,
     open_upload,
@@ -37,7 +39,6 @@ MAX_FILE_SIZE = os.environ.get("RP_SPACE_MAX_FILE_SIZE", "20mb")  # refused by t
 CONCURRENCY = int(os.environ.get("RP_SPACE_CONCURRENCY", "2"))  # requests computed at once (2 vCPU Space)
 QUEUE_SIZE = int(os.environ.get("RP_SPACE_QUEUE_SIZE", "32"))  # waiting requests beyond this are turned away
 DELETE_CACHE = (600, 1800)  # every 10 min, delete cached uploads and results older than 30 min
-NO_ADAPTER = "none"
 SLOW_CODECS = {"vvc": "VVC (vvenc) is slow: expect several seconds per encode, more in 'same bpp' mode"}
 MATCH_CHOICES = [
     ("same bpp: rp + codec at the quality, codec alone at the highest quality within that bpp", "bpp"),
@@ -147,7 +148,10 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
         quality = gr.Slider(
             minimum=lo, maximum=hi, value=coder.default_quality, label=f"quality ({lo}-{hi}, higher = better)"
         )
-        return quality, gr.Dropdown(value=adapter_for_codec(adapters, codec) or NO_ADAPTER)
+        choice = model.pipe.adapter_for(codec)
+        if not choice.preprocess:
+            gr.Info(f"{choice.reason}; choose an adapter to pre-process anyway")
+        return quality, gr.Dropdown(value=adapter_choice_value(model.pipe, codec))
 
     @_user_errors
     def run(upload, codec, match, quality, target_bpp, adapter, strength):
@@ -167,8 +171,9 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
             quality=None if quality is None else (int(quality) if float(quality).is_integer() else quality),
             target_bpp=target_bpp,
             match=match,
-            adapter_name=None if adapter in (None, "", NO_ADAPTER) else adapter,
+            adapter_name=None if adapter in (None, "", NO_ADAPTER, NO_PREPROCESS) else adapter,
             adapter_weight=1.0 if strength is None else float(strength),
+            pre_process=adapter != NO_PREPROCESS,
             metrics=tuple(metrics),
         )
         rows = []
@@ -178,7 +183,13 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
             rows.append([variant, coded.quality, f"{coded.bpp:.4f}", len(coded.data), *cells])
         files = write_files(result, folders.new(), safe_stem(path))
         images = (result.codec_alone.reconstruction, result.rp.reconstruction)
-        return images, *images, _summary(result, note, name, target_bpp), rows, *map(str, files)
+        summary = _summary(result, note, name, target_bpp)
+        if adapter == NO_PREPROCESS:
+            summary = (
+                f"**No pre-processing** ({model.pipe.adapter_for(codec).reason}): both files are the codec alone; "
+                "choose an adapter to see what it would do.\n\n" + summary
+            )
+        return images, *images, summary, rows, *map(str, files)
 
     with gr.Blocks(
         title="rp-diffusers: rate-perception pre-processing", delete_cache=DELETE_CACHE, analytics_enabled=False
@@ -214,8 +225,12 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
                 )
                 target_bpp = gr.Number(0.5, minimum=0.01, maximum=24, step=0.05, label="target bpp", elem_id="bpp")
                 adapter = gr.Dropdown(
-                    [("none (base one-step model)", NO_ADAPTER), *((n, n) for n in sorted(adapters))],
-                    value=adapter_for_codec(adapters, first_codec) or NO_ADAPTER,
+                    [
+                        ("codec alone (no pre-processing)", NO_PREPROCESS),
+                        ("none (base one-step model)", NO_ADAPTER),
+                        *((n, n) for n in sorted(adapters)),
+                    ],
+                    value=adapter_choice_value(model.pipe, first_codec),
                     label="rate-perception adapter",
                     elem_id="adapter",
                     interactive=bool(adapters),

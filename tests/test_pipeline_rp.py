@@ -342,8 +342,62 @@ def test_pipeline_load_lora_records_adapters_and_changes_output(stock_dir, lora_
     image = _image(16, 20)
     base = _np(_pipe(stock_dir), image)
     out_a = _np(lora_pipe, image, adapter_name="rp_jpeg_lambda_0.5")  # the dotted spelling works too
-    assert lora_pipe.get_active_adapters() == [ADAPTER_A]
     assert np.abs(out_a - base).max() > 0.01
+
+
+def test_pipeline_call_adapter_selection_is_scoped_to_the_call(stock_dir, lora_pipe):
+    image = _image(16, 20)
+    base = _np(_pipe(stock_dir), image)
+    lora_pipe.set_adapters(ADAPTER_B, 0.5)
+    before = _np(lora_pipe, image)
+    out_a = _np(lora_pipe, image, adapter_name=ADAPTER_A)
+    assert np.abs(out_a - before).max() > 0.01
+    assert lora_pipe.get_active_adapters() == [ADAPTER_B]  # restored, weight included
+    np.testing.assert_array_equal(_np(lora_pipe, image), before)
+    np.testing.assert_array_equal(_np(lora_pipe, image, adapter_name=[]), base)  # [] = base model, this call
+    np.testing.assert_array_equal(_np(lora_pipe, image), before)
+    lora_pipe.disable_adapters()
+    np.testing.assert_array_equal(_np(lora_pipe, image, adapter_name=ADAPTER_A), out_a)
+    np.testing.assert_array_equal(_np(lora_pipe, image), base)  # still disabled after the call
+    with pytest.raises(ValueError, match="adapter_weights needs adapter_name"):
+        lora_pipe(image, adapter_weights=0.5)
+
+
+def _with_validation(folder, verdicts: dict) -> None:
+    for name, (rate, wins) in verdicts.items():
+        path = folder / "adapters" / name / "rp_adapter.json"
+        data = json.loads(path.read_text())
+        data["validation"] = {"bd_rate": {"vmaf-neg": rate}, "headline": ["vmaf-neg"], "wins": wins, "images": "v"}
+        path.write_text(json.dumps(data))
+
+
+def test_pipeline_adapter_for_picks_only_validated_winners_else_the_codec_alone(lora_pipe, tmp_path):
+    lora_pipe.drop_text_encoder()
+    lora_pipe.save_pretrained(tmp_path)
+    unvalidated = _pipe(tmp_path)
+    first = unvalidated.adapter_for("jpeg")  # no records: the first adapter for the codec, by name, flagged
+    assert (first.adapter, first.preprocess) == (ADAPTER_A, True) and "not validated" in first.reason
+    assert unvalidated.adapter_for("webp").adapter is None and unvalidated.adapter_for("webp").preprocess
+
+    _with_validation(tmp_path, {ADAPTER_A: (-1.0, True), ADAPTER_B: (-4.0, True)})
+    both = _pipe(tmp_path).adapter_for("jpeg")
+    assert (both.adapter, both.preprocess) == (ADAPTER_B, True) and "vmaf-neg -4.0%" in both.reason  # the best
+    _with_validation(tmp_path, {ADAPTER_A: (-1.0, True), ADAPTER_B: (3.0, False)})
+    assert _pipe(tmp_path).adapter_for("jpeg").adapter == ADAPTER_A  # a loser is never picked
+    _with_validation(tmp_path, {ADAPTER_A: (2.0, False), ADAPTER_B: (3.0, False)})
+    loaded = _pipe(tmp_path)
+    choice = loaded.adapter_for("jpeg")
+    assert (choice.adapter, choice.preprocess) == (None, False)
+    assert (
+        choice.reason.startswith("jpeg alone (no adapter of this model beats jpeg alone") and "+3.0%" in choice.reason
+    )
+    assert loaded.adapter_for("webp").preprocess is False  # a validated model: nothing shown to help webp
+
+    # rp_adapter.json is the one record: saving the pipeline again keeps the verdict and the training record
+    loaded.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "adapters" / ADAPTER_A / "rp_adapter.json").read_text())
+    assert again["validation"]["wins"] is False and again["base_model"] == "tiny"
+    assert _pipe(tmp_path / "again").adapter_for("jpeg").preprocess is False
 
 
 def test_pipeline_weighted_adapter_mix_lies_between(lora_pipe):
@@ -372,7 +426,8 @@ def test_pipeline_disable_adapters_restores_base_exactly(stock_dir, lora_pipe):
 
 def test_pipeline_fuse_lora_matches_unfused(lora_pipe):
     image = _image(16, 20)
-    unfused = _np(lora_pipe, image, adapter_name=[ADAPTER_A, ADAPTER_B], adapter_weights=[0.7, 0.3])
+    lora_pipe.set_adapters([ADAPTER_A, ADAPTER_B], [0.7, 0.3])
+    unfused = _np(lora_pipe, image)
     lora_pipe.fuse_lora()
     fused = _np(lora_pipe, image)
     np.testing.assert_allclose(fused, unfused, atol=1e-4)
@@ -384,7 +439,8 @@ def test_pipeline_fuse_lora_matches_unfused(lora_pipe):
 
 def test_pipeline_save_load_with_adapters_round_trip(lora_pipe, tmp_path):
     image = _image(16, 20)
-    expected = _np(lora_pipe, image, adapter_name=[ADAPTER_A, ADAPTER_B], adapter_weights=[0.25, 1.0])
+    lora_pipe.set_adapters([ADAPTER_A, ADAPTER_B], [0.25, 1.0])  # the selection is saved with the pipeline
+    expected = _np(lora_pipe, image)
     lora_pipe.drop_text_encoder()
     lora_pipe.save_pretrained(tmp_path)
     assert (tmp_path / "adapters" / ADAPTER_B / "pytorch_lora_weights.safetensors").is_file()

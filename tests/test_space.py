@@ -2,6 +2,7 @@
 through gradio_client (files, table, bad inputs, 10 concurrent requests). Tiny random model, small crops."""
 
 import importlib.util
+import json
 import math
 import os
 import re
@@ -20,11 +21,13 @@ from rp_diffusers.evaluation.sweep import EXAMPLES_DIR
 from rp_diffusers.space_utils import (
     MAX_PIXELS,
     MODEL_ENV,
+    NO_ADAPTER,
+    NO_PREPROCESS,
     RANDOM_LABEL,
     RANDOM_MARKER,
     SPACE_MODEL_ID,
     RequestFolders,
-    adapter_for_codec,
+    adapter_choice_value,
     build_tiny_random_model,
     compare,
     load_space_model,
@@ -137,11 +140,28 @@ def test_space_model_falls_back_to_labelled_tiny_random(tmp_path, monkeypatch):
     assert model.pipe(_photo(20, 12)).images[0].size == (20, 12)
 
 
-def test_space_adapter_for_codec_prefers_the_codecs_adapter():
-    adapters = {"rp_webp_lambda_1": {"codec": "webp"}, "rp_jpeg_lambda_2": {"codec": "jpeg"}}
-    assert adapter_for_codec(adapters, "jpeg") == "rp_jpeg_lambda_2"
-    assert adapter_for_codec(adapters, "avif") == "rp_jpeg_lambda_2"  # first by name
-    assert adapter_for_codec({}, "jpeg") is None
+def test_space_menu_follows_the_pipelines_policy_and_codec_alone_means_no_preprocessing(tmp_path):
+    folder = build_tiny_random_model(tmp_path / "m", adapters=(("jpeg", 1), ("webp", 1)))
+    for name, wins in (("rp_jpeg_lambda_1", True), ("rp_webp_lambda_1", False)):
+        info = folder / "adapters" / name / "rp_adapter.json"
+        data = json.loads(info.read_text())
+        data["validation"] = {
+            "bd_rate": {"ssimulacra2": -3.0 if wins else 4.0},
+            "headline": ["ssimulacra2"],
+            "wins": wins,
+        }
+        info.write_text(json.dumps(data))
+    pipe = load_space_model(folder).pipe
+    assert adapter_choice_value(pipe, "jpeg") == "rp_jpeg_lambda_1"
+    assert adapter_choice_value(pipe, "webp") == NO_PREPROCESS  # its adapter lost in validation
+    assert adapter_choice_value(pipe, "avif") == NO_PREPROCESS  # validated model, nothing for avif
+    image = _photo()
+    alone = compare(pipe, image, "webp", quality=50, match="quality", pre_process=False)
+    assert np.array_equal(np.asarray(alone.preprocessed), np.asarray(image))
+    assert alone.rp.data == alone.codec_alone.data
+    unvalidated = load_space_model(build_tiny_random_model(tmp_path / "u", adapters=(("jpeg", 1),))).pipe
+    assert adapter_choice_value(unvalidated, "jpeg") == "rp_jpeg_lambda_1"
+    assert adapter_choice_value(unvalidated, "webp") == NO_ADAPTER  # no record at all: the base model
 
 
 # ------------------------------------------------------------------------------------------------- comparison

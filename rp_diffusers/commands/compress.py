@@ -83,7 +83,13 @@ def _select_adapter(pipe, adapter: str | None) -> str | None:
         if not added:
             raise ValueError(f"{adapter} holds no LoRA weights the UNet accepts")
         return added[0]
-    return adapter
+    from ..adapters import normalize_adapter_name
+
+    name = normalize_adapter_name(adapter)
+    if name not in pipe.available_adapters():
+        known = ", ".join(pipe.available_adapters()) or "none"
+        raise ValueError(f"--adapter {adapter!r} is neither a folder nor one of the model's adapters ({known})")
+    return name
 
 
 def _encode(codec, image, quality: int | None, target_bpp: float | None):
@@ -106,6 +112,7 @@ def _format_table(rows: list[dict], metric_names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..adapters import AdapterChoice
     from ..codecs import get_codec
     from ..utils import load_image
 
@@ -124,20 +131,22 @@ def run(args: argparse.Namespace) -> int:
     if args.tile_size is not None:
         pipe.enable_tiling(tile_size=args.tile_size, overlap=min(128, args.tile_size // 4))
     adapter = _select_adapter(pipe, args.adapter)
-    recorded = pipe.config.adapters or {}
-    if adapter is None:  # the model's adapter for this codec, else the base model (never another codec's adapter)
-        adapter = next((name for name, info in recorded.items() if info.get("codec") == args.codec), None)
     if adapter is not None:
-        pipe.enable_adapters()
-    elif recorded:
-        pipe.disable_adapters()
+        choice = AdapterChoice(adapter, True, f"{adapter} (asked for with --adapter)")
+    else:  # the model's policy: a validated adapter for this codec, else the codec alone
+        choice = pipe.adapter_for(codec.name)
+    print(f"{codec.name}: {'rp + ' if choice.preprocess else ''}{choice.reason}")
+    if not choice.preprocess:
+        print(f"writing the {codec.name} files only; pass --adapter NAME to pre-process anyway")
 
     rows = []
     for path in args.images:
         path = Path(path)
         original = load_image(path)
-        pre = pipe(original, adapter_name=adapter).images[0]
-        for variant, image, suffix in (("codec alone", original, ""), ("rp + codec", pre, ".rp")):
+        variants = [("codec alone", original, "")]
+        if choice.preprocess:
+            variants.append(("rp + codec", pipe(original, adapter_name=choice.adapter or []).images[0], ".rp"))
+        for variant, image, suffix in variants:
             result = _encode(codec, image, args.quality, args.target_bpp)
             target = out / f"{path.stem}{suffix}{result.extension}"
             if target.resolve() == path.resolve():
@@ -147,9 +156,17 @@ def run(args: argparse.Namespace) -> int:
             row["bpp"] = result.bpp
             row.update(measure(original, result.reconstruction, metric_names))
             rows.append(row)
-    print(f"{codec.name}, model {args.model}" + (f", adapter {adapter}" if adapter else ""))
+    print(f"{codec.name}, model {args.model}" + (f", adapter {choice.adapter}" if choice.adapter else ""))
     print(_format_table(rows, metric_names))
     if args.json:
-        Path(args.json).write_text(json.dumps({"codec": codec.name, "model": args.model, "rows": rows}, indent=2))
+        report = {
+            "codec": codec.name,
+            "model": args.model,
+            "adapter": choice.adapter,
+            "preprocess": choice.preprocess,
+            "choice": choice.reason,
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"wrote {len(rows)} files to {out}/")
     return 0

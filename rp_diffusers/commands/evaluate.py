@@ -81,9 +81,12 @@ def run(args: argparse.Namespace) -> int:
     for codec in [c.strip() for c in args.codec.split(",") if c.strip()]:
         runs = [(codec, None)]
         if pipe is not None:
-            adapter = args.adapter or _default_adapter(pipe, codec)
-            label = f"[{adapter}]" if adapter else ("[base]" if getattr(pipe.config, "adapters", None) else "")
-            runs.append((f"rp+{codec}{label}", _preprocess_fn(pipe, adapter)))
+            choice = _adapter_choice(pipe, codec, args.adapter)
+            print(f"{codec}: {'rp + ' if choice.preprocess else ''}{choice.reason}")
+            if choice.preprocess:
+                adapter = choice.adapter
+                label = f"[{adapter}]" if adapter else ("[base]" if getattr(pipe.config, "adapters", None) else "")
+                runs.append((f"rp+{codec}{label}", _preprocess_fn(pipe, adapter)))
         for name, preprocess in runs:
             common = dict(
                 metrics=metrics,
@@ -127,26 +130,23 @@ def _load_preprocessor(model: str):
     return RPPreprocessPipeline.from_pretrained(resolve_model(model))
 
 
-def _default_adapter(pipe, codec: str) -> str | None:
-    """The pipeline's first adapter trained for ``codec``, if it records any."""
-    adapters = getattr(pipe.config, "adapters", None) or {}
-    for name, info in adapters.items():
-        if isinstance(info, dict) and info.get("codec") == codec:
-            return name
-    return None
+def _adapter_choice(pipe, codec: str, asked: str | None):
+    """``--adapter`` when given (the user asked for it), else the pipeline's policy (:meth:`adapter_for`)."""
+    from ..adapters import AdapterChoice, normalize_adapter_name
+
+    if asked:
+        name = normalize_adapter_name(asked)
+        if name not in pipe.available_adapters():
+            raise ValueError(f"--adapter {asked!r} is not one of the model's: {', '.join(pipe.available_adapters())}")
+        return AdapterChoice(name, True, f"{name} (asked for with --adapter)")
+    return pipe.adapter_for(codec)
 
 
 def _preprocess_fn(pipe, adapter: str | None):
-    """Pre-process with ``adapter``; with none for this codec, the base model (adapters off), never another
-    codec's adapter that happens to be active."""
+    """Pre-process with ``adapter`` (``None``: the base model, adapters off), for these calls only."""
 
     def preprocess(images):
-        if adapter is None:
-            if getattr(pipe.config, "adapters", None):
-                pipe.disable_adapters()
-            return [pipe(image).images[0] for image in images]
-        pipe.enable_adapters()
-        return [pipe(image, adapter_name=adapter).images[0] for image in images]
+        return [pipe(image, adapter_name=adapter or []).images[0] for image in images]
 
     return preprocess
 

@@ -340,8 +340,10 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
         Args:
             image: a PIL image, path, (H, W, 3) uint8/float array, (3, H, W) / (N, 3, H, W) tensor in [0, 1], or a
                 list of these (sizes may differ).
-            adapter_name: adapter(s) to activate for this and later calls (as ``set_adapters``); ``None`` keeps the
-                current selection.
+            adapter_name: adapter(s) to use for THIS call only (the selection before the call is restored after it;
+                ``set_adapters`` is the way to change it for later calls); ``[]``: the base model, adapters off, for
+                this call; ``None`` (default): the current selection. :meth:`adapter_for` says which adapter suits
+                a codec.
             adapter_weights: weights of a mix, e.g. ``[0.5, 0.5]`` for two adapters.
             output_type: ``"pil"``, ``"np"`` or ``"pt"`` (see :class:`RPPreprocessPipelineOutput`).
             return_dict: return the dataclass (``True``) or a one-element tuple.
@@ -362,11 +364,14 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
             raise ValueError("adapter_weights needs adapter_name: pass the adapters the weights belong to")
         images = to_pil_list(image)
 
-        # 2. Select adapters
-        if adapter_name is not None:
-            self.enable_lora()
-            self.set_adapters(adapter_name, adapter_weights)
+        # 2. Select adapters for this call only
+        with self.scoped_adapters(adapter_name, adapter_weights):
+            result = self._run(images, generator, batch_size, output_type)
+        if not return_dict:
+            return (result,)
+        return RPPreprocessPipelineOutput(images=result)
 
+    def _run(self, images: list, generator, batch_size: int, output_type: str):
         # 3. Encode the fixed prompt once (cached; saved with the pipeline)
         _ = self.prompt_embeds
 
@@ -401,6 +406,4 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
 
         # 6. Offload all models
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (result,)
-        return RPPreprocessPipelineOutput(images=result)
+        return result

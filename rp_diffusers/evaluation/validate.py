@@ -1,0 +1,123 @@
+"""Validate a pipeline's adapters on held-out photographs and record the verdict in each ``rp_adapter.json``.
+
+The record is what :meth:`~rp_diffusers.adapters.RPLoraLoaderMixin.adapter_for` reads: an adapter whose
+validation BD-rate against the codec alone is not negative in every headline metric is never chosen without being
+asked for, so ``--model default`` and the Space run the codec alone rather than an adapter that costs bits.
+
+The headline metrics are perceptual metrics the adapter was NOT trained on (:func:`headline_metrics`); the
+metric it was trained on is measured and recorded beside them, marked as such.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..utils.image import list_images
+from .bd_table import bd_overlap, bd_table
+from .sweep import evaluate
+
+# the weight-free perceptual metrics a verdict can rest on (result keys) and the training loss each one is
+HEADLINE_CANDIDATES = ("ssimulacra2", "butteraugli-3norm", "vmaf-neg")
+TRAINED_AS = {"ssimulacra2": "ssimulacra2", "ms_ssim": "ms-ssim-rgb", "lpips": "lpips", "dists": "dists"}
+DEFAULT_QUALITIES = {"jpeg": "10,20,30,45,60,80", "webp": "10,20,35,50,65,80"}
+
+
+def headline_metrics(trained_on: str | None) -> list[str]:
+    """The headline result keys for an adapter trained with perceptual loss ``trained_on``: the weight-free
+    perceptual metrics (SSIMULACRA2, Butteraugli 3-norm, VMAF-NEG) minus the one it was trained on."""
+    trained = TRAINED_AS.get(trained_on or "")
+    return [m for m in HEADLINE_CANDIDATES if m != trained]
+
+
+def _metric_names(keys: list[str]) -> list[str]:
+    """Result keys -> compute_metrics names (the sweep measures these)."""
+    names = {"psnr-rgb": "psnr", "ms-ssim-rgb": "ms_ssim", "butteraugli-3norm": "butteraugli_3norm"}
+    return [names.get(k, k.replace("-", "_")) for k in keys]
+
+
+def validate_adapters(
+    model: str | os.PathLike,
+    images: str | os.PathLike | list,
+    *,
+    codecs: list[str] | None = None,
+    qualities: dict[str, str] | None = None,
+    images_label: str | None = None,
+    write: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Sweep every adapter of the pipeline folder ``model`` on its codec against the codec alone.
+
+    Args:
+        model: a saved :class:`~rp_diffusers.RPPreprocessPipeline` folder (its adapters are in ``adapters/``).
+        images: held-out photographs (a folder or a list of files): NOT the images numbers are reported on.
+        codecs: only adapters for these codecs (default: every adapter's codec).
+        qualities: codec -> quality spec (default :data:`DEFAULT_QUALITIES`, else the codec's sweep).
+        images_label: how the record names the images (default: the folder's name and the count).
+        write: write each verdict into ``model/adapters/<name>/rp_adapter.json`` (``validation``).
+
+    Returns:
+        adapter name -> its ``validation`` record: ``bd_rate`` (every metric, percent, negative = fewer bits),
+        ``overlap``, ``headline``, ``trained_on``, ``wins`` (every headline BD-rate negative), ``images``,
+        ``qualities``.
+    """
+    from ..pipelines import RPPreprocessPipeline
+
+    model = Path(model)
+    pipe = RPPreprocessPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    paths = list_images(images if isinstance(images, list) else [images])
+    if not paths:
+        raise ValueError(f"no images to validate on in {images}")
+    label = images_label or f"{Path(paths[0]).parent.name} ({len(paths)} photographs)"
+    qualities = {**DEFAULT_QUALITIES, **(qualities or {})}
+    adapters = pipe.available_adapters()
+    records = {}
+    anchors = {}
+    for name, record in sorted(adapters.items()):
+        codec = record.get("codec")
+        if codec is None or (codecs and codec not in codecs):
+            continue
+        info = pipe.adapter_info(name)
+        trained_on = info.get("perceptual_loss") if float(info.get("lambda_perceptual", 1) or 0) > 0 else None
+        headline = headline_metrics(trained_on)
+        keys = ["psnr-rgb", "ms-ssim-rgb", *HEADLINE_CANDIDATES, "butteraugli", "vmaf"]
+        metrics = _metric_names(keys)
+        if codec not in anchors:
+            anchors[codec] = evaluate(
+                paths, codec, qualities.get(codec), metrics=metrics, workers=workers, progress=progress
+            ).to_dict()
+
+        def preprocess(batch, name=name):
+            return [pipe(image, adapter_name=name).images[0] for image in batch]
+
+        curve = evaluate(
+            paths,
+            codec,
+            qualities.get(codec),
+            metrics=metrics,
+            preprocess=preprocess,
+            name=f"{name} + {codec}",
+            workers=workers,
+            progress=progress,
+        ).to_dict()
+        rates = bd_table(anchors[codec], curve)
+        verdict = {
+            "images": label,
+            "codec": codec,
+            "qualities": anchors[codec]["results"]["quality"],
+            "bd_rate": rates,
+            "overlap": bd_overlap(anchors[codec], curve),
+            "headline": headline,
+            "trained_on": TRAINED_AS.get(trained_on or "", trained_on),
+            "wins": all(isinstance(rates.get(m), float) and rates[m] < 0 for m in headline),
+        }
+        records[name] = verdict
+        if write:
+            path = model / "adapters" / name / "rp_adapter.json"
+            data = json.loads(path.read_text()) if path.is_file() else {}
+            data["validation"] = verdict
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return records

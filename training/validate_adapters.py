@@ -1,0 +1,47 @@
+"""Validate every adapter of a pipeline folder on held-out photographs and record the verdict in its rp_adapter.json.
+
+``--model default`` and the Space then pick, per codec, only an adapter whose validation BD-rate against the codec
+alone is negative in every headline metric (perceptual metrics it was not trained on); where none is, the codec
+runs alone. Validate on photographs the numbers are NOT reported on (val-set14, never Kodak).
+
+    python training/validate_adapters.py --model rp_diffusers/assets/default_model --images photos/val-set14
+"""
+
+import argparse
+import json
+
+from rp_diffusers.evaluation.validate import DEFAULT_QUALITIES, validate_adapters
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="A saved RPPreprocessPipeline folder (with adapters/).")
+    parser.add_argument("--images", required=True, help="Held-out validation photographs (a folder).")
+    parser.add_argument("--codecs", nargs="*", default=None, help="Only adapters for these codecs.")
+    parser.add_argument(
+        "--qualities", nargs="*", default=[], help=f"Per codec: codec=spec (default {DEFAULT_QUALITIES})."
+    )
+    parser.add_argument("--workers", type=int, default=None, help="Codec worker processes.")
+    parser.add_argument("--dry_run", action="store_true", help="Print the verdicts without writing them.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    qualities = dict(spec.split("=", 1) for spec in args.qualities)
+    records = validate_adapters(
+        args.model, args.images, codecs=args.codecs, qualities=qualities, write=not args.dry_run, workers=args.workers
+    )
+    for name, record in records.items():
+        rates = ", ".join(f"{m} {v:+.2f}%" for m, v in record["bd_rate"].items())
+        verdict = "WINS" if record["wins"] else "loses"
+        print(
+            f"{name}: {verdict} (headline {', '.join(record['headline'])}; trained on {record['trained_on']}): {rates}"
+        )
+    if args.dry_run:
+        print(json.dumps(records, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
