@@ -388,6 +388,13 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         """
         return dict(getattr(self, "_adapter_info", {}).get(normalize_adapter_name(name), {}))
 
+    def update_adapter_info(self, name: str, **facts) -> None:
+        """Add facts (e.g. ``validation=...``, ``base_model=...``) to adapter ``name``'s record, saved with it."""
+        name = normalize_adapter_name(name)
+        if name not in getattr(self.unet, "peft_config", {}):
+            raise ValueError(f"no adapter {name!r} is loaded; loaded: {sorted(getattr(self.unet, 'peft_config', {}))}")
+        self._adapter_info = {**getattr(self, "_adapter_info", {}), name: {**self.adapter_info(name), **facts}}
+
     def adapter_for(self, codec: str) -> AdapterChoice:
         """What to run before ``codec``: the policy that ``--model default``, ``compress``, ``evaluate`` and the
         Space all follow.

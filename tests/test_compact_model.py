@@ -76,13 +76,17 @@ def test_default_model_base_stays_close_to_input(pipe, val_crop):
 @pytest.mark.slow
 def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
     dest = tmp_path / "model"
+    val = tmp_path / "val"  # two held-out crops: the validation step runs for real, on little
+    val.mkdir()
+    for name in ("monarch.png", "zebra.png"):
+        load_image(Path(val_dir) / name).crop((0, 0, 176, 168)).save(val / name)
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(REPO),
         "PYTHON": sys.executable,
         "TRAIN": str(train_dir),
-        "VAL": str(val_dir),
+        "VAL": str(val),
         "WORK": str(tmp_path / "work"),
         "DEST": str(dest),
         "VAE_CHANNELS": "8",
@@ -94,10 +98,26 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         "RP_RES": "32",
         "RP_PERCEPTUAL": "0",  # MS-SSIM needs 161+ pixels a side: the tiny run trains on rate + MSE
         "LAMBDAS": "1 2",
-        "VALIDATE": "0",
+        "VALIDATE": "1",
+        "VAL_QUALITIES": "jpeg=20,40,60,80 webp=20,40,60,80",
     }
     subprocess.run(["bash", "training/compact_recipe.sh"], cwd=REPO, env=env, check=True, capture_output=True)
     model = RPPreprocessPipeline.from_pretrained(dest)
+    for name in model.config.adapters:  # every adapter carries its held-out verdict, and the policy obeys it
+        verdict = model.adapter_info(name)["validation"]
+        assert verdict["images"] == "val (2 photographs)" and verdict["qualities"] == [20, 40, 60, 80]
+        assert set(verdict["headline"]) == {"butteraugli-3norm", "vmaf-neg", "ssimulacra2"} - {verdict["trained_on"]}
+        assert verdict["wins"] == all(verdict["bd_rate"][m] < 0 for m in verdict["headline"])
+    for codec in ("jpeg", "webp"):
+        choice = model.adapter_for(codec)
+        winners = [
+            n
+            for n in model.config.adapters
+            if n.startswith(f"rp_{codec}_") and model.adapter_info(n)["validation"]["wins"]
+        ]
+        assert choice.preprocess == bool(winners) and (
+            choice.adapter in winners if winners else choice.adapter is None
+        )
     assert set(model.config.adapters) == {
         "rp_jpeg_lambda_1",
         "rp_jpeg_lambda_2",

@@ -38,6 +38,7 @@ RP_PERCEPTUAL=${RP_PERCEPTUAL:-1.0}
 LAMBDAS=${LAMBDAS:-"1 2"}
 CODECS=${CODECS:-"jpeg webp"}
 VALIDATE=${VALIDATE:-1}
+VAL_QUALITIES=${VAL_QUALITIES:-}  # e.g. "jpeg=10,30,50,70 webp=10,30,50,70" (default: validate_adapters' sweeps)
 
 mkdir -p "$WORK/train/train"
 # datasets' imagefolder reads ONE image of a folder whose name starts with "train-" (it is taken for a split
@@ -73,38 +74,14 @@ for codec in $CODECS; do
 done
 for pid in "${pids[@]}"; do wait "$pid"; done  # fails the recipe if any run failed
 
-# Gather: base + every adapter in one folder; the first JPEG adapter is the active one
-$PYTHON - "$WORK" "$DEST" $CODECS -- $LAMBDAS <<'EOF'
-import json
-import shutil
-import sys
-from pathlib import Path
+# Gather: base + every adapter in one folder (each adapter's rp_adapter.json keeps its training record)
+ADAPTER_DIRS=()
+for codec in $CODECS; do for lam in $LAMBDAS; do ADAPTER_DIRS+=("$WORK/rp_${codec}_${lam}"); done; done
+$PYTHON training/gather_adapters.py --base "$WORK/base" --adapters "${ADAPTER_DIRS[@]}" --output "$DEST" --overwrite
 
-from rp_diffusers.pipelines import RPPreprocessPipeline
-
-work, dest, rest = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-codecs, lambdas = rest[: rest.index("--")], rest[rest.index("--") + 1 :]
-pipe = RPPreprocessPipeline.from_pretrained(work / "base")
-for codec in codecs:
-    for lam in lambdas:
-        pipe.load_lora_weights(str(work / f"rp_{codec}_{lam}"))
-names = list(pipe.config.adapters)
-pipe.set_adapters([next(n for n in names if n.startswith("rp_jpeg_"))] if any("jpeg" in n for n in names) else names[:1])
-if dest.exists():
-    shutil.rmtree(dest)
-pipe.save_pretrained(dest)
-for config in (dest / "model_index.json", dest / "unet" / "config.json", dest / "vae" / "config.json"):
-    # diffusers records the folder it loaded from (WORK, a path of this machine); loading sets it again anyway
-    entries = json.loads(config.read_text())
-    entries.pop("_name_or_path", None)
-    config.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-shutil.copy(work / "base" / "stage1_metrics.json", dest / "stage1_metrics.json")
-for codec in codecs:  # keep the training record (surrogate, losses, steps) that save_pretrained leaves out
-    for lam in lambdas:
-        info = json.loads((work / f"rp_{codec}_{lam}" / "rp_adapter.json").read_text())
-        info["base_model"] = "stage 1 of training/compact_recipe.sh"
-        if info.get("surrogate") != codec:
-            info["note"] = f"trained through the {info['surrogate']} surrogate as a STAND-IN for {codec}"
-        (dest / "adapters" / info["adapter_name"] / "rp_adapter.json").write_text(json.dumps(info, indent=2) + "\n")
-print(f"saved {dest} with adapters {names}")
-EOF
+# Validate every adapter on the held-out photographs against the codec alone and record the verdict in its
+# rp_adapter.json: `--model default` and the Space pick only adapters that win there, else the codec runs alone.
+if [ "$VALIDATE" = 1 ]; then
+  # shellcheck disable=SC2086  # VAL_QUALITIES is a list of codec=spec words
+  $PYTHON training/validate_adapters.py --model "$DEST" --images "$VAL" ${VAL_QUALITIES:+--qualities $VAL_QUALITIES}
+fi
