@@ -292,9 +292,33 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         Accepts diffusers' pipeline format (``unet.``-prefixed keys, as :func:`~rp_diffusers.adapters.save_rp_adapter`
         and the training examples write) and the bare format of ``unet.save_lora_adapter``. With no ``adapter_name``,
         the name in the folder's ``rp_adapter.json`` is used. Text-encoder LoRAs are refused: the prompt is encoded
-        once and the text encoder is usually dropped.
+        once and the text encoder is usually dropped. Weights load from ``.safetensors`` only: a pickled file
+        (``pytorch_lora_weights.bin``, ``.pt``, ``.ckpt``) is refused, never unpickled.
         """
         source = pretrained_model_name_or_path_or_dict
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("rp-diffusers loads LoRA weights from .safetensors only: drop use_safetensors=False")
+        kwargs["use_safetensors"] = True  # diffusers' default falls back to unpickling a .bin
+        if not isinstance(source, dict):
+            weight_name = kwargs.get("weight_name")
+            local = Path(source) / (kwargs.get("subfolder") or "")
+            pickled = []
+            if weight_name is not None and not str(weight_name).endswith(".safetensors"):
+                pickled = [str(weight_name)]
+            elif local.is_file() and local.suffix != ".safetensors":
+                pickled = [local.name]
+            elif local.is_dir() and weight_name is None and not any(local.glob("*.safetensors")):
+                pickled = sorted(
+                    p.name for p in local.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+                )
+            if pickled:
+                where = source if local.is_file() else ", ".join(str(local / name) for name in pickled)
+                raise ValueError(
+                    f"{where} is not a .safetensors file; rp-diffusers never unpickles LoRA weights (loading a pickle "
+                    "can run code from the file). Convert it once, where you trust the file: "
+                    f"safetensors.torch.save_file(torch.load(PATH, weights_only=True), '{LORA_WEIGHT_NAME}'), then "
+                    "load the folder again"
+                )
         info = None
         if not isinstance(source, dict):
             info = read_adapter_info(source, **kwargs)

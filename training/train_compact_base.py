@@ -238,7 +238,7 @@ def batches(data, dataloader, steps: int):
 
 
 @torch.no_grad()
-def validate(vae, unet, embeds, scheduler, files, residual_map: bool) -> dict:
+def validate(vae, unet, embeds, scheduler, files, residual_map: bool, timestep: int) -> dict:
     """Mean PSNR / MS-SSIM of the VAE reconstruction and of the full one-step map on whole validation images."""
     rows = {"vae_psnr": [], "vae_ms_ssim": [], "map_psnr": [], "map_ms_ssim": []}
     multiple = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -249,7 +249,7 @@ def validate(vae, unet, embeds, scheduler, files, residual_map: bool) -> dict:
         rows["vae_psnr"].append(float(psnr(image, recon)))
         rows["vae_ms_ssim"].append(float(ms_ssim(image, recon)) if min(size) >= 161 else float("nan"))
         if residual_map:
-            out = one_step_map(vae, unet, padded, embeds, 999, scheduler.alphas_cumprod, "sample", residual=True)
+            out = one_step_map(vae, unet, padded, embeds, timestep, scheduler.alphas_cumprod, "sample", residual=True)
             out = crop_to_size(out, size).clamp(0, 1)
             rows["map_psnr"].append(float(psnr(image, out)))
             rows["map_ms_ssim"].append(float(ms_ssim(image, out)) if min(size) >= 161 else float("nan"))
@@ -318,7 +318,7 @@ def main(args):
     vae.requires_grad_(False)
     metrics = {"vae_steps": vae_done}
     if files:
-        metrics.update(validate(vae, unet, embeds, scheduler, files, residual_map=False))
+        metrics.update(validate(vae, unet, embeds, scheduler, files, residual_map=False, timestep=args.timestep))
         logger.info(f"after the VAE phase: {metrics}")
 
     # 2. UNet: residual one-step restorer, degraded input -> clean target, VAE frozen
@@ -345,7 +345,7 @@ def main(args):
     unet.requires_grad_(False)
     metrics["unet_steps"] = unet_done
     if files:
-        metrics.update(validate(vae, unet, embeds, scheduler, files, residual_map=True))
+        metrics.update(validate(vae, unet, embeds, scheduler, files, residual_map=True, timestep=args.timestep))
         logger.info(f"after the UNet phase: {metrics}")
 
     # 3. Save the pipeline folder (prompt embedding saved with it; no text encoder needed)

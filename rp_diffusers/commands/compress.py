@@ -5,9 +5,81 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+
+def check_outputs(planned: Sequence[tuple[str, Path]], inputs: Sequence[Path], overwrite: bool, flag: str = "--out"):
+    """Refuse, before anything is written, outputs that would clash: the checks every writing command shares.
+
+    Args:
+        planned: ``(what writes it, target path)`` for every file the command will write.
+        inputs: the command's input files; no target may be one of them, even with ``overwrite``.
+        overwrite: allow replacing existing files (the ``--overwrite`` flag).
+        flag: the option naming the output place, for the messages.
+
+    Raises:
+        ValueError: two outputs share a path (compared ignoring case: they clash on macOS and Windows), or an
+            output is an input.
+        FileExistsError: a target exists and ``overwrite`` is off; the message names the files.
+    """
+    seen: dict[str, str] = {}
+    for source, target in planned:
+        key = os.path.abspath(target).lower()
+        if key in seen:
+            raise ValueError(
+                f"{seen[key]} and {source} would both write {target}; give each input once and inputs distinct "
+                f"names apart from the extension (rename one, or run them separately with another {flag})"
+            )
+        seen[key] = source
+    sources = {Path(path).resolve() for path in inputs}
+    for _, target in planned:
+        if Path(target).resolve() in sources:
+            raise ValueError(f"{target} would overwrite its input; choose another {flag}")
+    existing = [str(target) for _, target in planned if Path(target).exists()]
+    if existing and not overwrite:
+        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        raise FileExistsError(
+            f"{shown} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace "
+            f"{'it' if len(existing) == 1 else 'them'}, or choose another {flag}"
+        )
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary path next to ``target`` (same suffix) that replaces ``target`` when the block succeeds.
+
+    A run killed or failing inside the block leaves ``target`` as it was (missing, or the earlier file), never
+    half written; the temporary file is removed on errors.
+
+    Example:
+        >>> with atomic_path("out/a.png") as tmp:  # doctest: +SKIP
+        ...     image.save(tmp, format="PNG")
+    """
+    target = Path(target)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial{target.suffix}")
+    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # 0o666: the umask applies
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(target: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``target`` through :func:`atomic_path` (flushed to disk before the rename)."""
+    with atomic_path(target) as temporary:
+        with open(temporary, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return Path(target)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -17,7 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=(
             "For each IMAGE, write the pre-processed image's standard codec file (NAME.rp.EXT) and the codec-alone "
             "file (NAME.EXT) to --out, and print bpp and quality (PSNR, MS-SSIM, SSIMULACRA2, Butteraugli, VMAF, "
-            "VMAF-NEG, LPIPS, DISTS where available) of both against the original."
+            "VMAF-NEG, LPIPS, DISTS where available) of both against the original. Existing files are never replaced "
+            "without --overwrite, and inputs whose names differ only in the extension (a.png, a.tiff) are refused, "
+            "as they would write the same NAME.EXT: both checks run before anything is written."
         ),
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
@@ -44,6 +118,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels for large images")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the table as JSON")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing files in --out (and the --json file)"
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -125,7 +202,13 @@ def run(args: argparse.Namespace) -> int:
 
     metric_names = usable_metrics(parse_metrics(args.metrics))  # missing tools and weights: warned once here
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(path) for path in args.images]
+    table = [("--json", Path(args.json))] if args.json else []
+
+    def planned(suffixes: tuple[str, ...]) -> list[tuple[str, Path]]:
+        return [(str(p), out / f"{p.stem}{suffix}{codec.extension}") for p in paths for suffix in suffixes] + table
+
+    check_outputs(planned(("",)), paths, args.overwrite)  # the codec-alone files are always written
     pipe = load_preprocessor(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
     if args.tile_size is not None:
@@ -138,20 +221,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"{codec.name}: {'rp + ' if choice.preprocess else ''}{choice.reason}")
     if not choice.preprocess:
         print(f"writing the {codec.name} files only; pass --adapter NAME to pre-process anyway")
+    else:
+        check_outputs(planned(("", ".rp")), paths, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
 
     rows = []
-    for path in args.images:
-        path = Path(path)
+    for path in paths:
         original = load_image(path)
         variants = [("codec alone", original, "")]
         if choice.preprocess:
             variants.append(("rp + codec", pipe(original, adapter_name=choice.adapter or []).images[0], ".rp"))
         for variant, image, suffix in variants:
             result = _encode(codec, image, args.quality, args.target_bpp)
-            target = out / f"{path.stem}{suffix}{result.extension}"
-            if target.resolve() == path.resolve():
-                raise ValueError(f"{target} would overwrite its input; choose another --out folder")
-            target.write_bytes(result.data)
+            target = write_atomic(out / f"{path.stem}{suffix}{codec.extension}", result.data)
             row = {"image": path.name, "variant": variant, "file": str(target), "quality": result.quality}
             row["bpp"] = result.bpp
             row.update(measure(original, result.reconstruction, metric_names))
@@ -167,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             "choice": choice.reason,
             "rows": rows,
         }
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.json, json.dumps(report, indent=2))
     print(f"wrote {len(rows)} files to {out}/")
     return 0

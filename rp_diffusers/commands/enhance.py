@@ -19,7 +19,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="improve the perceptual quality of decoded images (noise + denoise with a pre-trained model)",
         description=(
             "Add noise at a calibrated level to each decoded image and denoise it with a pre-trained diffusion or "
-            "consistency model (training-free perceptual decoding). Writes lossless PNGs of the same size."
+            "consistency model (training-free perceptual decoding). Writes lossless PNGs of the same size, NAME.png "
+            "in --out. Existing files are never replaced without --overwrite, and inputs whose names differ only in "
+            "the extension (a.jpg, a.webp) are refused, as they would write the same NAME.png: both checks run "
+            "before anything is written."
         ),
     )
     parser.add_argument("images", nargs="+", metavar="DECODED", help="decoded image files (any format Pillow reads)")
@@ -43,6 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic per seed)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing PNGs in --out")
     parser.set_defaults(func=run)
     return parser
 
@@ -79,16 +83,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..utils.image import load_image
+    from .compress import atomic_path, check_outputs
 
     sigma = _parse_sigma(args.sigma)
     paths = [Path(p) for p in args.images]
     out_dir = Path(args.out)
     targets = [out_dir / f"{p.stem}.png" for p in paths]
-    if len(set(targets)) != len(targets):
-        raise ValueError("two inputs share a file name stem; their PNGs would overwrite each other")
-    for path, target in zip(paths, targets):
-        if target.resolve() == path.resolve():
-            raise ValueError(f"{target} would overwrite its input; choose another --out folder")
+    check_outputs([(str(p), target) for p, target in zip(paths, targets)], paths, args.overwrite)
     images = [load_image(p) for p in paths]  # fail on unreadable inputs before loading a model
     pipe = load_pipeline(args.model, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -110,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             class_labels=args.class_label,
             calibration=args.calibration,
         )
-        output.images[0].save(target, format="PNG")
+        with atomic_path(target) as temporary:  # a killed run leaves no half-written PNG under the final name
+            output.images[0].save(temporary, format="PNG")
         size = f"{image.width}x{image.height}"
         print(f"{path.name:<40} {size:>11} {output.sigmas[0]:>8.4g} {time.perf_counter() - start:>8.2f}")
     print(f"wrote {len(targets)} PNG(s) to {out_dir}")

@@ -6,13 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
+from .bd_rate import json_safe
+from .compress import atomic_path, write_atomic
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="R-D curves of codecs over a folder of images (results JSON, plot, BD-rate table)",
         description="Encode every image at every quality with real codecs, measure, and write CompressAI-style "
-        "results JSON, an R-D plot and a BD-rate table. Without --images, runs on the bundled examples.",
+        "results JSON, an R-D plot and a BD-rate table. Without --images, runs on the bundled examples. An "
+        "--output folder holding an earlier run's results is refused without --overwrite; with it, the earlier "
+        "run's results files this run does not rewrite (results JSON, rd.png, bd_rate.json) are removed, so "
+        "every result in the folder is from this run. Other files are never touched.",
     )
     parser.add_argument("--images", nargs="+", default=None, help="image files or folders (default: bundled examples)")
     parser.add_argument("--codec", default="jpeg", help="codec name(s), comma-separated, e.g. jpeg,webp,heic")
@@ -40,7 +46,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--anchor", default=None, help="curve name the BD-rate table is against (default: first)")
     parser.add_argument("--output", default="results", help="output folder (JSON per curve, rd.png, bd_rate.json)")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: up to 4)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (N >= 1)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's results in --output (and remove those of its results this run does not write)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
@@ -68,59 +79,133 @@ def run(args: argparse.Namespace) -> int:
         plot_rd,
     )
 
+    codecs = [c.strip() for c in args.codec.split(",") if c.strip()]
+    if not codecs:
+        raise ValueError(f"--codec names no codec ({args.codec!r}); give e.g. --codec jpeg or --codec jpeg,webp")
+    repeated = sorted({c.lower() for c in codecs if [d.lower() for d in codecs].count(c.lower()) > 1})
+    if repeated:
+        raise ValueError(f"--codec lists {', '.join(repeated)} more than once; give each codec once")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a number of images >= 1, got {args.limit}; leave it out for all images")
     images = list_images(args.images or [EXAMPLES_DIR])
-    if args.limit:
+    if args.limit is not None:
         images = images[: args.limit]
     metrics = parse_metrics(args.metrics)
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    earlier = [p.name for p in earlier_results(output)]
+    if earlier and not args.overwrite:  # refused before any model loads
+        raise _exists_error(output, earlier)
     pipe = _load_preprocessor(args.model) if args.model else None
     enhancer = _load_enhancer(args) if args.enhance else None
 
-    curves = []
-    for codec in [c.strip() for c in args.codec.split(",") if c.strip()]:
-        runs = [(codec, None)]
+    # 1. Plan every curve, and so every file this run writes, before measuring anything
+    runs = []  # (curve name, codec, preprocess function, enhance function)
+    for codec in codecs:
+        plain = [(codec, None)]
         if pipe is not None:
             choice = _adapter_choice(pipe, codec, args.adapter)
             print(f"{codec}: {'rp + ' if choice.preprocess else ''}{choice.reason}")
             if choice.preprocess:
                 adapter = choice.adapter
                 label = f"[{adapter}]" if adapter else ("[base]" if getattr(pipe.config, "adapters", None) else "")
-                runs.append((f"rp+{codec}{label}", _preprocess_fn(pipe, adapter)))
-        for name, preprocess in runs:
-            common = dict(
-                metrics=metrics,
-                preprocess=preprocess,
-                set_metrics=("fid", "kid") if args.fid else (),
-                workers=args.workers,
-                progress=not args.no_progress,
-            )
-            result = evaluate(images, codec, args.qualities, name=name, **common)
-            curves.append(result.to_dict())
+                plain.append((f"rp+{codec}{label}", _preprocess_fn(pipe, adapter)))
+        for name, preprocess in plain:
+            runs.append((name, codec, preprocess, None))
             if enhancer is not None:
-                result = evaluate(
-                    images, codec, args.qualities, name=f"{name}+{args.enhance}", enhance=enhancer, **common
-                )
-                curves.append(result.to_dict())
+                runs.append((f"{name}+{args.enhance}", codec, preprocess, enhancer))
+    names = [name for name, *_ in runs]
+    if len(names) > 1 and args.anchor and args.anchor not in names:
+        raise ValueError(f"--anchor {args.anchor!r} is not one of the curves: {', '.join(names)}")
+    files = {name: f"{name.replace('/', '_')}.json" for name in names}
+    writes = [*files.values(), "rd.png", *(["bd_rate.json"] if len(runs) > 1 else [])]
+    if len({w.lower() for w in writes}) != len(writes):
+        raise ValueError(f"two curves would write the same results file ({', '.join(files.values())})")
+    clashing = [w for w in writes if (output / w).exists()]
+    if clashing and not args.overwrite:
+        raise _exists_error(output, clashing)
+
+    # 2. Measure
+    curves = []
+    for name, codec, preprocess, enhance in runs:
+        result = evaluate(
+            images,
+            codec,
+            args.qualities,
+            name=name,
+            metrics=metrics,
+            preprocess=preprocess,
+            enhance=enhance,
+            set_metrics=("fid", "kid") if args.fid else (),
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        curves.append(result.to_dict())
+
+    # 3. Write (each file atomically), then remove the earlier run's results this run did not rewrite
+    output.mkdir(parents=True, exist_ok=True)
     for data in curves:
-        path = output / f"{data['name'].replace('/', '_')}.json"
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_atomic(output / files[data["name"]], json.dumps(data, indent=2) + "\n")
         _print_curve(data)
-    plot = plot_rd(curves, output / "rd.png")
+    with atomic_path(output / "rd.png") as temporary:
+        plot_rd(curves, temporary)
+    plot = output / "rd.png"
     print(f"\nwrote {len(curves)} results files and {plot} to {output}/")
     if len(curves) > 1:
-        names = [c["name"] for c in curves]
         anchor_name = args.anchor or names[0]
-        if anchor_name not in names:
-            raise ValueError(f"--anchor {anchor_name!r} is not one of the curves: {', '.join(names)}")
         anchor = curves[names.index(anchor_name)]
         rows = {c["name"]: bd_table(anchor, c) for c in curves if c is not anchor}
         overlaps = {c["name"]: bd_overlap(anchor, c) for c in curves if c is not anchor}
         table = {"anchor": anchor_name, "bd_rate": rows, "overlap": overlaps, "min_overlap": MIN_OVERLAP}
-        (output / "bd_rate.json").write_text(json.dumps(table, indent=2) + "\n")
+        write_atomic(output / "bd_rate.json", json.dumps(json_safe(table), indent=2, allow_nan=False) + "\n")
         print()
         print(format_bd_table(rows, anchor_name, overlaps))
+    stale = sorted(set(earlier) - set(writes))
+    for name in stale:
+        (output / name).unlink(missing_ok=True)
+    if stale:
+        print(f"removed the earlier run's {', '.join(stale)} (not part of this run)")
     return 0
+
+
+def _exists_error(output: Path, names: list[str]) -> FileExistsError:
+    return FileExistsError(
+        f"{output} already holds results ({', '.join(names)}); pass --overwrite to replace them (results of the "
+        "earlier run that this run does not write are removed), or choose another --output"
+    )
+
+
+def earlier_results(folder: Path) -> list[Path]:
+    """Files in ``folder`` that an earlier ``rp-diffusers evaluate`` wrote: ``rd.png``, ``bd_rate.json`` and its
+    results JSON (recognised by their content: name, meta, results.bpp and per_image, saved under their name).
+    Any other file, a CompressAI results file included, is the user's."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        if path.name == "rd.png":
+            found.append(path)
+            continue
+        if path.suffix != ".json":
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if path.name == "bd_rate.json" and {"anchor", "bd_rate"} <= set(data):
+            found.append(path)
+        elif (
+            {"name", "meta", "results", "per_image"} <= set(data)
+            and isinstance(data["name"], str)
+            and isinstance(data["results"], dict)
+            and "bpp" in data["results"]
+            and path.name == f"{data['name'].replace('/', '_')}.json"
+        ):
+            found.append(path)
+    return found
 
 
 def _load_preprocessor(model: str):

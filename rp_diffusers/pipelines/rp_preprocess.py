@@ -8,6 +8,8 @@ through a differentiable codec surrogate; the codec itself is unchanged.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -46,6 +48,61 @@ EXAMPLE_DOC_STRING = """
         >>> result = get_codec("jpeg").run(pre, quality=40)  # an ordinary JPEG file: result.data
         ```
 """
+
+
+# Weight files that are pickles (loading one can run code) rather than safetensors.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Components whose weights from_pretrained loads (the tokenizer and scheduler have none).
+_WEIGHTED_COMPONENTS = ("vae", "unet", "text_encoder")
+
+
+def _refuse_pickled_components(source: str | os.PathLike, kwargs: dict) -> None:
+    """Refuse a local pipeline folder where a component to load has pickled weights and no ``.safetensors``.
+
+    diffusers and transformers would also refuse them under ``use_safetensors=True``, with a "file not found"
+    message; this one says what to do. Hub repos are checked by diffusers (it downloads safetensors only).
+    """
+    folder = Path(source)
+    if not (folder / "model_index.json").is_file():
+        return
+    for name in _WEIGHTED_COMPONENTS:
+        component = folder / name
+        if name in kwargs or not component.is_dir():  # passed in by the caller, or absent: nothing is loaded
+            continue
+        files = [p for p in component.iterdir() if p.is_file()]
+        pickled = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+        if pickled and not any(p.suffix == ".safetensors" for p in files):
+            raise ValueError(
+                f"{component} holds pickled weights ({', '.join(pickled)}) and no .safetensors file; rp-diffusers "
+                "never unpickles weights (loading a pickle can run code from the file). Convert them once, where "
+                "you trust the file: safetensors.torch.save_file(torch.load(PATH, weights_only=True), NEW_PATH) "
+                "with NEW_PATH diffusion_pytorch_model.safetensors (vae, unet) or model.safetensors (text_encoder), "
+                "then delete the .bin and load again"
+            )
+
+
+def _check_adapter_weights(adapter_name, adapter_weights) -> list[float] | float | None:
+    """Check ``adapter_weights`` of a call: finite numbers, one per adapter (or one for all); lists them."""
+    if adapter_weights is None:
+        return None
+    names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+    weights = list(adapter_weights) if isinstance(adapter_weights, (list, tuple)) else [adapter_weights]
+    if not names:
+        raise ValueError("adapter_name=[] runs the base model with adapters off: drop adapter_weights")
+    for weight in weights:
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise ValueError(f"adapter_weights must be numbers (e.g. 1.0 or [0.5, 0.5]), got {adapter_weights!r}")
+        if not math.isfinite(weight):
+            raise ValueError(
+                f"adapter_weights must be finite numbers (e.g. 1.0 or [0.5, 0.5]), got {adapter_weights!r}"
+            )
+    if isinstance(adapter_weights, (list, tuple)):
+        if len(weights) != len(names):
+            raise ValueError(
+                f"adapter_weights has {len(weights)} values for {len(names)} adapter(s) {names}: give one per adapter"
+            )
+        return [float(weight) for weight in weights]
+    return float(adapter_weights)
 
 
 @dataclass
@@ -263,8 +320,17 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
         """Load a stock SD 2.1 / SD-Turbo folder or Hub repo, or a folder written by :meth:`save_pretrained`.
 
         Extra stock components (``safety_checker``, ``feature_extractor``) are ignored. Pass ``text_encoder=None,
-        tokenizer=None`` to skip loading them when the folder has a saved prompt embedding.
+        tokenizer=None`` to skip loading them when the folder has a saved prompt embedding. Weights load from
+        ``.safetensors`` only: a component holding only pickled weights (``.bin``, ``.pt``, ``.ckpt``) is refused
+        with a message saying how to convert it, and never unpickled.
         """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(
+                "rp-diffusers loads safetensors weights only (a pickled .bin can run code when it is loaded): drop "
+                "use_safetensors=False and convert the weights (see safetensors.torch.save_file)"
+            )
+        kwargs["use_safetensors"] = True  # never fall back to unpickling a .bin (diffusers' default does)
+        _refuse_pickled_components(pretrained_model_name_or_path, kwargs)
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         source = str(pretrained_model_name_or_path)
@@ -344,7 +410,8 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
                 ``set_adapters`` is the way to change it for later calls); ``[]``: the base model, adapters off, for
                 this call; ``None`` (default): the current selection. :meth:`adapter_for` says which adapter suits
                 a codec.
-            adapter_weights: weights of a mix, e.g. ``[0.5, 0.5]`` for two adapters.
+            adapter_weights: weights of a mix, e.g. ``[0.5, 0.5]`` for two adapters: one finite number per adapter
+                (or one for all); NaN and infinities are refused. Negative weights are allowed, as in diffusers.
             output_type: ``"pil"``, ``"np"`` or ``"pt"`` (see :class:`RPPreprocessPipelineOutput`).
             return_dict: return the dataclass (``True``) or a one-element tuple.
             generator: random source for ``add_noise=True`` pipelines (unused otherwise: the map is deterministic).
@@ -362,6 +429,7 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if adapter_name is None and adapter_weights is not None:
             raise ValueError("adapter_weights needs adapter_name: pass the adapters the weights belong to")
+        adapter_weights = _check_adapter_weights(adapter_name, adapter_weights)
         images = to_pil_list(image)
 
         # 2. Select adapters for this call only

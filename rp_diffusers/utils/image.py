@@ -148,10 +148,7 @@ def numpy_to_pil(array: np.ndarray) -> Image.Image:
     elif array.dtype == np.uint16:
         data = np.clip(np.round(array.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ImageLoadError("the image array holds NaN or infinite values")
-        if array.min() < 0 or array.max() > 1:
-            raise ImageLoadError("float image arrays must lie in [0, 1]")
+        _check_unit_range(array, "array")
         data = np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
     elif array.dtype == np.bool_:
         data = array.astype(np.uint8) * 255
@@ -169,7 +166,8 @@ def load_image(image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Imag
 
     Args:
         image: a path, ``bytes`` of an encoded file, a PIL image, a numpy array (H, W[, C]) or a tensor
-            (3, H, W) / (1, 3, H, W) in [0, 1].
+            (3, H, W) / (1, 3, H, W): float in [0, 1] (NaN, infinities and values outside are refused, as for
+            arrays) or uint8 in [0, 255].
         max_pixels: refuse images with more pixels than this (``None``: no limit).
 
     Returns:
@@ -184,7 +182,7 @@ def load_image(image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Imag
         (6, 4)
     """
     if isinstance(image, torch.Tensor):
-        return tensor_to_pil(image)[0] if image.ndim == 4 else tensor_to_pil(image.unsqueeze(0))[0]
+        return _input_tensor_to_pil(image, max_pixels)[0]
     if isinstance(image, np.ndarray):
         pil = numpy_to_pil(image)
         _check_pixels(pil.size, max_pixels, "array")
@@ -218,6 +216,41 @@ def load_image(image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Imag
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageLoadError(f"{name} is truncated or corrupt: {error}") from error
     return _to_rgb(ImageOps.exif_transpose(opened))
+
+
+def _check_unit_range(values: np.ndarray | torch.Tensor, kind: str) -> None:
+    """Refuse float image values that are not finite or lie outside [0, 1] (arrays and tensors alike)."""
+    finite = np.isfinite(values).all() if isinstance(values, np.ndarray) else bool(torch.isfinite(values).all())
+    if not finite:
+        raise ImageLoadError(f"the image {kind} holds NaN or infinite values; pass finite values in [0, 1]")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 1:
+        raise ImageLoadError(
+            f"float image {kind}s must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]: divide 0-255 values by "
+            "255, map [-1, 1] values with (x + 1) / 2, or clamp slightly out-of-range values to [0, 1]"
+        )
+
+
+def _input_tensor_to_pil(images: torch.Tensor, max_pixels: int | None) -> list[Image.Image]:
+    """An input tensor (3, H, W) / (N, 3, H, W), float in [0, 1] or uint8 -> RGB PIL images, checked first.
+
+    Unlike :func:`tensor_to_pil` (which clips model outputs), input values are checked, as for numpy arrays: a NaN
+    or a value outside [0, 1] is a mistake upstream that clipping would hide.
+    """
+    if images.ndim not in (3, 4) or images.shape[-3] not in (1, 3):
+        raise ImageLoadError(f"expected a (3, H, W) or (N, 3, H, W) tensor, got shape {tuple(images.shape)}")
+    _check_pixels((images.shape[-1], images.shape[-2]), max_pixels, "tensor")
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    elif images.dtype == torch.bool:
+        images = images.float()
+    elif images.is_floating_point():
+        _check_unit_range(images.detach(), "tensor")
+    else:
+        raise ImageLoadError(
+            f"unsupported tensor dtype {images.dtype}; use a float tensor in [0, 1] or a uint8 tensor in [0, 255]"
+        )
+    return tensor_to_pil(images)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
@@ -255,9 +288,12 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def to_pil_list(images, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[Image.Image]:
-    """One image or a list of images of any supported kind (sizes may differ) -> list of RGB PIL images."""
+    """One image or a list of images of any supported kind (sizes may differ) -> list of RGB PIL images.
+
+    Tensors and arrays are checked as in :func:`load_image`: float values must be finite and lie in [0, 1].
+    """
     if isinstance(images, torch.Tensor) and images.ndim == 4:
-        return tensor_to_pil(images)
+        return _input_tensor_to_pil(images, max_pixels)
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return [load_image(a, max_pixels) for a in images]
     if isinstance(images, (list, tuple)):
