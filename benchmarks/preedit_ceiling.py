@@ -42,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=40, help="Adam steps per image and quality.")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam step on pixels in [0, 1].")
     parser.add_argument("--perceptual_loss", default="ssimulacra2", help="The objective's perceptual distance.")
+    parser.add_argument("--lambda_perceptual", type=float, default=1.0, help="Weight of the perceptual term in D.")
     parser.add_argument("--lambda_mse", type=float, default=1.0, help="Weight of the MSE in D.")
     parser.add_argument("--lambda_rate", type=float, default=1.0, help="Multiplier of the codec's own slope.")
     parser.add_argument("--model", default="default", help="Pipeline to compare with ('' to skip).")
@@ -107,9 +108,9 @@ def main(argv=None) -> int:
     jpeg = get_surrogate("jpeg")
     loss_fn = RatePerceptionLoss(
         jpeg,
-        perceptual_distance(args.perceptual_loss),
+        perceptual_distance(args.perceptual_loss) if args.lambda_perceptual > 0 else None,
         lambda_rate=args.lambda_rate,
-        lambda_perceptual=1.0,
+        lambda_perceptual=args.lambda_perceptual,
         lambda_mse=args.lambda_mse,
         rate_weighting="codec_slope",
     )
@@ -175,7 +176,8 @@ def main(argv=None) -> int:
         "num_images": len(originals),
         "qualities": qualities,
         "objective": {
-            "perceptual_loss": args.perceptual_loss,
+            "perceptual_loss": args.perceptual_loss if args.lambda_perceptual > 0 else None,
+            "lambda_perceptual": args.lambda_perceptual,
             "lambda_mse": args.lambda_mse,
             "lambda_rate": args.lambda_rate,
             "rate_weighting": "codec_slope",

@@ -26,6 +26,7 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO_NAME = "rp_adapter.json"
 ADAPTERS_FOLDER = "adapters"  # inside a saved pipeline: adapters/<name>/ and adapters/active_adapters.json
 ACTIVE_ADAPTERS_NAME = "active_adapters.json"
+BASE_VALIDATION_NAME = "base_validation.json"  # adapters/base_validation.json: the base model's verdict per codec
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 DEFAULT_RANK = 8
 
@@ -412,6 +413,15 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         """
         return dict(getattr(self, "_adapter_info", {}).get(normalize_adapter_name(name), {}))
 
+    def base_validation(self, codec: str | None = None) -> dict:
+        """The base model's held-out verdicts (``adapters/base_validation.json``): codec -> record, or one codec's."""
+        verdicts = dict(getattr(self, "_base_validation", None) or {})
+        return dict(verdicts.get(codec) or {}) if codec is not None else verdicts
+
+    def set_base_validation(self, codec: str, verdict: dict) -> None:
+        """Record the base model's verdict for ``codec`` (saved with the pipeline; :meth:`adapter_for` reads it)."""
+        self._base_validation = {**self.base_validation(), codec: dict(verdict)}
+
     def update_adapter_info(self, name: str, **facts) -> None:
         """Add facts (e.g. ``validation=...``, ``base_model=...``) to adapter ``name``'s record, saved with it."""
         name = normalize_adapter_name(name)
@@ -423,10 +433,11 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         """What to run before ``codec``: the policy that ``--model default``, ``compress``, ``evaluate`` and the
         Space all follow.
 
-        - If any of the pipeline's adapters carries a validation record (``rp_adapter.json``'s ``validation``:
-          held-out BD-rates against the codec alone), only an adapter for ``codec`` whose record says it wins is
-          chosen (the best mean headline BD-rate); if none wins, nothing runs: the codec alone
-          (``preprocess=False``). An adapter that lost in validation is never picked without being asked for.
+        - If the model carries validation records (an adapter's ``rp_adapter.json`` ``validation``, or the base
+          model's ``adapters/base_validation.json``: held-out BD-rates against the codec alone), only an adapter
+          for ``codec`` whose record says it wins is chosen (the best mean headline BD-rate); else the base model
+          if its record for ``codec`` wins; else nothing runs: the codec alone (``preprocess=False``). What lost
+          in validation is never picked without being asked for.
         - Without validation records (a model you trained and did not validate): the first adapter trained for
           ``codec`` by name; none: the base model with adapters off.
 
@@ -437,7 +448,8 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         adapters = self.available_adapters()
         for name, record in adapters.items():
             record["validation"] = self.adapter_info(name).get("validation")
-        validated = any(record.get("validation") for record in adapters.values())
+        base = self.base_validation(codec)
+        validated = any(record.get("validation") for record in adapters.values()) or bool(self.base_validation())
         matching = sorted(name for name, record in adapters.items() if record.get("codec") == codec)
         if not validated:
             if matching:
@@ -445,9 +457,20 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
             return AdapterChoice(None, True, f"the base model (no adapter trained for {codec})")
         winners = [name for name in matching if (adapters[name].get("validation") or {}).get("wins")]
         if not winners:
-            tried = ", ".join(f"{name} ({_validation_summary(adapters[name])})" for name in matching)
-            why = f"no adapter of this model beats {codec} alone in validation" + (f": {tried}" if tried else "")
-            return AdapterChoice(None, False, f"{codec} alone ({why})")
+            where = next((r["validation"].get("images") for r in adapters.values() if r.get("validation")), None)
+            where = base.get("images") or where or "validation"
+            if base and base.get("wins"):
+                return AdapterChoice(
+                    None, True, f"the base model ({_validation_summary({'validation': base})}; no adapter won there)"
+                )
+            if matching and base:
+                why = f"on {where} neither its {codec} adapters nor the base model beat {codec} alone"
+            elif matching or base:
+                why = f"on {where} {'its ' + codec + ' adapters' if matching else 'the base model'} did not beat it"
+            else:
+                why = f"nothing in this model was shown to beat {codec} alone on {where}"
+            why += " in every headline metric" if (matching or base) else ""
+            return AdapterChoice(None, False, f"{codec} alone ({why}; --adapter NAME runs one anyway)")
 
         def score(name: str) -> float:
             rates = adapters[name]["validation"].get("bd_rate", {})
@@ -512,6 +535,10 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
                 "weights": [weights.get(name, 1.0) for name in active],
             }
             (folder / ACTIVE_ADAPTERS_NAME).write_text(json.dumps(selection, indent=2) + "\n")
+        if getattr(self, "_base_validation", None):
+            folder.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(self._base_validation, indent=2, sort_keys=True)
+            (folder / BASE_VALIDATION_NAME).write_text(text + "\n")
 
     def load_saved_adapters(self, source: str | os.PathLike, **hub_kwargs) -> None:
         """Load the adapters listed in ``config.adapters`` from ``source``'s ``adapters/`` and restore the selection."""
@@ -531,3 +558,5 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
                 self.set_adapters(selection["names"], selection["weights"])
             if not selection["enabled"]:
                 self.disable_adapters()
+        verdicts = resolve_optional_file(source, BASE_VALIDATION_NAME, subfolder=ADAPTERS_FOLDER, **hub_kwargs)
+        self._base_validation = json.loads(Path(verdicts).read_text()) if verdicts is not None else {}

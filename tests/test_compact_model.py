@@ -110,14 +110,14 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         assert verdict["wins"] == all(verdict["bd_rate"][m] < 0 for m in verdict["headline"])
     for codec in ("jpeg", "webp"):
         choice = model.adapter_for(codec)
-        winners = [
-            n
-            for n in model.config.adapters
-            if n.startswith(f"rp_{codec}_") and model.adapter_info(n)["validation"]["wins"]
-        ]
-        assert choice.preprocess == bool(winners) and (
-            choice.adapter in winners if winners else choice.adapter is None
-        )
+        names = [n for n in model.config.adapters if n.startswith(f"rp_{codec}_")]
+        winners = [n for n in names if model.adapter_info(n)["validation"]["wins"]]
+        base = model.base_validation(codec)
+        assert set(base["headline"]) == {"butteraugli-3norm", "vmaf-neg", "ssimulacra2"}  # trained on none of them
+        if winners:
+            assert choice.preprocess and choice.adapter in winners
+        else:
+            assert choice.adapter is None and choice.preprocess == base["wins"]
     assert set(model.config.adapters) == {
         "rp_jpeg_lambda_1",
         "rp_jpeg_lambda_2",

@@ -389,15 +389,26 @@ def test_pipeline_adapter_for_picks_only_validated_winners_else_the_codec_alone(
     choice = loaded.adapter_for("jpeg")
     assert (choice.adapter, choice.preprocess) == (None, False)
     assert (
-        choice.reason.startswith("jpeg alone (no adapter of this model beats jpeg alone") and "+3.0%" in choice.reason
+        choice.reason
+        == "jpeg alone (on v its jpeg adapters did not beat it in every headline metric; --adapter NAME runs one anyway)"
     )
     assert loaded.adapter_for("webp").preprocess is False  # a validated model: nothing shown to help webp
+
+    # the base model's own verdict (adapters/base_validation.json) is the fallback before the codec alone
+    loaded.set_base_validation("jpeg", {"bd_rate": {"vmaf-neg": -0.5}, "headline": ["vmaf-neg"], "wins": True})
+    loaded.set_base_validation("webp", {"bd_rate": {"vmaf-neg": 0.5}, "headline": ["vmaf-neg"], "wins": False})
+    base = loaded.adapter_for("jpeg")
+    assert (base.adapter, base.preprocess) == (None, True) and base.reason.startswith("the base model")
+    webp = loaded.adapter_for("webp")
+    assert webp.preprocess is False and webp.reason.startswith("webp alone (on v the base model did not beat it")
 
     # rp_adapter.json is the one record: saving the pipeline again keeps the verdict and the training record
     loaded.save_pretrained(tmp_path / "again")
     again = json.loads((tmp_path / "again" / "adapters" / ADAPTER_A / "rp_adapter.json").read_text())
     assert again["validation"]["wins"] is False and again["base_model"] == "tiny"
-    assert _pipe(tmp_path / "again").adapter_for("jpeg").preprocess is False
+    reloaded = _pipe(tmp_path / "again")
+    assert reloaded.base_validation() == loaded.base_validation()
+    assert reloaded.adapter_for("jpeg").preprocess is True and reloaded.adapter_for("webp").preprocess is False
 
 
 def test_pipeline_weighted_adapter_mix_lies_between(lora_pipe):

@@ -1,8 +1,9 @@
-"""Validate every adapter of a pipeline folder on held-out photographs and record the verdict in its rp_adapter.json.
+"""Validate a pipeline folder's base model and adapters on held-out photographs and record the verdicts.
 
-``--model default`` and the Space then pick, per codec, only an adapter whose validation BD-rate against the codec
-alone is negative in every headline metric (perceptual metrics it was not trained on); where none is, the codec
-runs alone. Validate on photographs the numbers are NOT reported on (val-set14, never Kodak).
+Each adapter's verdict goes into its rp_adapter.json, the base model's into adapters/base_validation.json.
+``--model default`` and the Space then pick, per codec, only an adapter (else the base model) whose validation
+BD-rate against the codec alone is negative in every headline metric (perceptual metrics it was not trained on);
+where nothing is, the codec runs alone. Validate on photographs the numbers are NOT reported on (val-set14, never Kodak).
 
     python training/validate_adapters.py --model rp_diffusers/assets/default_model --images photos/val-set14
 """

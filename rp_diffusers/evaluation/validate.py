@@ -37,6 +37,21 @@ def _metric_names(keys: list[str]) -> list[str]:
     return [names.get(k, k.replace("-", "_")) for k in keys]
 
 
+def _verdict(anchor: dict, curve: dict, label: str, codec: str, trained_on: str | None) -> dict:
+    rates = bd_table(anchor, curve)
+    headline = headline_metrics(trained_on)
+    return {
+        "images": label,
+        "codec": codec,
+        "qualities": anchor["results"]["quality"],
+        "bd_rate": rates,
+        "overlap": bd_overlap(anchor, curve),
+        "headline": headline,
+        "trained_on": TRAINED_AS.get(trained_on or "", trained_on),
+        "wins": all(isinstance(rates.get(m), float) and rates[m] < 0 for m in headline),
+    }
+
+
 def validate_adapters(
     model: str | os.PathLike,
     images: str | os.PathLike | list,
@@ -48,21 +63,24 @@ def validate_adapters(
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Sweep every adapter of the pipeline folder ``model`` on its codec against the codec alone.
+    """Sweep the base model and every adapter of the pipeline folder ``model`` against the codec alone.
 
     Args:
         model: a saved :class:`~rp_diffusers.RPPreprocessPipeline` folder (its adapters are in ``adapters/``).
         images: held-out photographs (a folder or a list of files): NOT the images numbers are reported on.
-        codecs: only adapters for these codecs (default: every adapter's codec).
+        codecs: the codecs to validate (default: every adapter's codec); the base model is validated on each,
+            an adapter on its own codec.
         qualities: codec -> quality spec (default :data:`DEFAULT_QUALITIES`, else the codec's sweep).
         images_label: how the record names the images (default: the folder's name and the count).
-        write: write each verdict into ``model/adapters/<name>/rp_adapter.json`` (``validation``).
+        write: write each adapter's verdict into ``model/adapters/<name>/rp_adapter.json`` (``validation``) and
+            the base model's into ``model/adapters/base_validation.json`` (codec -> verdict).
 
     Returns:
-        adapter name -> its ``validation`` record: ``bd_rate`` (every metric, percent, negative = fewer bits),
-        ``overlap``, ``headline``, ``trained_on``, ``wins`` (every headline BD-rate negative), ``images``,
-        ``qualities``.
+        ``{"base/<codec>" or adapter name: verdict}``, each verdict with ``bd_rate`` (every metric, percent,
+        negative = fewer bits), ``overlap``, ``headline``, ``trained_on``, ``wins`` (every headline BD-rate
+        negative), ``images``, ``codec``, ``qualities``.
     """
+    from ..adapters import ADAPTERS_FOLDER, BASE_VALIDATION_NAME
     from ..pipelines import RPPreprocessPipeline
 
     model = Path(model)
@@ -74,50 +92,37 @@ def validate_adapters(
     label = images_label or f"{Path(paths[0]).parent.name} ({len(paths)} photographs)"
     qualities = {**DEFAULT_QUALITIES, **(qualities or {})}
     adapters = pipe.available_adapters()
+    codecs = list(codecs or sorted({r["codec"] for r in adapters.values() if r.get("codec")}))
+    metrics = _metric_names(["psnr-rgb", "ms-ssim-rgb", *HEADLINE_CANDIDATES, "butteraugli", "vmaf"])
     records = {}
-    anchors = {}
-    for name, record in sorted(adapters.items()):
-        codec = record.get("codec")
-        if codec is None or (codecs and codec not in codecs):
-            continue
-        info = pipe.adapter_info(name)
-        trained_on = info.get("perceptual_loss") if float(info.get("lambda_perceptual", 1) or 0) > 0 else None
-        headline = headline_metrics(trained_on)
-        keys = ["psnr-rgb", "ms-ssim-rgb", *HEADLINE_CANDIDATES, "butteraugli", "vmaf"]
-        metrics = _metric_names(keys)
-        if codec not in anchors:
-            anchors[codec] = evaluate(
-                paths, codec, qualities.get(codec), metrics=metrics, workers=workers, progress=progress
+    for codec in codecs:
+        common = dict(metrics=metrics, workers=workers, progress=progress)
+        anchor = evaluate(paths, codec, qualities.get(codec), **common).to_dict()
+        runs = [(None, "base")] + [(n, n) for n, r in sorted(adapters.items()) if r.get("codec") == codec]
+        for name, label_name in runs:
+
+            def preprocess(batch, name=name):
+                return [pipe(image, adapter_name=name or []).images[0] for image in batch]
+
+            curve = evaluate(
+                paths, codec, qualities.get(codec), preprocess=preprocess, name=f"{label_name} + {codec}", **common
             ).to_dict()
-
-        def preprocess(batch, name=name):
-            return [pipe(image, adapter_name=name).images[0] for image in batch]
-
-        curve = evaluate(
-            paths,
-            codec,
-            qualities.get(codec),
-            metrics=metrics,
-            preprocess=preprocess,
-            name=f"{name} + {codec}",
-            workers=workers,
-            progress=progress,
-        ).to_dict()
-        rates = bd_table(anchors[codec], curve)
-        verdict = {
-            "images": label,
-            "codec": codec,
-            "qualities": anchors[codec]["results"]["quality"],
-            "bd_rate": rates,
-            "overlap": bd_overlap(anchors[codec], curve),
-            "headline": headline,
-            "trained_on": TRAINED_AS.get(trained_on or "", trained_on),
-            "wins": all(isinstance(rates.get(m), float) and rates[m] < 0 for m in headline),
-        }
-        records[name] = verdict
-        if write:
-            path = model / "adapters" / name / "rp_adapter.json"
-            data = json.loads(path.read_text()) if path.is_file() else {}
-            data["validation"] = verdict
-            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            info = pipe.adapter_info(name) if name else {}
+            lam_p = float(info.get("lambda_perceptual", 1) or 0)
+            trained_on = info.get("perceptual_loss") if name and lam_p > 0 else None
+            verdict = _verdict(anchor, curve, label, codec, trained_on)
+            if name is None:
+                records[f"base/{codec}"] = verdict
+                pipe.set_base_validation(codec, verdict)
+                continue
+            records[name] = verdict
+            if write:
+                path = model / ADAPTERS_FOLDER / name / "rp_adapter.json"
+                data = json.loads(path.read_text()) if path.is_file() else {}
+                data["validation"] = verdict
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if write and pipe.base_validation():
+        path = model / ADAPTERS_FOLDER / BASE_VALIDATION_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(pipe.base_validation(), indent=2, sort_keys=True) + "\n")
     return records
