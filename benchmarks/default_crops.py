@@ -56,10 +56,14 @@ def main(argv=None) -> int:
     if args.config is None:
         preprocess, adapter = choice.preprocess, choice.adapter
         what = f"default: {choice.reason}"
+        short = f"the default for {args.codec}: " + (
+            (choice.adapter or "the base model") if choice.preprocess else "no pre-processing"
+        )
     else:
         preprocess, adapter = True, None if args.config == "base" else args.config
         default = "base" if choice.preprocess and choice.adapter is None else (choice.adapter or "codec alone")
         what = f"{args.config}, NOT the default (the default for {args.codec} is {default})"
+        short = what
     original = load_image(args.image)
     pre = pipe(original, adapter_name=adapter or []).images[0] if preprocess else original
     coder = get_codec(args.codec)
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
         im.crop(box).resize((cw * args.zoom, ch * args.zoom), Image.NEAREST)
         for im in (original, alone.reconstruction, rp.reconstruction)
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(3 * cw * args.zoom / 100, ch * args.zoom / 100 + 1.3), dpi=100)
+    fig, axes = plt.subplots(1, 3, figsize=(3 * cw * args.zoom / 100, ch * args.zoom / 100 + 1.0), dpi=100)
     for ax, crop, (name, values) in zip(axes, crops, rows.items()):
         ax.imshow(crop)
         ax.set_xticks([])
@@ -92,11 +96,11 @@ def main(argv=None) -> int:
         lines = [name] + ([f"{values['bpp']:.3f} bpp"] if name != "original" else ["24 bpp (lossless)"])
         lines += [LABELS[k].format(v) for k, v in values.items() if k in LABELS]
         ax.set_xlabel("\n".join(lines), fontsize=9)
-    fig.suptitle(f"{Path(args.image).name}, crop {box}: rp + {args.codec} = {what}"[:160], fontsize=9)
+    fig.suptitle(f"{Path(args.image).name}, crop {box}, metrics on the whole image; rp = {short}", fontsize=10)
     fig.tight_layout()
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
+    fig.savefig(output, bbox_inches="tight")
     plt.close(fig)
     report = {
         "image": str(args.image),

@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         choice = AdapterChoice(adapter, True, f"{adapter} (asked for with --adapter)")
     else:  # the model's policy: a validated adapter for this codec, else the codec alone
         choice = pipe.adapter_for(codec.name)
-    print(f"{codec.name}: {'rp + ' if choice.preprocess else ''}{choice.reason}")
+    print(f"{codec.name}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
     if not choice.preprocess:
         print(f"writing the {codec.name} files only; pass --adapter NAME to pre-process anyway")
     else:

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         plain = [(codec, None)]
         if pipe is not None:
             choice = _adapter_choice(pipe, codec, args.adapter)
-            print(f"{codec}: {'rp + ' if choice.preprocess else ''}{choice.reason}")
+            print(f"{codec}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
             if choice.preprocess:
                 adapter = choice.adapter
                 label = f"[{adapter}]" if adapter else ("[base]" if getattr(pipe.config, "adapters", None) else "")
