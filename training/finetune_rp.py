@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from rp_diffusers.adapters import format_adapter_name, normalize_adapter_name, rp_lora_config, save_rp_adapter
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.losses import PERCEPTUAL_LOSSES, RatePerceptionLoss, perceptual_distance
-from rp_diffusers.models.one_step import one_step_map
+from rp_diffusers.models.one_step import one_step_map, one_step_noise
 from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.surrogates import get_surrogate
 from rp_diffusers.training_utils import (
@@ -369,13 +369,7 @@ def main(args):
                 quality = float(torch.randint(low, high + 1, (1,), generator=generator))  # integer, as real codecs
                 noise = None
                 if pipe.config.add_noise:
-                    shape = (
-                        image.shape[0],
-                        latent_channels,
-                        image.shape[2] // vae_factor,
-                        image.shape[3] // vae_factor,
-                    )
-                    noise = torch.randn(shape, generator=generator).to(accelerator.device)
+                    noise = one_step_noise(image, latent_channels, vae_factor, generator)
                 with accelerator.accumulate(unet_prepared), accelerator.autocast():
                     preprocessed = one_step_map(
                         vae,

@@ -115,7 +115,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "metric (SSIMULACRA2, Butteraugli, VMAF, VMAF-NEG), LPIPS and DISTS",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="model dtype")
     parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels for large images")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the table as JSON")
     parser.add_argument(
@@ -123,26 +123,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
-
-
-def load_preprocessor(model: str, device: str | None = None, dtype: str = "float32"):
-    """Load an :class:`~rp_diffusers.RPPreprocessPipeline`, with an error message that says what to do."""
-    import torch
-
-    from ..default_model import resolve_model
-    from ..pipelines import RPPreprocessPipeline
-    from ..utils.hub import dtype_kwargs
-
-    model = resolve_model(model)  # "default" -> the compact model shipped in rp_diffusers/assets/default_model
-    kwargs = dtype_kwargs(getattr(torch, dtype))
-    try:
-        pipe = RPPreprocessPipeline.from_pretrained(model, **kwargs)
-    except OSError as error:
-        raise OSError(
-            f"cannot load model {model!r} ({error}). Online it downloads from the Hugging Face Hub; offline, run "
-            f"`huggingface-cli download {model} --local-dir DIR` on a connected machine and pass --model DIR"
-        ) from error
-    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _select_adapter(pipe, adapter: str | None) -> str | None:
@@ -191,6 +171,7 @@ def _format_table(rows: list[dict], metric_names: list[str]) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..adapters import AdapterChoice
     from ..codecs import get_codec
+    from ..default_model import load_preprocessor
     from ..utils import load_image
 
     if args.quality is not None and args.target_bpp is not None:
@@ -209,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         return [(str(p), out / f"{p.stem}{suffix}{codec.extension}") for p in paths for suffix in suffixes] + table
 
     check_outputs(planned(("",)), paths, args.overwrite)  # the codec-alone files are always written
-    pipe = load_preprocessor(args.model, args.device, args.dtype)
+    pipe = load_preprocessor(args.model, args.device, args.dtype)  # the one loader (rp_diffusers.default_model)
     pipe.set_progress_bar_config(disable=True)
     if args.tile_size is not None:
         pipe.enable_tiling(tile_size=args.tile_size, overlap=min(128, args.tile_size // 4))

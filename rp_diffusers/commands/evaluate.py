@@ -35,7 +35,12 @@ def add_parser(subparsers) -> None:
         default=None,
         help="RPPreprocessPipeline folder, Hub id or 'default' (the compact model shipped): adds rp + codec curves",
     )
-    parser.add_argument("--adapter", default=None, help="rate-perception adapter name (default: the model's own)")
+    parser.add_argument(
+        "--adapter", default=None, help="rate-perception adapter name (default: what the model's adapter_for picks)"
+    )
+    parser.add_argument("--device", default=None, help="torch device of --model (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="model dtype")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per model call (same-size images batch)")
     parser.add_argument("--enhance", default=None, choices=["fast", "medium", "slow"], help="perceptual decoding")
     parser.add_argument("--enhance-model", default=None, help="PerceptualDecodePipeline folder or Hub id")
     parser.add_argument(
@@ -67,6 +72,7 @@ def _print_curve(data: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..default_model import load_preprocessor
     from ..evaluation import (
         EXAMPLES_DIR,
         MIN_OVERLAP,
@@ -95,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
     earlier = [p.name for p in earlier_results(output)]
     if earlier and not args.overwrite:  # refused before any model loads
         raise _exists_error(output, earlier)
-    pipe = _load_preprocessor(args.model) if args.model else None
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    pipe = load_preprocessor(args.model, args.device, args.dtype) if args.model else None
+    if pipe is not None:
+        pipe.set_progress_bar_config(disable=True)
     enhancer = _load_enhancer(args) if args.enhance else None
 
     # 1. Plan every curve, and so every file this run writes, before measuring anything
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             if choice.preprocess:
                 adapter = choice.adapter
                 label = f"[{adapter}]" if adapter else ("[base]" if getattr(pipe.config, "adapters", None) else "")
-                plain.append((f"rp+{codec}{label}", _preprocess_fn(pipe, adapter)))
+                plain.append((f"rp+{codec}{label}", _preprocess_fn(pipe, adapter, args.batch_size)))
         for name, preprocess in plain:
             runs.append((name, codec, preprocess, None))
             if enhancer is not None:
@@ -208,13 +218,6 @@ def earlier_results(folder: Path) -> list[Path]:
     return found
 
 
-def _load_preprocessor(model: str):
-    from ..default_model import resolve_model
-    from ..pipelines import RPPreprocessPipeline
-
-    return RPPreprocessPipeline.from_pretrained(resolve_model(model))
-
-
 def _adapter_choice(pipe, codec: str, asked: str | None):
     """``--adapter`` when given (the user asked for it), else the pipeline's policy (:meth:`adapter_for`)."""
     from ..adapters import AdapterChoice, normalize_adapter_name
@@ -227,11 +230,12 @@ def _adapter_choice(pipe, codec: str, asked: str | None):
     return pipe.adapter_for(codec)
 
 
-def _preprocess_fn(pipe, adapter: str | None):
-    """Pre-process with ``adapter`` (``None``: the base model, adapters off), for these calls only."""
+def _preprocess_fn(pipe, adapter: str | None, batch_size: int = 4):
+    """Pre-process with ``adapter`` (``None``: the base model, adapters off), for these calls only, in batches of
+    same-size images (the pipeline groups them; outputs come back in input order)."""
 
     def preprocess(images):
-        return [pipe(image, adapter_name=adapter or []).images[0] for image in images]
+        return pipe(list(images), adapter_name=adapter or [], batch_size=batch_size).images
 
     return preprocess
 

@@ -81,6 +81,18 @@ def predict_x0_latents(
     return x0.to(latents.dtype)
 
 
+def one_step_noise(
+    image: torch.Tensor, latent_channels: int, vae_factor: int, generator: torch.Generator | list | None = None
+) -> torch.Tensor:
+    """Gaussian latent noise for ``add_noise`` one-step maps: (N, latent_channels, H / f, W / f) float32 on the
+    image's device, drawn from ``generator`` (diffusers' ``randn_tensor``: a CPU generator gives the same values
+    on every device). The pipeline and ``finetune_rp.py`` draw it here, so training and inference agree."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (image.shape[0], latent_channels, image.shape[-2] // vae_factor, image.shape[-1] // vae_factor)
+    return randn_tensor(shape, generator=generator, device=image.device, dtype=torch.float32)
+
+
 def one_step_map(
     vae,
     unet,
@@ -91,11 +103,14 @@ def one_step_map(
     prediction_type: str = "epsilon",
     noise: torch.Tensor | None = None,
     residual: bool = False,
-) -> torch.Tensor:
+    return_latents: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """G(image): [0, 1] image (N, 3, H, W), H and W multiples of the VAE factor x UNet factor -> [0, 1]-ish image.
 
+    The one implementation of the one-step map: the pipeline, every training script and validation call it.
     ``residual=True`` adds the UNet's x0 estimate to the input latents as an offset (x0 = latents + delta): used
     by small models trained from scratch, where the identity must be easy to represent. Output is not clipped.
+    ``return_latents=True`` returns ``(x0_latents, image)`` (stage 1's distillation needs the latents too).
 
     Example:
         >>> out = one_step_map(vae, unet, image, embeds, 999, scheduler.alphas_cumprod)  # doctest: +SKIP
@@ -104,4 +119,5 @@ def one_step_map(
     x0_latents = predict_x0_latents(unet, latents, timestep, prompt_embeds, alphas_cumprod, prediction_type, noise)
     if residual:
         x0_latents = latents + x0_latents
-    return decode_latents(vae, x0_latents)
+    image = decode_latents(vae, x0_latents)
+    return (x0_latents, image) if return_latents else image

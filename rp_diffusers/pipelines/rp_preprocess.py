@@ -21,11 +21,10 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
-from diffusers.utils.torch_utils import randn_tensor
 from safetensors.torch import load_file, save_file
 
 from ..adapters import RPLoraLoaderMixin, base_weights_only, resolve_optional_file
-from ..models import one_step_map
+from ..models import one_step_map, one_step_noise
 from ..models.subpixel_upsample import use_subpixel_upsampling
 from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
 from ..utils.tiling import crop_to_size, pad_to_multiple, padded_size, tile_starts, tiled_apply
@@ -350,14 +349,7 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
         """(B, 3, h, w) [0, 1] with h, w multiples of :attr:`pad_multiple` -> (B, 3, h, w) float32, not clipped."""
         noise = None
         if self.config.add_noise:
-            factor = self.config.vae_scale_factor
-            shape = (
-                image.shape[0],
-                self.unet.config.in_channels,
-                image.shape[-2] // factor,
-                image.shape[-1] // factor,
-            )
-            noise = randn_tensor(shape, generator=generator, device=image.device, dtype=torch.float32)
+            noise = one_step_noise(image, self.unet.config.in_channels, self.config.vae_scale_factor, generator)
         output = one_step_map(
             self.vae,
             self.unet,

@@ -26,7 +26,7 @@ from .data import (
     random_crop,
     step_generator,
 )
-from .loop import PreparedModel, build_optimizer, is_sharded, log_images, move_model, one_step_forward
+from .loop import PreparedModel, build_optimizer, is_sharded, log_images, move_model
 from .validation import (
     VALIDATION_METRICS,
     codec_validation,
@@ -54,7 +54,6 @@ __all__ = [
     "load_validation_metric_models",
     "log_images",
     "move_model",
-    "one_step_forward",
     "random_crop",
     "render_training_card",
     "resolve_resume_checkpoint",

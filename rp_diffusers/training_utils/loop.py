@@ -39,31 +39,6 @@ def move_model(model: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.M
     return model.to(device)
 
 
-def one_step_forward(
-    vae,
-    unet,
-    image: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    timestep: int,
-    alphas_cumprod: torch.Tensor,
-    prediction_type: str = "epsilon",
-    residual: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``one_step_map`` that also returns its x0 latents (stage 1 needs both): -> (x0_latents, image).
-
-    Composed of the same three functions as :func:`rp_diffusers.models.one_step_map` (a test checks the image
-    equals ``one_step_map``'s). Shapes as there: image (N, 3, H, W) in [0, 1] -> x0 latents (N, C, H/f, W/f) and
-    the decoded (N, 3, H, W) image, not clipped.
-    """
-    from ..models.one_step import decode_latents, encode_image, predict_x0_latents
-
-    latents = encode_image(vae, image)
-    x0_latents = predict_x0_latents(unet, latents, timestep, prompt_embeds, alphas_cumprod, prediction_type)
-    if residual:
-        x0_latents = latents + x0_latents
-    return x0_latents, decode_latents(vae, x0_latents)
-
-
 def build_optimizer(
     params,
     learning_rate: float,
