@@ -16,9 +16,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _pair(channels=6, out_channels=5, seed=0):
     torch.manual_seed(seed)
     plain = Upsample2D(channels, use_conv=True, out_channels=out_channels).eval().requires_grad_(False)
-    fast = copy.deepcopy(plain)
-    assert use_subpixel_upsampling(fast) == 1
-    assert isinstance(fast, SubpixelUpsample2D)
+    holder = torch.nn.Sequential(copy.deepcopy(plain))
+    assert use_subpixel_upsampling(holder) == 1
+    fast = holder[0]
+    assert isinstance(fast, SubpixelUpsample2D) and type(plain) is Upsample2D  # a new module; the original untouched
     return plain, fast
 
 
@@ -115,3 +116,13 @@ def test_use_subpixel_upsampling_on_a_vae_is_idempotent_and_exact():
     with torch.no_grad():
         torch.testing.assert_close(fast.decode(latents).sample, vae.decode(latents).sample, rtol=1e-5, atol=1e-5)
     assert fast.state_dict().keys() == vae.state_dict().keys()
+
+
+def test_subpixel_replaces_modules_without_changing_any_class_and_shares_the_convolution():
+    plain = Upsample2D(6, use_conv=True, out_channels=5)
+    fast = SubpixelUpsample2D.from_upsample(plain)
+    assert fast.conv is plain.conv and type(plain) is Upsample2D
+    with pytest.raises(ValueError, match="a module cannot replace itself"):
+        use_subpixel_upsampling(plain)
+    with pytest.raises(ValueError, match="cannot be rewritten"):
+        SubpixelUpsample2D.from_upsample(Upsample2D(6, use_conv=False))

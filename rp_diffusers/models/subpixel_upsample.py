@@ -43,12 +43,30 @@ def subpixel_kernel(weight: torch.Tensor) -> torch.Tensor:
 class SubpixelUpsample2D(Upsample2D):
     """``Upsample2D`` whose forward computes the four output phases at low resolution (see the module docstring).
 
-    Instances are made by :func:`use_subpixel_upsampling`, which switches the class of existing modules so that their
-    parameters, hooks and state-dict keys stay as they are. Cases the rewrite does not cover (a requested
+    Instances are made by :func:`use_subpixel_upsampling` with :meth:`from_upsample`, which builds one around an
+    existing module's convolution (the same ``nn.Conv2d`` object, so parameters and state-dict keys stay as they
+    are) and puts it in that module's place. Cases the rewrite does not cover (a requested
     ``output_size`` other than 2x, a norm, a transposed convolution, a non-3x3 or LoRA-wrapped convolution, or a
     convolution being trained, whose weights need gradients the summed kernel cannot pass back) run the original
     forward. Gradients with respect to the input flow through either path.
     """
+
+    @classmethod
+    def from_upsample(cls, module: Upsample2D) -> SubpixelUpsample2D:
+        """A sub-pixel upsampler sharing ``module``'s convolution (no copy), in the same training mode.
+
+        Raises:
+            ValueError: ``module`` is not a plain nearest-2x + 3x3-convolution ``Upsample2D``.
+        """
+        if not _convertible(module):
+            raise ValueError(
+                f"{type(module).__name__} is not a nearest-2x + 3x3 conv Upsample2D; it cannot be rewritten"
+            )
+        new = cls(module.channels, use_conv=False, out_channels=module.out_channels, interpolate=module.interpolate)
+        new.use_conv, new.conv = True, module.conv  # the same Conv2d: its parameters stay shared and named alike
+        new.train(module.training)
+        new.refresh_subpixel_kernel()
+        return new
 
     def refresh_subpixel_kernel(self) -> None:
         """Recompute the summed kernel from ``self.conv`` (call after changing the convolution's weights)."""
@@ -114,17 +132,24 @@ def _convertible(module: nn.Module) -> bool:
 
 
 def use_subpixel_upsampling(model: nn.Module) -> int:
-    """Switch every convertible ``Upsample2D`` inside ``model`` to :class:`SubpixelUpsample2D`; returns how many.
+    """Replace every convertible ``Upsample2D`` inside ``model`` by a :class:`SubpixelUpsample2D` sharing its
+    convolution; returns how many.
 
     Idempotent: modules already switched get their summed kernel refreshed from the current weights.
     """
+    if _convertible(model):
+        raise ValueError("pass the model that contains the Upsample2D: a module cannot replace itself")
     count = 0
-    for module in model.modules():
+    for name, module in list(model.named_modules()):
         if isinstance(module, SubpixelUpsample2D):
             module.refresh_subpixel_kernel()
             count += 1
         elif _convertible(module):
-            module.__class__ = SubpixelUpsample2D
-            module.refresh_subpixel_kernel()
+            if getattr(module, "_hf_hook", None) is not None:
+                raise ValueError(
+                    f"{name} carries an accelerate hook (offloading): enable sub-pixel upsampling before offloading"
+                )
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, SubpixelUpsample2D.from_upsample(module))
             count += 1
     return count
