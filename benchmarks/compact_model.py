@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rp_diffusers.codecs import get_codec
+from rp_diffusers.codecs import card_example, get_codec
 from rp_diffusers.default_model import resolve_model
 from rp_diffusers.evaluation import (
     bd_overlap,
@@ -347,6 +347,7 @@ def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path
             + ", ".join(f"`{p}`" for p in plots)
             + "."
         ),
+        **card_example(adapters[0]["codec"] if adapters else "jpeg"),
     )
     path = card_dir / "README.md"
     card.save(str(path))

@@ -5,6 +5,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# Codecs that live above rp_diffusers.codecs: registry name -> the module whose import registers it. The registry
+# imports the module on the first get_codec(name), so `import rp_diffusers.codecs` loads none of them.
+CODEC_PLUGINS = {"corrdiff": "rp_diffusers.corrdiff"}
+
 # Heavy modules (diffusers, transformers) load on first use, so `import rp_diffusers.codecs` stays light.
 _LAZY = {
     "RPPreprocessPipeline": "rp_diffusers.pipelines",

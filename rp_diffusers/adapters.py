@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
+from .utils.hub import resolve_optional_file
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO_NAME = "rp_adapter.json"
 ADAPTERS_FOLDER = "adapters"  # inside a saved pipeline: adapters/<name>/ and adapters/active_adapters.json
@@ -176,36 +178,6 @@ def save_rp_adapter(
     }
     (output_dir / ADAPTER_INFO_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return output_dir
-
-
-def resolve_optional_file(
-    source: str | os.PathLike, filename: str, subfolder: str | None = None, **hub_kwargs
-) -> Path | None:
-    """Local path of ``filename`` in a folder or Hub repo (downloaded if needed), or ``None`` when it is absent.
-
-    Args:
-        source: a local folder or a Hub repo id.
-        filename: file name inside ``source`` (or inside ``subfolder``).
-        subfolder: optional folder inside ``source``.
-        hub_kwargs: ``cache_dir``, ``revision``, ``token``, ``local_files_only`` for Hub repos (others ignored).
-    """
-    local = Path(source) / (subfolder or "")
-    if Path(source).exists():
-        path = local / filename
-        return path if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    allowed = {k: hub_kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in hub_kwargs}
-    try:
-        return Path(hf_hub_download(str(source), filename, subfolder=subfolder, **allowed))
-    except (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError):
-        return None
 
 
 def read_adapter_info(source: str | os.PathLike, subfolder: str | None = None, **hub_kwargs) -> dict | None:

@@ -197,6 +197,27 @@ def test_bitstream_rejects_corrupt_and_truncated_files(model, encoding):
         codec.decode(data[:-1])
 
 
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"num_steps": 255, "flags": 1}, "asks for 255 diffusion steps; this reader decodes 1 to 64"),
+        ({"block_size": 0, "flags": 1}, "correction block size 0"),
+        ({"height": 0}, "sizes must be >= 1"),
+        ({"height": 60000, "width": 60000}, "at most 64 megapixels"),
+        ({"pad_h": 200}, "padding 200x"),
+    ],
+)
+def test_bitstream_refuses_crafted_headers_with_a_valid_crc_before_any_work(encoding, fields, message):
+    import dataclasses
+
+    from rp_diffusers.corrdiff import bitstream
+
+    header, streams = bitstream.unpack(encoding.data)
+    crafted = bitstream.pack(dataclasses.replace(header, **fields), streams)  # pack writes a fresh, valid CRC
+    with pytest.raises(BitstreamError, match=message):
+        bitstream.unpack(crafted)
+
+
 def test_bitstream_rejects_a_file_from_another_model(model, image):
     data = CorrDiffCodec(model=tiny_model(seed=1), num_inference_steps=0).compress(image, quality=1)
     with pytest.raises(BitstreamError, match="load the model that wrote it"):

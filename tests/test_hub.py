@@ -2,6 +2,7 @@
 
 import yaml
 
+from rp_diffusers.codecs import card_example
 from rp_diffusers.utils.hub import eval_results, render_model_card
 
 ADAPTERS = [{"name": "rp_jpeg_lambda_0.5", "codec": "jpeg", "lam": 0.5, "rank": 4}]
@@ -21,12 +22,15 @@ def test_render_model_card_model_index_has_finite_bd_rates():
 
 
 def test_render_model_card_body_has_usage_table_and_plot():
-    text = str(render_model_card("org/rp-test", adapters=ADAPTERS, bd_rows=BD, rd_plot="rd.png"))
+    text = str(
+        render_model_card("org/rp-test", adapters=ADAPTERS, bd_rows=BD, rd_plot="rd.png", **card_example("jpeg"))
+    )
     assert 'RPPreprocessPipeline.from_pretrained("org/rp-test"' in text
     assert 'adapter_name="rp_jpeg_lambda_0.5"' in text
     assert "| `rp_jpeg_lambda_0.5` | jpeg | 0.5 | 4 |" in text
     assert "| rp+jpeg | nan | -4.25 | 2.50 |" in text
     assert "![R-D curves](rd.png)" in text
+    assert "quality=75" in text and ".jpg" in text  # the codec's own default quality and extension
 
 
 def test_eval_results_skips_nan():

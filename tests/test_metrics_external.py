@@ -192,7 +192,7 @@ def test_butteraugli_missing_binary_names_libjxl_devtools(monkeypatch, tmp_path)
 
 def test_vmaf_ffmpeg_without_libvmaf_is_unavailable(monkeypatch):
     monkeypatch.setattr(external, "ffmpeg_exe", lambda: "/opt/ffmpeg/bin/ffmpeg")
-    monkeypatch.setattr(external, "_ffmpeg_listing", lambda kind: " .. scale  V->V  Scale the input video.\n")
+    monkeypatch.setattr(external, "ffmpeg_listing", lambda kind: " .. scale  V->V  Scale the input video.\n")
     assert not vmaf_available()
     with pytest.raises(MetricToolUnavailable, match="no libvmaf filter"):
         vmaf_scores(scene(0), scene(0))

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from rp_diffusers.codecs import get_codec
-from rp_diffusers.commands.enhance import load_pipeline
 from rp_diffusers.decode.calibration import DEFAULT_TABLE_PATH, SigmaTable, search_sigma
+from rp_diffusers.pipelines.perceptual_decode import load_pipeline
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 
 logger = logging.getLogger("calibrate_decode_sigma")

@@ -12,7 +12,7 @@ by a quantisation parameter map it (``hevc``: qp = 51 - quality, ``vvc``: qp = 6
 from .base import Codec, CodecError, CodecResult, UnknownCodecError
 from .ffmpeg_codecs import FFmpegCodec, HEVCCodec, VVCCodec
 from .pillow_codecs import AVIFCodec, HEICCodec, JPEGCodec, JXLCodec, PillowCodec, WebPCodec
-from .registry import all_codecs, available_codecs, get_codec, register_codec, unregister_codec
+from .registry import all_codecs, available_codecs, card_example, get_codec, register_codec, unregister_codec
 
 __all__ = [
     "AVIFCodec",
@@ -30,6 +30,7 @@ __all__ = [
     "WebPCodec",
     "all_codecs",
     "available_codecs",
+    "card_example",
     "get_codec",
     "register_codec",
     "unregister_codec",

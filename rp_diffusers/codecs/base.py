@@ -7,6 +7,7 @@ and say so in their docstring.
 
 from __future__ import annotations
 
+import math
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -129,7 +130,12 @@ class Codec:
         if quality is None:
             return self.default_quality
         lo, hi = self.quality_range
-        if isinstance(quality, bool) or not isinstance(quality, numbers.Real) or int(quality) != quality:
+        if (
+            isinstance(quality, bool)
+            or not isinstance(quality, numbers.Real)
+            or not math.isfinite(quality)
+            or int(quality) != quality
+        ):
             raise ValueError(f"{self.name} quality must be an integer in [{lo}, {hi}], got {quality!r}")
         if not lo <= int(quality) <= hi:
             raise ValueError(f"{self.name} quality must lie in [{lo}, {hi}] (higher = better), got {quality}")
@@ -219,8 +225,13 @@ class Codec:
             ``CodecResult`` at the highest integer quality with ``bpp <= target_bpp``; when even the lowest
             quality exceeds the budget, the result at the lowest quality (check ``result.bpp``).
         """
-        if not target_bpp > 0:
-            raise ValueError(f"target_bpp must be a positive number of bits per pixel, got {target_bpp!r}")
+        if (
+            isinstance(target_bpp, bool)
+            or not isinstance(target_bpp, numbers.Real)
+            or not math.isfinite(target_bpp)
+            or not target_bpp > 0
+        ):
+            raise ValueError(f"target_bpp must be a positive, finite number of bits per pixel, got {target_bpp!r}")
         image = _as_rgb(image)
         cache: dict[int, CodecResult] = {}
 

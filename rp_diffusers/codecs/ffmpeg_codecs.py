@@ -63,7 +63,13 @@ def _run_tool(codec: str, argv: list[str], stdin: bytes | None, timeout: float) 
 
 
 @cache
-def _ffmpeg_listing(kind: str) -> str:
+def ffmpeg_listing(kind: str) -> str:
+    """Text of ``ffmpeg -hide_banner -{kind}`` (e.g. ``"encoders"``, ``"decoders"``, ``"filters"``), cached per kind.
+
+    Example:
+        >>> " libx265 " in ffmpeg_listing("encoders")  # doctest: +SKIP
+        True
+    """
     return subprocess.run(
         [ffmpeg_exe(), "-hide_banner", f"-{kind}"], capture_output=True, timeout=60, check=False
     ).stdout.decode(errors="replace")
@@ -109,7 +115,7 @@ class FFmpegCodec(Codec):
     @classmethod
     def availability_error(cls) -> str | None:
         try:
-            encoders, decoders = _ffmpeg_listing("encoders"), _ffmpeg_listing("decoders")
+            encoders, decoders = ffmpeg_listing("encoders"), ffmpeg_listing("decoders")
         except (CodecError, OSError, subprocess.SubprocessError) as error:
             return str(error)
         if f" {cls.encoder} " not in encoders:

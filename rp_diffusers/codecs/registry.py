@@ -7,12 +7,14 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from .. import CODEC_PLUGINS
 from .base import Codec, CodecError, UnknownCodecError
 
 _REGISTRY: dict[str, type[Codec]] = {}
 
-# Codecs that live in heavier modules register themselves on import; they are imported on first request.
-_LAZY = {"corrdiff": "rp_diffusers.corrdiff"}
+# Codecs of higher layers register themselves with @register_codec when their module is imported. The package root
+# lists them (``rp_diffusers.CODEC_PLUGINS``: name -> module) and get_codec imports that module on the first request,
+# so this layer names none of them.
 
 # Names users may try that are not codecs here, with what to use instead.
 _HINTS = {
@@ -26,7 +28,7 @@ _HINTS = {
 
 
 def register_codec(name: str) -> Callable[[type[Codec]], type[Codec]]:
-    """Class decorator that registers a ``Codec`` subclass under ``name`` (later code can add e.g. ``corrdiff``).
+    """Class decorator that registers a ``Codec`` subclass under ``name`` (higher layers and plugins use it too).
 
     Args:
         name: lower-case registry name; registering a taken name raises ``ValueError``.
@@ -101,8 +103,8 @@ def get_codec(name: str, **settings: Any) -> Codec:
         >>> get_codec("jpeg", subsampling=0).run(image, quality=90).bpp
     """
     key = name.lower() if isinstance(name, str) else name
-    if key not in _REGISTRY and key in _LAZY:
-        importlib.import_module(_LAZY[key])
+    if key not in _REGISTRY and key in CODEC_PLUGINS:
+        importlib.import_module(CODEC_PLUGINS[key])
     if key not in _REGISTRY:
         hint = f" ({_HINTS[key]})" if key in _HINTS else ""
         raise UnknownCodecError(f"unknown codec {name!r}{hint}; available codecs: {', '.join(available_codecs())}")
@@ -111,3 +113,13 @@ def get_codec(name: str, **settings: Any) -> Codec:
     if reason is not None:
         raise CodecError(f"codec {key!r} is not usable on this machine: {reason}")
     return cls(**settings)
+
+
+def card_example(name: str | None) -> dict:
+    """``{"example_quality", "example_extension"}`` of codec ``name`` for a model card's usage snippet
+    (:func:`rp_diffusers.utils.hub.render_model_card`); an unknown or unavailable codec gives 40 and ``.bin``."""
+    try:
+        codec = get_codec(name)
+    except (ValueError, LookupError, CodecError, TypeError):  # unknown name, missing tool: the card still renders
+        return {"example_quality": 40, "example_extension": ".bin"}
+    return {"example_quality": codec.default_quality, "example_extension": codec.extension}

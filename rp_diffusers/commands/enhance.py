@@ -60,28 +60,10 @@ def _parse_sigma(value: str | None) -> float | str | None:
         raise ValueError(f"--sigma must be a number or 'auto', got {value!r}") from error
 
 
-def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
-    """Load a :class:`PerceptualDecodePipeline` from a Hub id or folder, with a message that says what to do."""
-    import torch
-
-    from ..pipelines.perceptual_decode import PerceptualDecodePipeline
-    from ..utils.hub import dtype_kwargs
-
-    try:
-        kwargs = dtype_kwargs(getattr(torch, dtype))  # dtype= on recent diffusers, torch_dtype= on older ones
-        pipe = PerceptualDecodePipeline.from_pretrained(model, **kwargs)
-    except (OSError, ValueError) as error:
-        raise RuntimeError(
-            f"cannot load model {model!r} ({error}). Online, it downloads from the Hugging Face Hub; offline, run "
-            f"`huggingface-cli download {model} --local-dir DIR` on a connected machine and pass --model DIR"
-        ) from error
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return pipe.to(device)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..pipelines.perceptual_decode import load_pipeline
     from ..utils.image import load_image
     from .compress import atomic_path, check_outputs
 
@@ -119,4 +101,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_MODEL", "add_parser", "load_pipeline", "run"]
+__all__ = ["DEFAULT_MODEL", "add_parser", "run"]

@@ -36,6 +36,11 @@ HEADER_FORMAT = "<4sBB8sBHHBBHHHHIBHBIIII"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 
 
+MAX_NUM_STEPS = 64  # DDIM steps a file may ask the decoder for (decode time grows with them)
+MAX_PIXELS = 64_000_000  # as rp_diffusers.utils.image's decompression-bomb limit
+PAD_MULTIPLE = 64  # images are reflect-padded to multiples of this
+
+
 class BitstreamError(ValueError):
     """A CorrDiff file is not readable (wrong format, truncated, corrupt or from another model)."""
 
@@ -125,6 +130,22 @@ def unpack(data: bytes) -> tuple[Header, tuple[bytes, bytes, bytes]]:
     zeroed = struct.pack(HEADER_FORMAT, *astuple(replace(header, crc32=0)))
     if zlib.crc32(zeroed + data[HEADER_SIZE:]) != header.crc32:
         raise BitstreamError("corrupt CorrDiff file: CRC-32 mismatch (the bytes were altered after encoding)")
+    # limits before any work: a crafted header with a valid CRC must not crash or run for long
+    if not (1 <= header.height and 1 <= header.width and header.height * header.width <= MAX_PIXELS):
+        raise BitstreamError(
+            f"CorrDiff header announces a {header.height}x{header.width} image: sizes must be >= 1 and at most "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels"
+        )
+    if header.pad_h >= PAD_MULTIPLE or header.pad_w >= PAD_MULTIPLE:
+        raise BitstreamError(f"inconsistent CorrDiff header: padding {header.pad_h}x{header.pad_w} >= {PAD_MULTIPLE}")
+    if header.has_diffusion:
+        if not 1 <= header.num_steps <= MAX_NUM_STEPS:
+            raise BitstreamError(
+                f"CorrDiff header asks for {header.num_steps} diffusion steps; this reader decodes 1 to "
+                f"{MAX_NUM_STEPS} (a file asking for more is refused, not run)"
+            )
+        if not 1 <= header.block_size <= max(header.height, header.width):
+            raise BitstreamError(f"inconsistent CorrDiff header: correction block size {header.block_size}")
     if header.y_h * 16 != header.height + header.pad_h or header.y_w * 16 != header.width + header.pad_w:
         raise BitstreamError(f"inconsistent CorrDiff header: latent shape does not match the image size ({header})")
     payload = data[HEADER_SIZE:]

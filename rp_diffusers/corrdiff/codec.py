@@ -90,8 +90,8 @@ class CorrDiffCodec(Codec):
         if weight is not None and not 0.0 <= float(weight) <= 1.0:
             raise ValueError(f"distortion_weight must lie in [0, 1], got {weight}")
         steps = self.settings["num_inference_steps"]
-        if steps is not None and not 0 <= int(steps) <= 255:
-            raise ValueError(f"num_inference_steps must be an integer in [0, 255], got {steps}")
+        if steps is not None and not 0 <= int(steps) <= bitstream.MAX_NUM_STEPS:
+            raise ValueError(f"num_inference_steps must be an integer in [0, {bitstream.MAX_NUM_STEPS}], got {steps}")
         if not 0 <= int(self.settings["seed"]) < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.settings['seed']}")
 

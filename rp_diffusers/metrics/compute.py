@@ -20,8 +20,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .dists import DISTS
-from .dists import _pretrained as _pretrained_dists
+from .dists import DISTS, pretrained_dists
 from .external import (
     BUTTERAUGLI_MIN_SIDE,
     VMAF_MIN_SIDE,
@@ -31,8 +30,7 @@ from .external import (
     vmaf_available,
     vmaf_scores,
 )
-from .lpips import LPIPS
-from .lpips import _pretrained as _pretrained_lpips
+from .lpips import LPIPS, pretrained_lpips
 from .psnr import check_image_pair, psnr
 from .ssim import ms_ssim, ssim
 from .ssimulacra2 import ssimulacra2
@@ -89,8 +87,8 @@ def _network(metric: str, models: dict[str, torch.nn.Module], repo_id: str | Non
     if name in models:
         return models[name]
     if name == "dists":
-        return _pretrained_dists(repo_id, str(device))
-    return _pretrained_lpips(name.removeprefix("lpips_"), repo_id, str(device))
+        return pretrained_dists(repo_id, str(device))
+    return pretrained_lpips(name.removeprefix("lpips_"), repo_id, str(device))
 
 
 @torch.no_grad()

@@ -108,7 +108,24 @@ class DISTS(FrozenMetricNetwork):
 
 
 @functools.lru_cache(maxsize=2)
-def _pretrained(repo_id: str | None, device: str) -> DISTS:
+def pretrained_dists(repo_id: str | None, device: str) -> DISTS:
+    """The DISTS model with the official weights on ``device``, built once per ``(repo_id, device)`` and cached.
+
+    Args:
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted weights (``None``: the official
+            file, see :mod:`rp_diffusers.metrics.weights`).
+        device (`str`): a torch device name, e.g. ``"cpu"`` or ``"cuda:0"``.
+
+    Returns:
+        A frozen :class:`DISTS`; the same object for the same arguments (do not modify it).
+
+    Raises:
+        MetricWeightsUnavailable: if the weights cannot be found; the message says how to get them.
+
+    Example:
+        >>> model = pretrained_dists(None, "cpu")  # doctest: +SKIP
+        >>> model(reference, distorted)  # (N,) distances  # doctest: +SKIP
+    """
     return DISTS(repo_id=repo_id).to(device)
 
 
@@ -126,5 +143,5 @@ def dists(x: torch.Tensor, y: torch.Tensor, *, model: DISTS | None = None, repo_
     Raises:
         MetricWeightsUnavailable: if the weights cannot be found.
     """
-    model = model if model is not None else _pretrained(repo_id, str(x.device))
+    model = model if model is not None else pretrained_dists(repo_id, str(x.device))
     return model(x, y)

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from ..codecs.base import CodecError
-from ..codecs.ffmpeg_codecs import _ffmpeg_listing, ffmpeg_exe
+from ..codecs.ffmpeg_codecs import ffmpeg_exe, ffmpeg_listing
 from ..utils.image import tensor_to_pil
 from .psnr import check_image_pair
 
@@ -63,7 +63,7 @@ def _butteraugli_exe() -> str:
 
 def _vmaf_ffmpeg() -> str:
     try:
-        exe, filters = ffmpeg_exe(), _ffmpeg_listing("filters")
+        exe, filters = ffmpeg_exe(), ffmpeg_listing("filters")
     except (CodecError, OSError, subprocess.SubprocessError) as error:
         raise MetricToolUnavailable(f"vmaf: {error}") from error
     if " libvmaf " not in filters:

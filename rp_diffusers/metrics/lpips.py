@@ -107,7 +107,25 @@ class LPIPS(FrozenMetricNetwork):
 
 
 @functools.lru_cache(maxsize=4)
-def _pretrained(net: str, repo_id: str | None, device: str) -> LPIPS:
+def pretrained_lpips(net: str, repo_id: str | None, device: str) -> LPIPS:
+    """The LPIPS model with the official weights on ``device``, built once per ``(net, repo_id, device)`` and cached.
+
+    Args:
+        net (`str`): ``"alex"`` or ``"vgg"``.
+        repo_id (`str`, *optional*): a Hub repo of your own holding the converted weights (``None``: the official
+            files, see :mod:`rp_diffusers.metrics.weights`).
+        device (`str`): a torch device name, e.g. ``"cpu"`` or ``"cuda:0"``.
+
+    Returns:
+        A frozen :class:`LPIPS`; the same object for the same arguments (do not modify it).
+
+    Raises:
+        MetricWeightsUnavailable: if the weights cannot be found; the message says how to get them.
+
+    Example:
+        >>> model = pretrained_lpips("alex", None, "cpu")  # doctest: +SKIP
+        >>> model(reference, distorted)  # (N,) distances  # doctest: +SKIP
+    """
     return LPIPS(net, repo_id=repo_id).to(device)
 
 
@@ -133,5 +151,5 @@ def lpips(
     Raises:
         MetricWeightsUnavailable: if the weights cannot be found.
     """
-    model = model if model is not None else _pretrained(net, repo_id, str(x.device))
+    model = model if model is not None else pretrained_lpips(net, repo_id, str(x.device))
     return model(x, y)

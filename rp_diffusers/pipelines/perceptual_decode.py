@@ -35,6 +35,7 @@ from ..decode.solvers import (
     sample_euler_maruyama,
 )
 from ..models.one_step import decode_latents, encode_image
+from ..utils.hub import dtype_kwargs
 from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
 from ..utils.tiling import crop_to_size, pad_to_multiple, tiled_apply
 
@@ -385,6 +386,34 @@ class PerceptualDecodePipeline(DiffusionPipeline):
             return torch.cat(outputs) if same_size else [o[0] for o in outputs]
         arrays = [o.permute(0, 2, 3, 1).numpy() for o in outputs]
         return np.concatenate(arrays) if same_size else [a[0] for a in arrays]
+
+
+def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
+    """Load a :class:`PerceptualDecodePipeline` from a Hub id or folder onto a device; errors say what to do.
+
+    The loader of ``rp-diffusers enhance`` and ``training/calibrate_decode_sigma.py``.
+
+    Args:
+        model: a Hub repo id or local folder of a ``ConsistencyModelPipeline``, DDPM or SD model.
+        device: torch device; ``None`` picks ``"cuda"`` when available, else ``"cpu"``.
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+
+    Raises:
+        RuntimeError: the model cannot be loaded (missing offline, bad folder); the message says how to get it.
+
+    Example:
+        >>> pipe = load_pipeline("openai/diffusers-cd_imagenet64_lpips", device="cpu")  # doctest: +SKIP
+    """
+    try:
+        kwargs = dtype_kwargs(getattr(torch, dtype))  # dtype= on recent diffusers, torch_dtype= on older ones
+        pipe = PerceptualDecodePipeline.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as error:
+        raise RuntimeError(
+            f"cannot load model {model!r} ({error}). Online, it downloads from the Hugging Face Hub; offline, run "
+            f"`huggingface-cli download {model} --local-dir DIR` on a connected machine and pass --model DIR"
+        ) from error
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return pipe.to(device)
 
 
 def enhance_images(

@@ -23,9 +23,10 @@ from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from safetensors.torch import load_file, save_file
 
-from ..adapters import RPLoraLoaderMixin, base_weights_only, resolve_optional_file
+from ..adapters import RPLoraLoaderMixin, base_weights_only
 from ..models import one_step_map, one_step_noise
 from ..models.subpixel_upsample import use_subpixel_upsampling
+from ..utils.hub import resolve_optional_file
 from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
 from ..utils.tiling import crop_to_size, pad_to_multiple, padded_size, tile_starts, tiled_apply
 

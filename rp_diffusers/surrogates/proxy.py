@@ -4,21 +4,24 @@ Each proxy is a small quality-conditioned network (``proxy_model.CodecProxyNet``
 ``training/train_surrogate.py`` to the real codec's decoded image and file size. Shipped weights live in
 ``surrogates/weights/proxy_{codec}.safetensors`` with ``proxy_{codec}.json`` beside them: the architecture, the
 codec settings it imitates, the exact training command and its measured fidelity to the real codec.
+
+The size calibration lives in ``proxy_rate`` and the checks against the real codec in ``proxy_fidelity``; their
+public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from .base import CodecSurrogate, SurrogateOutput, register_surrogate
+from .proxy_fidelity import measure_fidelity, proxy_qualities, training_quality_range
 from .proxy_model import CodecProxyNet
+from .proxy_rate import BASE_TERMS, RATE_TERMS, fit_rate_calibration, noise_level, rate_correction
 
 PROXY_CODECS = ("heic", "hevc", "vvc", "webp", "avif")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -140,204 +143,25 @@ class CodecProxySurrogate(CodecSurrogate):
         return path
 
 
-BASE_TERMS = ("1", "log_pixels", "q")
-RATE_TERMS = ("1", "log_pixels", "q", "q2", "noise", "noise*q", "noise*q2")
-
-
-def noise_level(image: torch.Tensor) -> torch.Tensor:
-    """``log(sigma + 0.05)`` per image (N,), float32, no gradient: the luma noise level on the 0-255 scale.
-
-    ``sigma`` is Donoho's robust estimate, ``median(|HH|) / 0.6745`` of the finest diagonal Haar coefficients of
-    the luma. It is the content feature of the ``noise`` calibration terms: how much of an image's detail sits at
-    the level a quantiser can remove. Clean, smooth photographs (low sigma) are cheaper for VVC at mid qualities
-    than the proxy, fitted on crops of JPEG-compressed photographs, predicts.
-    """
-    with torch.no_grad():
-        x = image.detach().float() * 255.0
-        luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-        height, width = luma.shape[-2] // 2 * 2, luma.shape[-1] // 2 * 2
-        if height == 0 or width == 0:
-            return torch.zeros(image.shape[0], device=image.device)
-        luma = luma[:, :height, :width]
-        diagonal = (luma[:, 0::2, 0::2] - luma[:, 1::2, 0::2] - luma[:, 0::2, 1::2] + luma[:, 1::2, 1::2]) / 2
-        sigma = diagonal.abs().flatten(1).median(dim=1).values / 0.6745
-        return torch.log(sigma + 0.05)
-
-
-def _rate_design(terms, log_size, q_norm, noise):
-    """The columns of the calibration's linear model, one per term name in ``terms``."""
-    columns = []
-    for term in terms:
-        factors = term.split("*")
-        value = 1.0
-        for factor in factors:
-            if factor == "1":
-                continue
-            if factor == "log_pixels":
-                value = value * log_size
-            elif factor in ("q", "q2"):
-                value = value * (q_norm if factor == "q" else q_norm * q_norm)
-            elif factor == "noise":
-                if noise is None:
-                    raise ValueError("this rate calibration has noise terms: pass the image (or its noise level)")
-                value = value * noise
-            else:
-                raise ValueError(f"unknown rate calibration term {term!r}; known: {RATE_TERMS}")
-        columns.append(value)
-    return columns
-
-
-def rate_correction(
-    calibration: dict | None,
-    pixels: int,
-    q_norm: torch.Tensor,
-    image: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Multiplicative size correction ``exp(sum_k coef_k * term_k)``, (N,) float32, no gradient through the image.
-
-    ``calibration["terms"]`` names the terms (default ``1, log_pixels, q``: ``log_pixels`` is ``log(pixels) -
-    log_pixels_ref``, ``q`` the normalised quality, ``q2`` its square, ``noise`` :func:`noise_level` of ``image``
-    (or ``noise`` given directly), ``a*b`` a product). The proxy's rate head is fitted on crops;
-    ``fit_rate_calibration`` measures its bias on whole (resized) and cropped training photographs at several
-    qualities. ``None`` means no correction (1).
-    """
-    q_norm = q_norm.float()
-    if calibration is None:
-        return torch.ones_like(q_norm)
-    terms = calibration.get("terms", BASE_TERMS)
-    log_size = math.log(max(pixels, 1)) - calibration["log_pixels_ref"]
-    if noise is None and image is not None and any("noise" in term for term in terms):
-        noise = noise_level(image)
-    if noise is not None:
-        noise = torch.as_tensor(noise, dtype=torch.float32, device=q_norm.device)
-    columns = _rate_design(terms, log_size, q_norm, noise)
-    total = sum(coef * column for coef, column in zip(calibration["coef"], columns))
-    return torch.exp(torch.as_tensor(total, dtype=torch.float32, device=q_norm.device).expand_as(q_norm)).clone()
-
-
-def fit_rate_calibration(records: list[tuple], terms: tuple[str, ...] = BASE_TERMS) -> dict:
-    """Least-squares fit of ``log(real / proxy) = sum_k coef_k * term_k`` (see :func:`rate_correction`).
-
-    Args:
-        records: ``(pixels, q_norm, proxy_bits, real_bits)`` rows, plus ``noise_level`` as a fifth column when
-            ``terms`` use it; proxy bits measured WITHOUT any calibration, from training photographs (never the
-            test set) at several sizes and qualities.
-        terms: the model's terms (``BASE_TERMS`` or a subset of ``RATE_TERMS``).
-
-    Returns:
-        ``{"terms": [...], "coef": [...], "log_pixels_ref": ref, "n": rows, "rms_log_residual": ...,
-        "rms_log_before": ...}``.
-    """
-    terms = tuple(terms)
-    if len(records) < len(terms) + 1:
-        raise ValueError(
-            f"need at least {len(terms) + 1} (pixels, q, proxy, real) records to fit {len(terms)} coefficients, "
-            f"got {len(records)}"
-        )
-    rows = np.asarray(records, dtype=np.float64)
-    uses_noise = any("noise" in term for term in terms)
-    if uses_noise and rows.shape[1] < 5:
-        raise ValueError("noise terms need a fifth column (noise_level) in every record")
-    log_pixels, q_norm = np.log(rows[:, 0]), rows[:, 1]
-    ref = float(np.mean(log_pixels))
-    target = np.log(rows[:, 3] / rows[:, 2])
-    columns = _rate_design(terms, log_pixels - ref, q_norm, rows[:, 4] if uses_noise else None)
-    design = np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), q_norm.shape) for c in columns], axis=1)
-    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
-    residual = target - design @ coef
-    return {
-        "terms": list(terms),
-        "coef": [round(float(v), 6) for v in coef],
-        "log_pixels_ref": round(ref, 6),
-        "n": int(len(rows)),
-        "rms_log_residual": round(float(np.sqrt(np.mean(residual**2))), 4),
-        "rms_log_before": round(float(np.sqrt(np.mean(target**2))), 4),
-    }
-
-
 def load_proxy(codec: str, weights_dir: str | Path | None = None) -> CodecProxySurrogate:
     """The fitted proxy of ``codec`` (one of ``PROXY_CODECS``), in eval mode with frozen weights, float32 on CPU."""
     return CodecProxySurrogate.from_pretrained(codec, weights_dir)
 
 
-def proxy_qualities(codec) -> dict[str, int]:
-    """Low, default and high quality at which a proxy is validated and benchmarked.
-
-    low = the bottom of the codec's rate-distortion sweep (about 0.1 bpp on Kodak), high = halfway again above the
-    default (at most 95% of the range; the top of some ranges is near-lossless or fails).
-    """
-    lo, hi = codec.quality_range
-    default = codec.default_quality
-    low = min(codec.sweep_qualities) if codec.sweep_qualities else lo + (default - lo) // 2
-    high = min(default + (default - low) // 2, lo + int(0.95 * (hi - lo)))
-    return {"low": int(low), "default": int(default), "high": int(high)}
-
-
-def training_quality_range(codec, margin: int = 4) -> tuple[int, int]:
-    """The qualities a proxy is fitted on: ``proxy_qualities`` low to high widened by ``margin`` (clipped)."""
-    lo, hi = codec.quality_range
-    levels = proxy_qualities(codec)
-    return max(lo, levels["low"] - margin), min(hi, levels["high"] + margin)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-@torch.no_grad()
-def measure_fidelity(
-    surrogate: CodecProxySurrogate, codec, images: list, quality: int, cache: dict | None = None
-) -> dict:
-    """Compare a proxy with the real codec on a list of PIL images at one quality.
-
-    Args:
-        surrogate: the proxy to check.
-        codec: the real codec (``rp_diffusers.codecs.get_codec(...)``).
-        images: RGB PIL images (any sizes).
-        quality: integer quality on the codec's scale.
-        cache: optional dict reused across calls to avoid re-encoding (keyed by image index and quality).
-
-    Returns:
-        dict with ``psnr_min``/``psnr_median`` (dB, proxy decode vs real decode, 8-bit), ``psnr_codec_median``
-        (real decode vs original: what a proxy returning its input scores), ``bits_median_abs_rel_err``,
-        ``bits_max_abs_rel_err``, ``bits_median_ratio`` (proxy / real: the sign of a systematic bias) and
-        ``log_bits_pearson`` (nan for fewer than 3 images).
-    """
-    psnr, psnr_codec, real_bits, proxy_bits = [], [], [], []
-    for index, image in enumerate(images):
-        key = (index, quality)
-        if cache is None or key not in cache:
-            result = codec.run(image, quality)
-            entry = (np.asarray(result.reconstruction.convert("RGB")), 8 * len(result.data))
-            if cache is not None:
-                cache[key] = entry
-        else:
-            entry = cache[key]
-        decoded, bits = entry
-        original = np.array(image.convert("RGB"))
-        x = torch.from_numpy(original).permute(2, 0, 1)[None].float() / 255.0
-        out = surrogate(x, float(quality))
-        recon = (out.reconstruction[0].float().clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round()
-        psnr.append(_psnr(recon, decoded))
-        psnr_codec.append(_psnr(original, decoded))
-        real_bits.append(bits)
-        proxy_bits.append(float(out.bits[0]))
-    real, pred = np.asarray(real_bits, dtype=np.float64), np.asarray(proxy_bits)
-    rel = np.abs(pred - real) / real
-    pearson = float(np.corrcoef(np.log(real), np.log(pred))[0, 1]) if len(real) >= 3 else float("nan")
-    return {
-        "n": len(images),
-        "psnr_min": round(float(np.min(psnr)), 3),
-        "psnr_median": round(float(np.median(psnr)), 3),
-        "psnr_codec_median": round(float(np.median(psnr_codec)), 3),
-        "bits_median_abs_rel_err": round(float(np.median(rel)), 4),
-        "bits_max_abs_rel_err": round(float(np.max(rel)), 4),
-        "bits_median_ratio": round(float(np.median(pred / real)), 4),
-        "log_bits_pearson": round(pearson, 4),
-    }
-
-
 for _name in PROXY_CODECS:
     register_surrogate(_name)(partial(load_proxy, _name))
+
+__all__ = [
+    "BASE_TERMS",
+    "PROXY_CODECS",
+    "RATE_TERMS",
+    "WEIGHTS_DIR",
+    "CodecProxySurrogate",
+    "fit_rate_calibration",
+    "load_proxy",
+    "measure_fidelity",
+    "noise_level",
+    "proxy_qualities",
+    "rate_correction",
+    "training_quality_range",
+]

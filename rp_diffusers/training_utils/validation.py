@@ -120,6 +120,7 @@ def render_training_card(
         >>> card = render_training_card("me/rp", adapters=[{"name": "rp_jpeg_lambda_1", "codec": "jpeg",
         ...     "lam": 1.0, "rank": 4}], validation_rows=[{"quality": 30, "bpp codec": 0.5}])  # doctest: +SKIP
     """
+    from ..codecs import card_example
     from ..utils.hub import render_model_card
 
     return render_model_card(
@@ -132,4 +133,5 @@ def render_training_card(
         limits="Validation numbers come from the training run's validation images, not from a test set.",
         results_intro="See the validation table below; run `rp-diffusers evaluate` for full R-D curves.",
         template=template,
+        **card_example(adapters[0]["codec"] if adapters else "jpeg"),
     )

@@ -1,4 +1,4 @@
-"""Hub helpers: render ``model_card.md`` with measured results and push a pipeline with its adapters."""
+"""Hub helpers: find optional files in folders or Hub repos, render ``model_card.md``, push a pipeline."""
 
 from __future__ import annotations
 
@@ -19,6 +19,47 @@ def _template_path(template: str | os.PathLike | None) -> Path:
         if candidate is not None and Path(candidate).is_file():
             return Path(candidate)
     raise FileNotFoundError("model_card.md template not found; pass template=PATH")
+
+
+def resolve_optional_file(
+    source: str | os.PathLike, filename: str, subfolder: str | None = None, **hub_kwargs
+) -> Path | None:
+    """Local path of ``filename`` in a folder or Hub repo (downloaded if needed), or ``None`` when it is absent.
+
+    Args:
+        source: a local folder or a Hub repo id.
+        filename: file name inside ``source`` (or inside ``subfolder``).
+        subfolder: optional folder inside ``source``.
+        hub_kwargs: ``cache_dir``, ``revision``, ``token``, ``local_files_only`` for Hub repos (others ignored).
+
+    Returns:
+        ``pathlib.Path`` of the local (or cached) file, or ``None`` when ``source`` has no such file, the repo does
+        not exist, or it is not cached while offline.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "prompt_embeds.safetensors").write_bytes(b"")
+        >>> resolve_optional_file(folder, "prompt_embeds.safetensors").name, resolve_optional_file(folder, "x.json")
+        ('prompt_embeds.safetensors', None)
+    """
+    local = Path(source) / (subfolder or "")
+    if Path(source).exists():
+        path = local / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    allowed = {k: hub_kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in hub_kwargs}
+    try:
+        return Path(hf_hub_download(str(source), filename, subfolder=subfolder, **allowed))
+    except (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError):
+        return None
 
 
 def eval_results(bd_rows: dict[str, dict[str, float]], dataset: str = "Kodak") -> list[EvalResult]:
@@ -55,6 +96,8 @@ def render_model_card(
     results_intro: str = "",
     dataset: str = "Kodak",
     template: str | os.PathLike | None = None,
+    example_quality: int | None = None,
+    example_extension: str | None = None,
 ) -> ModelCard:
     """Render ``model_card.md`` into a ``huggingface_hub.ModelCard`` with ``model-index`` metrics.
 
@@ -64,6 +107,10 @@ def render_model_card(
         bd_rows: ``{curve_name: {metric: bd_rate_percent}}`` (e.g. from ``rp_diffusers.evaluation.bd_table``).
         rd_plot: relative path of the R-D plot inside the repository (e.g. ``"rd.png"``).
         validation_table: markdown table from training validation.
+        example_quality: quality in the usage snippet, on the first adapter's codec scale (the codec's
+            ``default_quality``, e.g. ``get_codec("jpeg").default_quality``; default 40).
+        example_extension: file extension in the usage snippet (the codec's ``extension``, e.g. ``".jpg"``;
+            default ``".bin"``). :func:`rp_diffusers.codecs.card_example` gives both for a codec name.
 
     Example:
         >>> card = render_model_card("me/rp-tiny", adapters=[{"name": "rp_jpeg_lambda_1", "codec": "jpeg",
@@ -82,13 +129,8 @@ def render_model_card(
         eval_results=eval_results(bd_rows, dataset) or None,
     )
     example = adapters[0] if adapters else {"name": None, "codec": "jpeg"}
-    try:
-        from ..codecs import get_codec
-
-        codec = get_codec(example["codec"])
-        quality, extension = codec.default_quality, codec.extension
-    except Exception:  # an unknown codec in a card must not stop rendering
-        quality, extension = 40, ".bin"
+    example_quality = 40 if example_quality is None else example_quality  # utils knows no codec: callers say
+    example_extension = ".bin" if example_extension is None else example_extension
     return ModelCard.from_template(
         card_data,
         template_path=str(_template_path(template)),
@@ -98,8 +140,8 @@ def render_model_card(
         adapters=adapters,
         example_adapter=example["name"],
         example_codec=example["codec"],
-        example_quality=quality,
-        example_extension=extension,
+        example_quality=example_quality,
+        example_extension=example_extension,
         bd_rows=bd_rows,
         bd_metrics=sorted({m for row in bd_rows.values() for m in row}),
         rd_plot=rd_plot,
