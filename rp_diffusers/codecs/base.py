@@ -76,6 +76,7 @@ class Codec:
         default_settings: every setting a user may override through ``get_codec(name, **settings)``.
 
     Example:
+        >>> import numpy as np
         >>> from rp_diffusers.codecs import get_codec
         >>> result = get_codec("jpeg").run(np.zeros((16, 16, 3), dtype=np.uint8), quality=50)
         >>> result.reconstruction.size, result.bpp == 8 * len(result.data) / 256

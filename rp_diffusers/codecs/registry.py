@@ -34,9 +34,13 @@ def register_codec(name: str) -> Callable[[type[Codec]], type[Codec]]:
         name: lower-case registry name; registering a taken name raises ``ValueError``.
 
     Example:
+        >>> from rp_diffusers.codecs import PillowCodec, get_codec, unregister_codec
         >>> @register_codec("identity-png")
         ... class PNG(PillowCodec):
         ...     pillow_format, extension = "PNG", ".png"
+        >>> type(get_codec("identity-png")).__name__
+        'PNG'
+        >>> unregister_codec("identity-png")
     """
     if not isinstance(name, str) or not name or name != name.lower():
         raise ValueError(f"codec names are non-empty lower-case strings, got {name!r}")
@@ -100,7 +104,9 @@ def get_codec(name: str, **settings: Any) -> Codec:
         ValueError: unknown or invalid settings.
 
     Example:
-        >>> get_codec("jpeg", subsampling=0).run(image, quality=90).bpp
+        >>> from rp_diffusers.evaluation import EXAMPLES_DIR
+        >>> round(get_codec("jpeg", subsampling=0).run(EXAMPLES_DIR / "chalet.png", quality=90).bpp, 2)  # 4:4:4
+        4.18
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in _REGISTRY and key in CODEC_PLUGINS:

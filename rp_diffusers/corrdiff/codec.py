@@ -56,9 +56,9 @@ class CorrDiffCodec(Codec):
         device: torch device of the networks (the entropy coding runs on the CPU).
 
     Example:
-        >>> codec = CorrDiffCodec.from_pretrained("path/to/corrdiff")
-        >>> data = codec.compress(image, quality=2)
-        >>> codec.decompress(data).size == image.size, 8 * len(data) / (image.width * image.height)
+        >>> codec = CorrDiffCodec.from_pretrained("path/to/corrdiff")  # doctest: +SKIP
+        >>> data = codec.compress(image, quality=2)  # doctest: +SKIP
+        >>> codec.decompress(data).size == image.size, 8 * len(data) / (image.width * image.height)  # doctest: +SKIP
     """
 
     extension = ".crdf"

@@ -49,10 +49,10 @@ EXAMPLE = """
     Example:
         >>> from rp_diffusers.pipelines.perceptual_decode import PerceptualDecodePipeline
         >>> from rp_diffusers.codecs import get_codec
-        >>> pipe = PerceptualDecodePipeline.from_pretrained("openai/diffusers-cd_imagenet64_lpips")
-        >>> decoded = get_codec("jpeg").run(image, quality=20).reconstruction
-        >>> out = pipe(decoded, preset="fast", codec="jpeg", quality=20, generator=torch.manual_seed(0))
-        >>> out.images[0].save("enhanced.png")
+        >>> pipe = PerceptualDecodePipeline.from_pretrained("openai/diffusers-cd_imagenet64_lpips")  # doctest: +SKIP
+        >>> decoded = get_codec("jpeg").run(image, quality=20).reconstruction  # doctest: +SKIP
+        >>> out = pipe(decoded, preset="fast", codec="jpeg", quality=20, generator=torch.manual_seed(0))  # doctest: +SKIP
+        >>> out.images[0].save("enhanced.png")  # doctest: +SKIP
 """
 
 

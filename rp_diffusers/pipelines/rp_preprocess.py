@@ -42,10 +42,24 @@ EXAMPLE_DOC_STRING = """
         >>> from rp_diffusers import RPPreprocessPipeline
         >>> from rp_diffusers.codecs import get_codec
 
-        >>> pipe = RPPreprocessPipeline.from_pretrained("stabilityai/sd-turbo", dtype=torch.float16).to("cuda")
-        >>> pipe.load_lora_weights("path/to/rp_jpeg_lambda_0p5")  # name and operating point from rp_adapter.json
-        >>> pre = pipe("kodim01.png", adapter_name="rp_jpeg_lambda_0p5").images[0]  # same size as the input
-        >>> result = get_codec("jpeg").run(pre, quality=40)  # an ordinary JPEG file: result.data
+        >>> # an SD-Turbo one-step model and a trained adapter (online, GPU):
+        >>> pipe = RPPreprocessPipeline.from_pretrained("stabilityai/sd-turbo", dtype=torch.float16)  # doctest: +SKIP
+        >>> pipe.load_lora_weights("path/to/rp_jpeg_lambda_0p5")  # doctest: +SKIP
+        >>> pre = pipe("kodim01.png", adapter_name="rp_jpeg_lambda_0p5").images[0]  # doctest: +SKIP
+
+        >>> # offline: the compact model shipped with the package, and its policy for the codec
+        >>> from rp_diffusers.default_model import resolve_model
+        >>> from rp_diffusers.evaluation import EXAMPLES_DIR
+        >>> pipe = RPPreprocessPipeline.from_pretrained(resolve_model("default"))
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> choice = pipe.adapter_for("webp")  # validated on held-out photos: here the base model
+        >>> choice.adapter, choice.preprocess
+        (None, True)
+        >>> pre = pipe(EXAMPLES_DIR / "chalet.png", adapter_name=choice.adapter or []).images[0]
+        >>> pre.size  # same size as the input
+        (512, 384)
+        >>> result = get_codec("webp").run(pre, quality=40)  # an ordinary WebP file: result.data
+
         ```
 """
 

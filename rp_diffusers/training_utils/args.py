@@ -182,6 +182,7 @@ def add_training_args(
     ['revision', 'variant', 'train_batch_size']
     >>> parser.parse_args([]).learning_rate
     1e-05
+
     ```
     """
     unknown = [group for group in groups if group not in TRAINING_ARG_GROUPS]
