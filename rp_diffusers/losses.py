@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PERCEPTUAL_LOSSES = ("dists", "lpips", "ms_ssim", "ssimulacra2")
+PERCEPTUAL_LOSSES = ("dists", "lpips", "ms_ssim", "ssimulacra2", "vif", "ssimulacra2+vif")
 
 
 def sid_generator_loss(
@@ -134,12 +134,33 @@ class SSIMULACRA2Distance(torch.nn.Module):
         return (100.0 - ssimulacra2(x.clamp(0, 1), y.clamp(0, 1), quantize=False)) / 100.0
 
 
+class VIFDistance(torch.nn.Module):
+    """``1 - VIF`` (VMAF-NEG's information-fidelity feature, gain capped at 1) on unquantised images: (N,)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from .metrics.vif import vif
+
+        return 1.0 - vif(x.clamp(0, 1), y.clamp(0, 1))
+
+
+class SumDistance(torch.nn.Module):
+    """The sum of several distances ``(x, y) -> (N,)``."""
+
+    def __init__(self, *parts: torch.nn.Module):
+        super().__init__()
+        self.parts = torch.nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return sum(part(x, y) for part in self.parts)
+
+
 def perceptual_distance(name: str, net: str = "alex", weights_path: str | None = None) -> torch.nn.Module:
     """A frozen perceptual distance module ``(reference, distorted) -> (N,)`` on [0, 1] images, by name.
 
     Args:
-        name: ``"dists"`` (the paper's metric), ``"lpips"``, ``"ms_ssim"`` (1 - MS-SSIM) or ``"ssimulacra2"``
-            ((100 - SSIMULACRA2) / 100); the last two need no weights.
+        name: ``"dists"`` (the paper's metric), ``"lpips"``, ``"ms_ssim"`` (1 - MS-SSIM), ``"ssimulacra2"``
+            ((100 - SSIMULACRA2) / 100), ``"vif"`` (1 - VIF, VMAF-NEG's information fidelity) or
+            ``"ssimulacra2+vif"`` (their sum); the last four need no weights.
         net: LPIPS trunk, ``"alex"`` or ``"vgg"``.
         weights_path: converted weights (file or folder) for LPIPS/DISTS; by default they are looked up as
             ``rp_diffusers.metrics.weights`` describes (environment folder, then the Hub).
@@ -155,6 +176,10 @@ def perceptual_distance(name: str, net: str = "alex", weights_path: str | None =
         return MSSSIMDistance()
     if name == "ssimulacra2":
         return SSIMULACRA2Distance()
+    if name == "vif":
+        return VIFDistance()
+    if name == "ssimulacra2+vif":
+        return SumDistance(SSIMULACRA2Distance(), VIFDistance())
     if name == "lpips":
         from .metrics.lpips import LPIPS
 
