@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quality is not None:
         codec.check_quality(args.quality)
     from ..evaluation import measure, parse_metrics, usable_metrics
+    from ..evaluation.results import RESULT_KEYS
 
     metric_names = usable_metrics(parse_metrics(args.metrics))  # missing tools and weights: warned once here
     out = Path(args.out)
@@ -217,10 +218,10 @@ def run(args: argparse.Namespace) -> int:
             target = write_atomic(out / f"{path.stem}{suffix}{codec.extension}", result.data)
             row = {"image": path.name, "variant": variant, "file": str(target), "quality": result.quality}
             row["bpp"] = result.bpp
-            row.update(measure(original, result.reconstruction, metric_names))
+            row.update(measure(original, result.reconstruction, metric_names, result_keys=True))
             rows.append(row)
     print(f"{codec.name}, model {args.model}" + (f", adapter {choice.adapter}" if choice.adapter else ""))
-    print(_format_table(rows, metric_names))
+    print(_format_table(rows, [RESULT_KEYS.get(m, m) for m in metric_names]))
     if args.json:
         report = {
             "codec": codec.name,
@@ -231,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
             "rows": rows,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.json, json.dumps(report, indent=2))
+        from .bd_rate import json_safe
+
+        write_atomic(args.json, json.dumps(json_safe(report), indent=2, allow_nan=False))  # lossless PSNR: null
     print(f"wrote {len(rows)} files to {out}/")
     return 0
