@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PERCEPTUAL_LOSSES = ("dists", "lpips", "ms_ssim", "ssimulacra2", "vif", "ssimulacra2+vif")
+PERCEPTUAL_LOSSES = ("dists", "lpips", "ms_ssim", "ssimulacra2", "vif")  # sums: "ssimulacra2+3*vif"
 
 
 def sid_generator_loss(
@@ -144,14 +144,36 @@ class VIFDistance(torch.nn.Module):
 
 
 class SumDistance(torch.nn.Module):
-    """The sum of several distances ``(x, y) -> (N,)``."""
+    """A weighted sum of distances ``(x, y) -> (N,)``: ``sum(w_i * d_i(x, y))``."""
 
-    def __init__(self, *parts: torch.nn.Module):
+    def __init__(self, parts: list[torch.nn.Module], weights: list[float]):
         super().__init__()
-        self.parts = torch.nn.ModuleList(parts)
+        self.parts, self.weights = torch.nn.ModuleList(parts), [float(w) for w in weights]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return sum(part(x, y) for part in self.parts)
+        return sum(w * part(x, y) for w, part in zip(self.weights, self.parts))
+
+
+def parse_perceptual(spec: str) -> list[tuple[float, str]]:
+    """``"ssimulacra2+3*vif"`` -> ``[(1.0, "ssimulacra2"), (3.0, "vif")]``; every name one of PERCEPTUAL_LOSSES.
+
+    Raises:
+        ValueError: an unknown name or a weight that is not a positive number.
+    """
+    terms = []
+    for term in str(spec).split("+"):
+        weight, _, name = term.strip().rpartition("*")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            value = float("nan")
+        if name not in PERCEPTUAL_LOSSES or not value > 0:
+            raise ValueError(
+                f"unknown perceptual loss {spec!r}: give one of {', '.join(PERCEPTUAL_LOSSES)}, or a sum with "
+                "positive weights such as 'ssimulacra2+3*vif'"
+            )
+        terms.append((value, name))
+    return terms
 
 
 def perceptual_distance(name: str, net: str = "alex", weights_path: str | None = None) -> torch.nn.Module:
@@ -159,8 +181,8 @@ def perceptual_distance(name: str, net: str = "alex", weights_path: str | None =
 
     Args:
         name: ``"dists"`` (the paper's metric), ``"lpips"``, ``"ms_ssim"`` (1 - MS-SSIM), ``"ssimulacra2"``
-            ((100 - SSIMULACRA2) / 100), ``"vif"`` (1 - VIF, VMAF-NEG's information fidelity) or
-            ``"ssimulacra2+vif"`` (their sum); the last four need no weights.
+            ((100 - SSIMULACRA2) / 100) or ``"vif"`` (1 - VIF, VMAF-NEG's information fidelity); the last three
+            need no weights. A weighted sum is written ``"ssimulacra2+3*vif"``.
         net: LPIPS trunk, ``"alex"`` or ``"vgg"``.
         weights_path: converted weights (file or folder) for LPIPS/DISTS; by default they are looked up as
             ``rp_diffusers.metrics.weights`` describes (environment folder, then the Hub).
@@ -178,8 +200,10 @@ def perceptual_distance(name: str, net: str = "alex", weights_path: str | None =
         return SSIMULACRA2Distance()
     if name == "vif":
         return VIFDistance()
-    if name == "ssimulacra2+vif":
-        return SumDistance(SSIMULACRA2Distance(), VIFDistance())
+    if "+" in name or "*" in name:
+        terms = parse_perceptual(name)
+        parts = [perceptual_distance(term, net, weights_path) for _, term in terms]
+        return SumDistance(parts, [weight for weight, _ in terms])
     if name == "lpips":
         from .metrics.lpips import LPIPS
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from rp_diffusers.adapters import format_adapter_name, normalize_adapter_name, rp_lora_config, save_rp_adapter
 from rp_diffusers.codecs import get_codec
-from rp_diffusers.losses import PERCEPTUAL_LOSSES, RatePerceptionLoss, perceptual_distance
+from rp_diffusers.losses import PERCEPTUAL_LOSSES, RatePerceptionLoss, parse_perceptual, perceptual_distance
 from rp_diffusers.models.one_step import one_step_map, one_step_noise
 from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.surrogates import get_surrogate
@@ -61,6 +61,14 @@ from rp_diffusers.training_utils import (
 from rp_diffusers.utils.image import list_images, load_image
 
 logger = get_logger(__name__, log_level="INFO")
+
+
+def _perceptual_spec(value: str) -> str:
+    try:
+        parse_perceptual(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return value
 
 
 def parse_args(input_args=None):
@@ -113,7 +121,11 @@ def parse_args(input_args=None):
     parser.add_argument("--lambda_perceptual", type=float, default=1.0, help="Weight of the perceptual loss.")
     parser.add_argument("--lambda_mse", type=float, default=0.0, help="Weight of the MSE between x and x_hat.")
     parser.add_argument(
-        "--perceptual_loss", type=str, default="dists", choices=PERCEPTUAL_LOSSES, help="The perceptual distance P."
+        "--perceptual_loss",
+        type=_perceptual_spec,
+        default="dists",
+        help=f"The perceptual distance P: one of {', '.join(PERCEPTUAL_LOSSES)}, or a weighted sum such as "
+        "'ssimulacra2+3*vif'.",
     )
     parser.add_argument("--lpips_net", type=str, default="alex", choices=["alex", "vgg"], help="LPIPS backbone.")
     parser.add_argument(
