@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from rp_diffusers.losses import RatePerceptionLoss, perceptual_distance
@@ -46,3 +47,17 @@ def test_pre_edit_lowers_the_rate_perception_objective_through_diffjpeg():
     assert edited.shape == original.shape and float(edited.min()) >= 0 and float(edited.max()) <= 1
     assert trace[-1] < trace[0]  # the objective falls (the optimiser moves downhill on the exact forward pass)
     assert float((edited - original).abs().max()) > 1 / 255  # it actually edits pixels
+
+
+def test_weighted_sums_of_distances_parse_and_add_up():
+    from rp_diffusers.losses import parse_perceptual
+
+    assert parse_perceptual("ssimulacra2+3*vif") == [(1.0, "ssimulacra2"), (3.0, "vif")]
+    x = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    y = (x * 0.9).clamp(0, 1)
+    total = perceptual_distance("ssimulacra2+3*vif")(x, y)
+    parts = perceptual_distance("ssimulacra2")(x, y) + 3 * perceptual_distance("vif")(x, y)
+    torch.testing.assert_close(total, parts)
+    for bad in ("ssimulacra2+x*vif", "psnr", "ssimulacra2+-1*vif"):
+        with pytest.raises(ValueError, match="unknown perceptual loss"):
+            parse_perceptual(bad)
