@@ -429,20 +429,22 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
             return AdapterChoice(None, True, f"the base model (no adapter trained for {codec})")
         winners = [name for name in matching if (adapters[name].get("validation") or {}).get("wins")]
         if not winners:
-            where = next((r["validation"].get("images") for r in adapters.values() if r.get("validation")), None)
-            where = base.get("images") or where or "validation"
             if base and base.get("wins"):
                 return AdapterChoice(
                     None, True, f"the base model ({_validation_summary({'validation': base})}; no adapter won there)"
                 )
-            if matching and base:
-                why = f"on {where} neither its {codec} adapters nor the base model beat {codec} alone"
-            elif matching or base:
-                why = f"on {where} {'its ' + codec + ' adapters' if matching else 'the base model'} did not beat it"
-            else:
-                why = f"nothing in this model was shown to beat {codec} alone on {where}"
-            why += " in every headline metric" if (matching or base) else ""
-            return AdapterChoice(None, False, f"{codec} alone ({why}; --adapter NAME runs one anyway)")
+            lost = [n for n in matching if adapters[n].get("validation")] + (["the base model"] if base else [])
+            unvalidated = [n for n in matching if not adapters[n].get("validation")]
+            where = base.get("images") or next(
+                (adapters[n]["validation"].get("images") for n in matching if adapters[n].get("validation")), None
+            )
+            parts = []
+            if lost:
+                parts.append(f"on {where or 'the validation photographs'} {', '.join(lost)} did not beat it")
+            if unvalidated:
+                parts.append(f"{', '.join(unvalidated)} {'was' if len(unvalidated) == 1 else 'were'} not validated")
+            why = "; ".join(parts) or f"nothing in this model is for {codec} or was validated on it"
+            return AdapterChoice(None, False, f"{codec} alone: {why}; --adapter NAME runs one anyway")
 
         def score(name: str) -> float:
             rates = adapters[name]["validation"].get("bd_rate", {})

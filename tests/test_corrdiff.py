@@ -197,11 +197,18 @@ def test_bitstream_rejects_corrupt_and_truncated_files(model, encoding):
         codec.decode(data[:-1])
 
 
+def test_small_images_round_trip_with_blocks_larger_than_the_image(model):
+    codec = CorrDiffCodec(model=model)
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    assert codec.decompress(codec.compress(image, quality=0)).size == (24, 20)
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
         ({"num_steps": 255, "flags": 1}, "asks for 255 diffusion steps; this reader decodes 1 to 64"),
         ({"block_size": 0, "flags": 1}, "correction block size 0"),
+        ({"block_size": 4096, "flags": 1}, "correction block size 4096"),
         ({"height": 0}, "sizes must be >= 1"),
         ({"height": 60000, "width": 60000}, "at most 64 megapixels"),
         ({"pad_h": 200}, "padding 200x"),

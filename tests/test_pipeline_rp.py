@@ -388,9 +388,8 @@ def test_pipeline_adapter_for_picks_only_validated_winners_else_the_codec_alone(
     loaded = _pipe(tmp_path)
     choice = loaded.adapter_for("jpeg")
     assert (choice.adapter, choice.preprocess) == (None, False)
-    assert (
-        choice.reason
-        == "jpeg alone (on v its jpeg adapters did not beat it in every headline metric; --adapter NAME runs one anyway)"
+    assert choice.reason == (
+        "jpeg alone: on v rp_jpeg_lambda_0p5, rp_jpeg_lambda_2 did not beat it; --adapter NAME runs one anyway"
     )
     assert loaded.adapter_for("webp").preprocess is False  # a validated model: nothing shown to help webp
 
@@ -400,7 +399,7 @@ def test_pipeline_adapter_for_picks_only_validated_winners_else_the_codec_alone(
     base = loaded.adapter_for("jpeg")
     assert (base.adapter, base.preprocess) == (None, True) and base.reason.startswith("the base model")
     webp = loaded.adapter_for("webp")
-    assert webp.preprocess is False and webp.reason.startswith("webp alone (on v the base model did not beat it")
+    assert webp.preprocess is False and webp.reason.startswith("webp alone: on the validation photographs the base")
 
     # rp_adapter.json is the one record: saving the pipeline again keeps the verdict and the training record
     loaded.save_pretrained(tmp_path / "again")

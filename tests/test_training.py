@@ -347,9 +347,6 @@ def test_one_step_map_returns_its_latents_on_request():
             )
             expected = one_step_map(parts["vae"], parts["unet"], image, embeds, 625, alphas, residual=residual)
             assert latents.shape == (2, 4, 8, 8) and torch.equal(output, expected)
-            assert (
-                torch.equal(parts["vae"].decode(latents / parts["vae"].config.scaling_factor).sample, output) or True
-            )
 
 
 def test_checkpoint_rotation_and_latest(tmp_path):

@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         choice = pipe.adapter_for(codec.name)
     print(f"{codec.name}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
     if not choice.preprocess:
-        print(f"writing the {codec.name} files only; pass --adapter NAME to pre-process anyway")
+        print(f"writing the {codec.name} files only")
     else:
         check_outputs(planned(("", ".rp")), paths, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 
 
 MAX_NUM_STEPS = 64  # DDIM steps a file may ask the decoder for (decode time grows with them)
+MAX_BLOCK_SIZE = 1024  # side of a correction block in pixels (blocks may exceed a small image)
 MAX_PIXELS = 64_000_000  # as rp_diffusers.utils.image's decompression-bomb limit
 PAD_MULTIPLE = 64  # images are reflect-padded to multiples of this
 
@@ -144,7 +145,7 @@ def unpack(data: bytes) -> tuple[Header, tuple[bytes, bytes, bytes]]:
                 f"CorrDiff header asks for {header.num_steps} diffusion steps; this reader decodes 1 to "
                 f"{MAX_NUM_STEPS} (a file asking for more is refused, not run)"
             )
-        if not 1 <= header.block_size <= max(header.height, header.width):
+        if not 1 <= header.block_size <= MAX_BLOCK_SIZE:
             raise BitstreamError(f"inconsistent CorrDiff header: correction block size {header.block_size}")
     if header.y_h * 16 != header.height + header.pad_h or header.y_w * 16 != header.width + header.pad_w:
         raise BitstreamError(f"inconsistent CorrDiff header: latent shape does not match the image size ({header})")

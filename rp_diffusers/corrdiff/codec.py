@@ -109,6 +109,11 @@ class CorrDiffCodec(Codec):
     def _steps(self) -> int:
         steps = self.settings["num_inference_steps"]
         steps = self.model.config.num_inference_steps if steps is None else int(steps)
+        if not 0 <= steps <= bitstream.MAX_NUM_STEPS:  # a file its own reader would refuse
+            raise ValueError(
+                f"the model asks for {steps} DDIM steps; the CorrDiff format allows 0 to {bitstream.MAX_NUM_STEPS}: "
+                "pass num_inference_steps"
+            )
         return steps if self.model.unet is not None else 0
 
     def _distortion_weight(self) -> float:

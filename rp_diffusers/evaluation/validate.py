@@ -15,20 +15,39 @@ import os
 from pathlib import Path
 
 from ..utils.image import list_images
-from .bd_table import bd_overlap, bd_table
+from .bd_table import MIN_OVERLAP, bd_overlap, bd_table
 from .sweep import evaluate
 
-# the weight-free perceptual metrics a verdict can rest on (result keys) and the training loss each one is
+# the weight-free perceptual metrics a verdict rests on (result keys), and what each training distance trains
 HEADLINE_CANDIDATES = ("ssimulacra2", "butteraugli-3norm", "vmaf-neg")
-TRAINED_AS = {"ssimulacra2": "ssimulacra2", "ms_ssim": "ms-ssim-rgb", "lpips": "lpips", "dists": "dists"}
+TRAINED_AS = {
+    "ssimulacra2": ("ssimulacra2",),
+    "ms_ssim": ("ms-ssim-rgb",),
+    "lpips": ("lpips",),
+    "dists": ("dists",),
+    "vif": ("vmaf-neg", "vmaf"),  # VIF is one of VMAF's features: VMAF is no longer an independent judge
+}
 DEFAULT_QUALITIES = {"jpeg": "10,20,30,45,60,80", "webp": "10,20,35,50,65,80"}
+
+
+def trained_metrics(trained_on: str | None) -> list[str]:
+    """Result keys a training distance (``"ssimulacra2+3*vif"`` and the like) optimises, directly or as a part."""
+    if not trained_on:
+        return []
+    from ..losses import parse_perceptual
+
+    try:
+        names = [name for _, name in parse_perceptual(trained_on)]
+    except ValueError:
+        names = [trained_on]
+    return [key for name in names for key in TRAINED_AS.get(name, (name,))]
 
 
 def headline_metrics(trained_on: str | None) -> list[str]:
     """The headline result keys for an adapter trained with perceptual loss ``trained_on``: the weight-free
-    perceptual metrics (SSIMULACRA2, Butteraugli 3-norm, VMAF-NEG) minus the one it was trained on."""
-    trained = TRAINED_AS.get(trained_on or "")
-    return [m for m in HEADLINE_CANDIDATES if m != trained]
+    perceptual metrics (SSIMULACRA2, Butteraugli 3-norm, VMAF-NEG) minus those it was trained on."""
+    trained = set(trained_metrics(trained_on))
+    return [m for m in HEADLINE_CANDIDATES if m not in trained]
 
 
 def _metric_names(keys: list[str]) -> list[str]:
@@ -38,17 +57,23 @@ def _metric_names(keys: list[str]) -> list[str]:
 
 
 def _verdict(anchor: dict, curve: dict, label: str, codec: str, trained_on: str | None) -> dict:
-    rates = bd_table(anchor, curve)
+    rates, overlap = bd_table(anchor, curve), bd_overlap(anchor, curve)
     headline = headline_metrics(trained_on)
+    # a win must hold in all three weight-free perceptual metrics (trained on or not), over curves that overlap
+    wins = all(
+        isinstance(rates.get(m), float) and rates[m] < 0 and overlap.get(m, 0.0) >= MIN_OVERLAP
+        for m in HEADLINE_CANDIDATES
+    )
     return {
         "images": label,
         "codec": codec,
         "qualities": anchor["results"]["quality"],
         "bd_rate": rates,
-        "overlap": bd_overlap(anchor, curve),
+        "overlap": overlap,
         "headline": headline,
-        "trained_on": TRAINED_AS.get(trained_on or "", trained_on),
-        "wins": all(isinstance(rates.get(m), float) and rates[m] < 0 for m in headline),
+        "trained_on": trained_on,
+        "trained_metrics": trained_metrics(trained_on),
+        "wins": wins,
     }
 
 
@@ -77,8 +102,10 @@ def validate_adapters(
 
     Returns:
         ``{"base/<codec>" or adapter name: verdict}``, each verdict with ``bd_rate`` (every metric, percent,
-        negative = fewer bits), ``overlap``, ``headline``, ``trained_on``, ``wins`` (every headline BD-rate
-        negative), ``images``, ``codec``, ``qualities``.
+        negative = fewer bits), ``overlap``, ``headline`` (the weight-free perceptual metrics it was not trained
+        on), ``trained_on``, ``trained_metrics``, ``wins`` (SSIMULACRA2, Butteraugli 3-norm and VMAF-NEG all
+        negative, each over curves overlapping by at least ``MIN_OVERLAP``), ``images``, ``codec``,
+        ``qualities``.
     """
     from ..adapters import ADAPTERS_FOLDER, BASE_VALIDATION_NAME
     from ..pipelines import RPPreprocessPipeline

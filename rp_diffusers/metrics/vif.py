@@ -56,7 +56,8 @@ def vif_per_scale(
     Args:
         reference, distorted: (N, 3, H, W) sRGB in [0, 1] (differentiable; no quantisation here), H and W of
             at least 24 pixels (the coarsest scale needs its 3-tap window).
-        enhancement_gain_limit: cap on the local gain g (VMAF-NEG uses 1.0); ``None`` leaves it uncapped (VMAF).
+        enhancement_gain_limit: cap on the local gain g (VMAF-NEG uses 1.0; plain VMAF 100, which ``None``, no cap,
+            matches on photographs); the libvmaf comparison in the tests is uncapped.
     """
     if reference.shape != distorted.shape or reference.ndim != 4 or reference.shape[1] != 3:
         raise ValueError(

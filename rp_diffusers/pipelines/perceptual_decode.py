@@ -404,6 +404,11 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
     Example:
         >>> pipe = load_pipeline("openai/diffusers-cd_imagenet64_lpips", device="cpu")  # doctest: +SKIP
     """
+    from ..default_model import DTYPES, resolve_device
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    device = resolve_device(device)  # a clear error for e.g. cuda on a machine without CUDA
     try:
         kwargs = dtype_kwargs(getattr(torch, dtype))  # dtype= on recent diffusers, torch_dtype= on older ones
         pipe = PerceptualDecodePipeline.from_pretrained(model, **kwargs)
@@ -412,7 +417,6 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
             f"cannot load model {model!r} ({error}). Online, it downloads from the Hugging Face Hub; offline, run "
             f"`huggingface-cli download {model} --local-dir DIR` on a connected machine and pass --model DIR"
         ) from error
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipe.to(device)
 
 
