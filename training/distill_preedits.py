@@ -110,9 +110,7 @@ def main(argv=None) -> int:
     pipe.drop_text_encoder()
     vae, unet = pipe.vae.requires_grad_(False), pipe.unet.requires_grad_(False)
     name = f"rp_{args.codec}_lambda_{args.lambda_rate:g}".replace(".", "p")
-    unet.add_adapter(
-        rp_lora_config(rank=args.rank, target_modules=tuple(args.lora_target_modules)), adapter_name=name
-    )
+    unet.add_adapter(rp_lora_config(rank=args.rank, target_modules=tuple(args.lora_target_modules)), adapter_name=name)
     pipe.set_adapters([name])
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
@@ -125,7 +123,9 @@ def main(argv=None) -> int:
         x, y = inputs[index], targets[index]
         if rng.random() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
-        out = one_step_map(vae, unet, x, embeds, pipe.config.timestep, alphas, prediction, residual=pipe.config.residual)
+        out = one_step_map(
+            vae, unet, x, embeds, pipe.config.timestep, alphas, prediction, residual=pipe.config.residual
+        )
         loss = torch.nn.functional.mse_loss(out, y)
         optimizer.zero_grad()
         loss.backward()
