@@ -296,7 +296,7 @@ def compare(
         if target_bpp is None or not 0 < float(target_bpp) <= 24:
             raise ValueError(f"the target bpp must lie in (0, 24] bits per pixel, got {target_bpp}")
     else:
-        quality = coder.check_quality(None if quality is None else int(quality))
+        quality = coder.check_quality(quality)
     seconds = {}
     start = time.perf_counter()
     pre = preprocess(pipe, image, adapter_name, adapter_weight) if pre_process else image.copy()

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from rp_diffusers.cli import main
-from rp_diffusers.commands.compress import atomic_path
 from rp_diffusers.utils import ImageLoadError, load_image
+from rp_diffusers.utils.files import atomic_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -79,6 +79,47 @@ def test_atomic_path_interrupted_keeps_the_earlier_file(tmp_path):
             raise KeyboardInterrupt  # a killed run
     assert target.read_bytes() == b"earlier"
     assert [p.name for p in tmp_path.iterdir()] == ["a.jpg"]  # no temporary file left behind
+
+
+def test_atomic_path_without_overwrite_never_replaces_a_file_that_appeared_meanwhile(tmp_path):
+    """A parallel run that published first keeps its file; this run fails clearly and leaves no temporary."""
+    target = tmp_path / "a.jpg"
+    with pytest.raises(FileExistsError, match="appeared while this run was writing"):
+        with atomic_path(target, overwrite=False) as temporary:
+            temporary.write_bytes(b"this run")
+            target.write_bytes(b"the other run")  # published by another process in the meantime
+    assert target.read_bytes() == b"the other run"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jpg"]
+    with atomic_path(tmp_path / "b.jpg", overwrite=False) as temporary:
+        temporary.write_bytes(b"new")
+    assert (tmp_path / "b.jpg").read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.jpg",
+        "b.jpg",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- image input
+@pytest.mark.parametrize("size", [(0, 0), (5, 0), (-1, 4), (3,), "ab", (2.5, 3), 7])
+def test_decode_refuses_a_size_that_is_not_two_positive_integers(size):
+    from rp_diffusers.codecs import get_codec
+
+    codec = get_codec("jpeg")
+    data = codec.encode(Image.new("RGB", (9, 7)), 50)
+    with pytest.raises(ValueError, match="size must be"):
+        codec.decode(data, size=size)
+    assert codec.decode(data, size=(np.int64(5), 4)).size == (5, 4)
+
+
+def test_max_pixels_governs_pillows_own_bomb_limit(tmp_path, monkeypatch):
+    """``max_pixels=None`` (or a limit above Pillow's) opens an image Pillow alone would refuse as a bomb."""
+    path = tmp_path / "big.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # stands for Pillow's 89-megapixel default
+    assert load_image(path, max_pixels=None).size == (100, 100)
+    assert load_image(path, max_pixels=20_000).size == (100, 100)
+    with pytest.raises(ImageLoadError, match="over the limit of"):
+        load_image(path, max_pixels=5_000)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
 
 
 # ------------------------------------------------------------------------------------------------------ compress

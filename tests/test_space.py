@@ -305,6 +305,7 @@ def test_space_app_odd_modes_are_processed_with_a_note(client, tmp_path):
         ("huge", "megapixels; this demo takes images up to 4.0 megapixels"),
         ("text", "is not an image Pillow can read"),
         ("quality", "jpeg quality must lie in"),
+        ("fractional", "jpeg quality must be an integer"),
         ("codec", "unknown codec 'gif'"),
     ],
 )
@@ -323,6 +324,8 @@ def test_space_app_bad_inputs_get_a_message_not_a_traceback(client, tmp_path, ki
         path.write_text("not an image")
     elif kind == "quality":
         kwargs = {"quality": 150, "match": "quality"}
+    elif kind == "fractional":
+        kwargs = {"quality": 40.5, "match": "quality"}  # refused, not truncated to 40
     else:
         kwargs = {"codec": "gif"}
     with pytest.raises(gradio_client.exceptions.AppError) as info:

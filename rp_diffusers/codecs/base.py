@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -16,6 +17,17 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from ..utils.image import load_image
+
+
+def _check_size(size, codec: str) -> tuple[int, int]:
+    """``(width, height)`` of two positive integers, or a ``ValueError`` that says what was wrong."""
+    try:
+        width, height = (operator.index(value) for value in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{codec}: size must be (width, height) as two integers, got {size!r}") from None
+    if width < 1 or height < 1:
+        raise ValueError(f"{codec}: size must be positive (width, height), got {size!r}")
+    return width, height
 
 
 def _as_rgb(image) -> Image.Image:
@@ -170,11 +182,20 @@ class Codec:
 
         Raises:
             CodecError: empty, truncated or corrupt data (the decoder's message is included).
+            ValueError: ``size`` is not two positive integers.
+
+        Note:
+            JPEG, WebP, AVIF, HEIC and raw HEVC/VVC carry no checksum over their coded data: bytes changed inside
+            it usually decode to a damaged picture without any error (only broken syntax or a truncation is
+            caught). Check a digest of the file where that matters; CorrDiff's own format carries a CRC-32 and
+            refuses such files.
         """
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
             raise CodecError(f"{self.name}: nothing to decode (got {type(data).__name__} of length 0 or not bytes)")
+        if size is not None:
+            size = _check_size(size, self.name)
         image = self._decode(bytes(data))
-        if size is not None and tuple(size) != image.size:
+        if size is not None and size != image.size:
             width, height = size
             if width > image.width or height > image.height:
                 raise CodecError(f"{self.name}: decoded {image.size} is smaller than the requested size {size}")

@@ -14,15 +14,15 @@ Data path (identical for both, settings recorded in ``CodecResult.settings``):
 - A raw Annex-B stream has no length field and ffmpeg's decoders conceal a stream cut inside slice data,
   so by default a 5-byte end-of-bitstream NAL unit (HEVC type 37 / VVC type 22, standard syntax, 40 bits per
   image) is appended and ``decode`` refuses streams that lack it (``end_of_bitstream=False`` turns both off).
-- Tools run as argv lists (no shell) with a timeout; bitstreams go through a ``TemporaryDirectory`` that is
-  always removed; failures raise ``CodecError`` carrying ffmpeg's stderr.
+- Tools run as argv lists (no shell) with a timeout and die with their parent (``utils.processes.run_tool``);
+  bitstreams go through a temporary folder that is always removed (one left by a killed process is removed by
+  the next run, ``utils.processes.private_tempdir``); failures raise ``CodecError`` carrying ffmpeg's stderr.
 """
 
 from __future__ import annotations
 
 import io
 import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from ..utils.processes import private_tempdir, run_tool
 from .base import Codec, CodecError
 from .registry import register_codec
 
@@ -51,7 +52,7 @@ def ffmpeg_exe() -> str:
 
 def _run_tool(codec: str, argv: list[str], stdin: bytes | None, timeout: float) -> subprocess.CompletedProcess:
     try:
-        process = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
+        process = run_tool(argv, input=stdin, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as error:
         stderr = (error.stderr or b"").decode(errors="replace")[-2000:]
         raise CodecError(
@@ -70,7 +71,7 @@ def ffmpeg_listing(kind: str) -> str:
         >>> " libx265 " in ffmpeg_listing("encoders")  # doctest: +SKIP
         True
     """
-    return subprocess.run(
+    return run_tool(
         [ffmpeg_exe(), "-hide_banner", f"-{kind}"], capture_output=True, timeout=60, check=False
     ).stdout.decode(errors="replace")
 
@@ -83,7 +84,7 @@ def _tool_version(encoder: str, pix_fmt: str, pattern: str) -> str:
     if encoder == "libx265":
         argv += ["-x265-params", "log-level=info"]
     argv += ["-f", "null", "-"]
-    text = subprocess.run(argv, capture_output=True, timeout=60, check=False).stderr.decode(errors="replace")
+    text = run_tool(argv, capture_output=True, timeout=60, check=False).stderr.decode(errors="replace")
     for line in text.splitlines():
         if pattern in line:
             return line.split(pattern, 1)[1].strip()
@@ -92,7 +93,7 @@ def _tool_version(encoder: str, pix_fmt: str, pattern: str) -> str:
 
 @cache
 def _ffmpeg_version() -> str:
-    text = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, timeout=60, check=False).stdout
+    text = run_tool([ffmpeg_exe(), "-version"], capture_output=True, timeout=60, check=False).stdout
     return text.decode(errors="replace").split("\n", 1)[0].replace("ffmpeg version ", "").split(" ")[0]
 
 
@@ -162,7 +163,7 @@ class FFmpegCodec(Codec):
         # Edge replication (not reflection): it works for 1-pixel images and costs the fewest bits.
         pixels = np.ascontiguousarray(np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
         matrix_tag = _MATRICES[self.settings["matrix"]][1]
-        with tempfile.TemporaryDirectory(prefix="rp_codec_") as tmp:
+        with private_tempdir("codec-") as tmp:
             out = Path(tmp) / f"out{self.extension}"
             argv = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24"]
             argv += ["-s", f"{width + pad_w}x{height + pad_h}", "-i", "pipe:0", "-vf", self._scale_filter("out")]
@@ -185,7 +186,7 @@ class FFmpegCodec(Codec):
                 f"not from this codec; decode streams of other encoders with get_codec({self.name!r}, "
                 "end_of_bitstream=False)"
             )
-        with tempfile.TemporaryDirectory(prefix="rp_codec_") as tmp:
+        with private_tempdir("codec-") as tmp:
             source = Path(tmp) / f"in{self.extension}"
             source.write_bytes(data)
             argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-err_detect", "explode"]

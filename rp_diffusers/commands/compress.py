@@ -5,81 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
+from ..utils.files import check_outputs, write_atomic
+
 logger = logging.getLogger(__name__)
-
-
-def check_outputs(planned: Sequence[tuple[str, Path]], inputs: Sequence[Path], overwrite: bool, flag: str = "--out"):
-    """Refuse, before anything is written, outputs that would clash: the checks every writing command shares.
-
-    Args:
-        planned: ``(what writes it, target path)`` for every file the command will write.
-        inputs: the command's input files; no target may be one of them, even with ``overwrite``.
-        overwrite: allow replacing existing files (the ``--overwrite`` flag).
-        flag: the option naming the output place, for the messages.
-
-    Raises:
-        ValueError: two outputs share a path (compared ignoring case: they clash on macOS and Windows), or an
-            output is an input.
-        FileExistsError: a target exists and ``overwrite`` is off; the message names the files.
-    """
-    seen: dict[str, str] = {}
-    for source, target in planned:
-        key = os.path.abspath(target).lower()
-        if key in seen:
-            raise ValueError(
-                f"{seen[key]} and {source} would both write {target}; give each input once and inputs distinct "
-                f"names apart from the extension (rename one, or run them separately with another {flag})"
-            )
-        seen[key] = source
-    sources = {Path(path).resolve() for path in inputs}
-    for _, target in planned:
-        if Path(target).resolve() in sources:
-            raise ValueError(f"{target} would overwrite its input; choose another {flag}")
-    existing = [str(target) for _, target in planned if Path(target).exists()]
-    if existing and not overwrite:
-        shown = ", ".join(existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
-        raise FileExistsError(
-            f"{shown} already exist{'s' if len(existing) == 1 else ''}; pass --overwrite to replace "
-            f"{'it' if len(existing) == 1 else 'them'}, or choose another {flag}"
-        )
-
-
-@contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """A fresh temporary path next to ``target`` (same suffix) that replaces ``target`` when the block succeeds.
-
-    A run killed or failing inside the block leaves ``target`` as it was (missing, or the earlier file), never
-    half written; the temporary file is removed on errors.
-
-    Example:
-        >>> with atomic_path("out/a.png") as tmp:  # doctest: +SKIP
-        ...     image.save(tmp, format="PNG")
-    """
-    target = Path(target)
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial{target.suffix}")
-    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # 0o666: the umask applies
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(target: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``target`` through :func:`atomic_path` (flushed to disk before the rename)."""
-    with atomic_path(target) as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return Path(target)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -215,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             variants.append(("rp + codec", pipe(original, adapter_name=choice.adapter or []).images[0], ".rp"))
         for variant, image, suffix in variants:
             result = _encode(codec, image, args.quality, args.target_bpp)
-            target = write_atomic(out / f"{path.stem}{suffix}{codec.extension}", result.data)
+            target = write_atomic(out / f"{path.stem}{suffix}{codec.extension}", result.data, args.overwrite)
             row = {"image": path.name, "variant": variant, "file": str(target), "quality": result.quality}
             row["bpp"] = result.bpp
             row.update(measure(original, result.reconstruction, metric_names, result_keys=True))
@@ -234,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         from .bd_rate import json_safe
 
-        write_atomic(args.json, json.dumps(json_safe(report), indent=2, allow_nan=False))  # lossless PSNR: null
+        write_atomic(
+            args.json, json.dumps(json_safe(report), indent=2, allow_nan=False), args.overwrite
+        )  # null: lossless PSNR
     print(f"wrote {len(rows)} files to {out}/")
     return 0

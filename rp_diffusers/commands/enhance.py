@@ -22,7 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "consistency model (training-free perceptual decoding). Writes lossless PNGs of the same size, NAME.png "
             "in --out. Existing files are never replaced without --overwrite, and inputs whose names differ only in "
             "the extension (a.jpg, a.webp) are refused, as they would write the same NAME.png: both checks run "
-            "before anything is written."
+            "before anything is written. Inputs are taken as they decode: JPEG, WebP, AVIF and HEIC carry no "
+            "checksum, so a file corrupted inside its coded data decodes to a damaged picture without an error."
         ),
     )
     parser.add_argument("images", nargs="+", metavar="DECODED", help="decoded image files (any format Pillow reads)")
@@ -64,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..pipelines.perceptual_decode import load_pipeline
+    from ..utils.files import atomic_path, check_outputs
     from ..utils.image import load_image
-    from .compress import atomic_path, check_outputs
 
     sigma = _parse_sigma(args.sigma)
     paths = [Path(p) for p in args.images]
@@ -93,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
             class_labels=args.class_label,
             calibration=args.calibration,
         )
-        with atomic_path(target) as temporary:  # a killed run leaves no half-written PNG under the final name
+        with atomic_path(
+            target, args.overwrite
+        ) as temporary:  # a killed run leaves no half-written PNG under the final name
             output.images[0].save(temporary, format="PNG")
         size = f"{image.width}x{image.height}"
         print(f"{path.name:<40} {size:>11} {output.sigmas[0]:>8.4g} {time.perf_counter() - start:>8.2f}")

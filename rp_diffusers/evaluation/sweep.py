@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..utils.image import list_images, load_image, pil_to_tensor
+from ..utils.processes import die_with_parent
 from .results import RESULT_KEYS, EvaluationResult
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ def usable_metrics(metrics: Sequence[str]) -> list[str]:
     return usable
 
 
-def _init_worker(codec_name: str, codec_settings: dict, threads: int) -> None:
+def _init_worker(codec_name: str, codec_settings: dict, threads: int, parent_pid: int | None = None) -> None:
+    die_with_parent(parent_pid)  # a killed sweep leaves no worker behind
     torch.set_num_threads(threads)
     _WORKER_STATE.clear()
     _WORKER_STATE["codec"] = (codec_name, codec_settings)
@@ -257,7 +259,7 @@ def evaluate(
             bar.update()
     else:
         with ProcessPoolExecutor(
-            max_workers=workers, initializer=_init_worker, initargs=(codec, codec_settings, 1)
+            max_workers=workers, initializer=_init_worker, initargs=(codec, codec_settings, 1, os.getpid())
         ) as pool:
             for output in pool.map(_run_one, jobs, chunksize=1):  # map keeps job order: deterministic output
                 outputs.append(output)

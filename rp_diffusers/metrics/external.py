@@ -3,8 +3,9 @@
 Data path (both tools, every image of a batch on its own):
 
 - Both images are clamped to [0, 1] and quantised to 8 bits (``round(255 * x)``, as
-  :func:`~rp_diffusers.metrics.quantize_8bit`), written into a ``TemporaryDirectory`` that is always removed,
-  even on error; the tool runs there as an argv list (no shell) with a timeout. Failures raise
+  :func:`~rp_diffusers.metrics.quantize_8bit`), written into a temporary folder that is always removed,
+  even on error (``utils.processes.private_tempdir``); the tool runs there as an argv list (no shell) with a
+  timeout, and dies with its parent (``utils.processes.run_tool``). Failures raise
   :class:`MetricToolError` carrying the tool's stderr; a missing tool raises :class:`MetricToolUnavailable`.
 - **Butteraugli**: libjxl's ``butteraugli_main`` (Debian/Ubuntu package ``libjxl-devtools``, tested with 0.7)
   reads two 8-bit PNGs without colour profile, which it takes as sRGB, at its default intensity target of
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from PIL import Image
 from ..codecs.base import CodecError
 from ..codecs.ffmpeg_codecs import ffmpeg_exe, ffmpeg_listing
 from ..utils.image import tensor_to_pil
+from ..utils.processes import private_tempdir, run_tool
 from .psnr import check_image_pair
 
 BUTTERAUGLI_BINARY = "butteraugli_main"
@@ -109,7 +110,7 @@ def _image_pairs(
 def _run_tool(name: str, argv: list[str], cwd: str, timeout: float) -> str:
     """Run ``argv`` in ``cwd``; return its stdout, or raise ``MetricToolError`` with the tail of its stderr."""
     try:
-        process = subprocess.run(argv, cwd=cwd, capture_output=True, timeout=timeout, check=False)
+        process = run_tool(argv, cwd=cwd, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as error:
         raise MetricToolError(
             f"{name}: {Path(argv[0]).name} took over {timeout} s and was stopped (pass a larger `timeout`)"
@@ -162,7 +163,7 @@ def butteraugli_scores(
     exe = _butteraugli_exe()
     values = []
     for ref, dist in pairs:
-        with tempfile.TemporaryDirectory(prefix="rp_metric_") as tmp:
+        with private_tempdir("metric-") as tmp:
             ref.save(Path(tmp) / "ref.png", compress_level=1)  # fast zlib level: the pixels are the same
             dist.save(Path(tmp) / "dist.png", compress_level=1)
             stdout = _run_tool("butteraugli", [exe, "ref.png", "dist.png", "--pnorm", "3"], tmp, timeout)
@@ -224,7 +225,7 @@ def vmaf_scores(
     height, width = reference.shape[-2:]
     values = []
     for ref, dist in pairs:
-        with tempfile.TemporaryDirectory(prefix="rp_metric_") as tmp:
+        with private_tempdir("metric-") as tmp:
             (Path(tmp) / "ref.rgb").write_bytes(ref.tobytes())  # rgb24 rawvideo, row-major
             (Path(tmp) / "dist.rgb").write_bytes(dist.tobytes())
             _run_tool("vmaf", _vmaf_argv(exe, width, height), tmp, timeout)

@@ -10,9 +10,11 @@ Conversions (documented for users):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -161,6 +163,26 @@ def numpy_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(data), "RGB")
 
 
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit():
+    """Pillow's own bomb check off while a file is opened, then restored: ours (``max_pixels``) replaces it.
+
+    Pillow refuses images over ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels; twice that raises) whatever the
+    caller asked, so ``max_pixels=None`` or a larger limit could not open such a file. Both checks read the size
+    in the header at open, before any pixel is decoded; ours runs right after, with its own message.
+    """
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_image(image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open anything image-like as an 8-bit RGB PIL image.
 
@@ -204,7 +226,8 @@ def load_image(image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(source)
+            with _pillow_pixel_limit():
+                opened = Image.open(source)
             _check_pixels(opened.size, max_pixels, name)
             opened.load()
     except ImageLoadError:
