@@ -15,17 +15,13 @@ arXiv:2512.15270). Output: a folder `RPPreprocessPipeline` loads.
 
 import argparse
 import copy
-import logging
-import math
 import os
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPTextModel
@@ -43,24 +39,25 @@ from rp_diffusers.models.one_step import one_step_map, predict_x0_latents
 from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.training_utils import (
     PreparedModel,
-    RandomCropImageDataset,
     add_training_args,
     build_optimizer,
-    checkpoint_step,
-    collate_images,
-    epoch_loader,
+    checkpoint_due,
     is_sharded,
-    load_image_dataset,
-    load_trainable_weights,
     log_images,
+    make_accelerator,
+    make_lr_schedule,
+    make_train_dataloader,
     move_model,
-    resolve_resume_checkpoint,
-    resume_position,
-    save_args,
-    save_trainable_weights,
+    register_weight_hooks,
+    resume,
     save_training_state,
+    scaled_learning_rate,
     step_generator,
     stop_on_signals,
+    stop_requested,
+    train_steps,
+    training_batches,
+    validation_due,
 )
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor, tensor_to_pil
 
@@ -202,17 +199,7 @@ def log_validation(pipe, args, accelerator, step):
 
 
 def main(args):
-    logging_dir = Path(args.output_dir, args.logging_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    logger.info(accelerator.state, main_process_only=False)
-    set_seed(args.seed)
+    accelerator = make_accelerator(args)  # + logging, seed, output_dir/args.json
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise ValueError(
             "stage 1 trains two networks (student and fake score); accelerate's DeepSpeed integration prepares one "
@@ -221,9 +208,6 @@ def main(args):
     if is_sharded(accelerator) and args.validation_data_dir:
         logger.warning("weights are sharded (FSDP): validation during training is skipped")
         args.validation_data_dir = None
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        save_args(vars(args), args.output_dir)
 
     # 1. Models: frozen VAE + teacher, trainable student and fake score (LoRA by default)
     source = args.pretrained_model_name_or_path
@@ -291,51 +275,14 @@ def main(args):
         lpips_fn = perceptual_distance("lpips", args.lpips_net, args.lpips_weights_path).to(accelerator.device)
 
     # 2. Checkpoints hold only the trained weights (safetensors); accelerate adds optimizer, scheduler, RNG states
-    def save_model_hook(models, weights, output_dir):
-        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            return  # sharded weights: accelerate saves them itself
-        for model in models:
-            model = accelerator.unwrap_model(model)
-            name = STUDENT if model is student_unet else FAKE_SCORE
-            save_trainable_weights(model, Path(output_dir) / f"{name}.safetensors")
-        weights.clear()
-
-    def load_model_hook(models, input_dir):
-        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            return
-        while models:
-            model = accelerator.unwrap_model(models.pop())
-            name = STUDENT if model is student_unet else FAKE_SCORE
-            load_trainable_weights(model, Path(input_dir) / f"{name}.safetensors")
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_weight_hooks(accelerator, lambda model: STUDENT if model is student_unet else FAKE_SCORE)
 
     # 3. Data: random crops at the images' own scale; unreadable images are skipped with a warning
-    dataset, image_column = load_image_dataset(
-        args.dataset_name,
-        args.train_data_dir,
-        args.image_column,
-        args.dataset_config_name,
-        args.cache_dir,
-        max_samples=args.max_train_samples,
-    )
-    train_dataset = RandomCropImageDataset(
-        dataset, image_column, args.resolution, args.seed, args.center_crop, args.random_flip, args.resize_shorter_side
-    )
-    train_dataloader = torch.utils.data.DataLoader(
-        train_dataset,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        collate_fn=collate_images,
-        num_workers=args.dataloader_num_workers,
-    )
+    train_dataset, train_dataloader = make_train_dataloader(args)
 
     # 4. Optimisers and schedules (one per trained network, as SiD)
-    lr_g, lr_f = args.learning_rate, args.fake_score_learning_rate or args.learning_rate
-    if args.scale_lr:
-        scale = args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-        lr_g, lr_f = lr_g * scale, lr_f * scale
+    lr_g = scaled_learning_rate(args.learning_rate, args, accelerator)
+    lr_f = scaled_learning_rate(args.fake_score_learning_rate or args.learning_rate, args, accelerator)
     betas = (args.adam_beta1, args.adam_beta2)
     optimizer_g = build_optimizer(
         student_unet.parameters(), lr_g, betas, args.adam_weight_decay, args.adam_epsilon, args.use_8bit_adam
@@ -343,25 +290,14 @@ def main(args):
     optimizer_f = build_optimizer(
         fake_unet.parameters(), lr_f, betas, args.adam_weight_decay, args.adam_epsilon, args.use_8bit_adam
     )
-    update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * update_steps_per_epoch
-    schedules = [
-        get_scheduler(
-            args.lr_scheduler,
-            optimizer=optimizer,
-            num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-            num_training_steps=args.max_train_steps * accelerator.num_processes,
-        )
-        for optimizer in (optimizer_g, optimizer_f)
-    ]
+    train_steps(args, train_dataloader)  # sets max_train_steps from the epochs when unset
+    schedules = [make_lr_schedule(args, optimizer, accelerator) for optimizer in (optimizer_g, optimizer_f)]
     student, fake_score, optimizer_g, optimizer_f, train_dataloader, lr_g, lr_f = accelerator.prepare(
         student_unet, fake_unet, optimizer_g, optimizer_f, train_dataloader, *schedules
     )
     # one_step.py reads `.dtype`/`.config`, which DDP/FSDP wrappers hide: call the wrapper, read the module
     student_model, fake_model = PreparedModel(student, student_unet), PreparedModel(fake_score, fake_unet)
-    update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    args.num_train_epochs = math.ceil(args.max_train_steps / update_steps_per_epoch)
+    update_steps_per_epoch = train_steps(args, train_dataloader)  # the prepared (sharded) loader: epochs again
     if accelerator.is_main_process:
         accelerator.init_trackers(
             args.tracker_project_name,
@@ -369,17 +305,7 @@ def main(args):
         )
 
     # 5. Resume (exact: trained weights, optimisers, schedules; draws are keyed by epoch and batch index)
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and checkpoint is None:
-        logger.info("no checkpoint to resume from; starting a new run")
-    if checkpoint is not None:
-        logger.info(f"resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = checkpoint_step(checkpoint)
-        first_epoch, skip_batches = resume_position(
-            global_step, update_steps_per_epoch, args.gradient_accumulation_steps
-        )
+    global_step, first_epoch, skip_batches = resume(accelerator, args, update_steps_per_epoch)
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(f"{len(train_dataset)} images, {args.max_train_steps} steps of {total_batch} images")
@@ -389,103 +315,91 @@ def main(args):
     fake_trainable = [p for p in fake_unet.parameters() if p.requires_grad]
 
     # 6. Training loop: fake-score update, then student update (SiD's alternation)
-    def save_checkpoint(step):
-        save_training_state(accelerator, args.output_dir, step, args.checkpoints_total_limit)
-
     stopped = False
     with stop_on_signals(accelerator):
-        for epoch in range(first_epoch, args.num_train_epochs):
+
+        def train_mode(_epoch):
             student.train()
             fake_score.train()
-            loader, offset = epoch_loader(
-                accelerator, train_dataset, train_dataloader, epoch, first_epoch, skip_batches
-            )
-            for index, batch in enumerate(loader, start=offset):
-                generator = step_generator(args.seed, accelerator.process_index, epoch, index)
-                image = batch["pixel_values"].to(accelerator.device)
-                with accelerator.accumulate(student, fake_score), accelerator.autocast():
-                    x_g, image_g = one_step_map(
-                        vae,
-                        student_model,
-                        image,
-                        prompt_embeds,
-                        args.timestep,
-                        alphas_cumprod,
-                        student_prediction,
-                        residual=args.residual,
-                        return_latents=True,
-                    )
-                    t_fake, t_gen = torch.randint(
-                        args.sid_t_min, args.sid_t_max + 1, (2,), generator=generator
-                    ).tolist()
-                    noise_fake, noise_gen = torch.randn((2, *x_g.shape), generator=generator).to(x_g.device)
 
-                    # 6a. fake score: ordinary denoising loss on the student's (detached) outputs
-                    x0_fake = predict_x0_latents(
-                        fake_model, x_g.detach(), t_fake, prompt_embeds, teacher_alphas, teacher_prediction, noise_fake
-                    )
-                    loss_fake = denoising_loss(x0_fake, x_g, teacher_alphas[t_fake], teacher_prediction)
-                    accelerator.backward(loss_fake)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(fake_score.parameters(), args.max_grad_norm)
-                    optimizer_f.step()
-                    lr_f.step()
-                    optimizer_f.zero_grad(set_to_none=True)
+        batches = training_batches(
+            accelerator, args, train_dataset, train_dataloader, first_epoch, skip_batches, train_mode
+        )
+        for epoch, index, batch in batches:
+            generator = step_generator(args.seed, accelerator.process_index, epoch, index)
+            image = batch["pixel_values"].to(accelerator.device)
+            with accelerator.accumulate(student, fake_score), accelerator.autocast():
+                x_g, image_g = one_step_map(
+                    vae,
+                    student_model,
+                    image,
+                    prompt_embeds,
+                    args.timestep,
+                    alphas_cumprod,
+                    student_prediction,
+                    residual=args.residual,
+                    return_latents=True,
+                )
+                t_fake, t_gen = torch.randint(args.sid_t_min, args.sid_t_max + 1, (2,), generator=generator).tolist()
+                noise_fake, noise_gen = torch.randn((2, *x_g.shape), generator=generator).to(x_g.device)
 
-                    # 6b. student: SiD generator loss through the teacher and the (now frozen) fake score
-                    for p in fake_trainable:
-                        p.requires_grad_(False)
-                    f_fake = predict_x0_latents(
-                        fake_unet, x_g, t_gen, prompt_embeds, teacher_alphas, teacher_prediction, noise_gen
-                    )
-                    f_real = teacher_x0(
-                        teacher,
-                        x_g,
-                        t_gen,
-                        prompt_embeds,
-                        uncond_embeds,
-                        args.guidance_scale,
-                        teacher_alphas,
-                        teacher_prediction,
-                        noise_gen,
-                    )
-                    for p in fake_trainable:
-                        p.requires_grad_(True)
-                    loss_sid = sid_generator_loss(x_g, f_real, f_fake, args.sid_alpha)
-                    loss_task = task_loss(image_g, image, lpips_fn, args.lambda_lpips)
-                    loss_g = loss_sid + args.lambda_task * loss_task
-                    accelerator.backward(loss_g)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-                    optimizer_g.step()
-                    lr_g.step()
-                    optimizer_g.zero_grad(set_to_none=True)
-
+                # 6a. fake score: ordinary denoising loss on the student's (detached) outputs
+                x0_fake = predict_x0_latents(
+                    fake_model, x_g.detach(), t_fake, prompt_embeds, teacher_alphas, teacher_prediction, noise_fake
+                )
+                loss_fake = denoising_loss(x0_fake, x_g, teacher_alphas[t_fake], teacher_prediction)
+                accelerator.backward(loss_fake)
                 if accelerator.sync_gradients:
-                    progress_bar.update(1)
-                    global_step += 1
-                    logs = {
-                        "loss_sid": loss_sid.item(),
-                        "loss_task": loss_task.item(),
-                        "loss_fake": loss_fake.item(),
-                        "lr": lr_g.get_last_lr()[0],
-                    }
-                    accelerator.log(logs, step=global_step)
-                    progress_bar.set_postfix(**logs)
-                    if global_step % args.checkpointing_steps == 0:
-                        save_checkpoint(global_step)
-                    if (
-                        args.validation_data_dir
-                        and global_step % args.validation_steps == 0
-                        and accelerator.is_main_process
-                    ):
-                        log_validation(pipe, args, accelerator, global_step)
-                    if accelerator.check_trigger():  # SIGTERM / SIGUSR1 on any process: checkpoint and stop
-                        if global_step % args.checkpointing_steps != 0:
-                            save_checkpoint(global_step)
-                        stopped = True
-                if stopped or global_step >= args.max_train_steps:
-                    break
+                    accelerator.clip_grad_norm_(fake_score.parameters(), args.max_grad_norm)
+                optimizer_f.step()
+                lr_f.step()
+                optimizer_f.zero_grad(set_to_none=True)
+
+                # 6b. student: SiD generator loss through the teacher and the (now frozen) fake score
+                for p in fake_trainable:
+                    p.requires_grad_(False)
+                f_fake = predict_x0_latents(
+                    fake_unet, x_g, t_gen, prompt_embeds, teacher_alphas, teacher_prediction, noise_gen
+                )
+                f_real = teacher_x0(
+                    teacher,
+                    x_g,
+                    t_gen,
+                    prompt_embeds,
+                    uncond_embeds,
+                    args.guidance_scale,
+                    teacher_alphas,
+                    teacher_prediction,
+                    noise_gen,
+                )
+                for p in fake_trainable:
+                    p.requires_grad_(True)
+                loss_sid = sid_generator_loss(x_g, f_real, f_fake, args.sid_alpha)
+                loss_task = task_loss(image_g, image, lpips_fn, args.lambda_lpips)
+                loss_g = loss_sid + args.lambda_task * loss_task
+                accelerator.backward(loss_g)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
+                optimizer_g.step()
+                lr_g.step()
+                optimizer_g.zero_grad(set_to_none=True)
+
+            if accelerator.sync_gradients:
+                progress_bar.update(1)
+                global_step += 1
+                logs = {
+                    "loss_sid": loss_sid.item(),
+                    "loss_task": loss_task.item(),
+                    "loss_fake": loss_fake.item(),
+                    "lr": lr_g.get_last_lr()[0],
+                }
+                accelerator.log(logs, step=global_step)
+                progress_bar.set_postfix(**logs)
+                if checkpoint_due(args, global_step):
+                    save_training_state(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                if validation_due(accelerator, args, global_step):
+                    log_validation(pipe, args, accelerator, global_step)
+                stopped = stop_requested(accelerator, args, global_step)  # a signal: checkpoint, then stop
             if stopped or global_step >= args.max_train_steps:
                 break
 

@@ -15,16 +15,12 @@ is saved as `pytorch_lora_weights.safetensors` at the top of --output_dir, loada
 
 import argparse
 import json
-import logging
 import math
 import os
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
@@ -36,27 +32,28 @@ from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.surrogates import get_surrogate
 from rp_diffusers.training_utils import (
     PreparedModel,
-    RandomCropImageDataset,
     add_training_args,
     build_optimizer,
-    checkpoint_step,
+    checkpoint_due,
     codec_validation,
-    collate_images,
-    epoch_loader,
     is_sharded,
-    load_image_dataset,
-    load_trainable_weights,
     load_validation_metric_models,
     log_images,
+    make_accelerator,
+    make_lr_schedule,
+    make_train_dataloader,
     move_model,
+    register_weight_hooks,
     render_training_card,
-    resolve_resume_checkpoint,
-    resume_position,
-    save_args,
-    save_trainable_weights,
+    resume,
     save_training_state,
+    scaled_learning_rate,
     step_generator,
     stop_on_signals,
+    stop_requested,
+    train_steps,
+    training_batches,
+    validation_due,
 )
 from rp_diffusers.utils.image import list_images, load_image
 
@@ -197,29 +194,16 @@ def log_validation(pipe, codec, args, accelerator, step, metric_models):
 
 
 def main(args):
-    logging_dir = Path(args.output_dir, args.logging_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    logger.info(accelerator.state, main_process_only=False)
-    set_seed(args.seed)
-    if is_sharded(accelerator) and args.validation_data_dir:
-        logger.warning("weights are sharded (FSDP / ZeRO-3): validation during training is skipped")
-        args.validation_data_dir = None
     codec = get_codec(args.codec)
     if args.quality_range is None:
         args.quality_range = [float(min(codec.sweep_qualities)), float(max(codec.sweep_qualities))]
     if args.validation_qualities is None:
         args.validation_qualities = [round(sum(args.quality_range) / 2)]
     adapter_name = normalize_adapter_name(args.adapter_name or format_adapter_name(args.codec, args.lambda_rate))
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-        save_args({**vars(args), "adapter_name": adapter_name}, args.output_dir)
+    accelerator = make_accelerator(args, {**vars(args), "adapter_name": adapter_name})  # + logging, seed, args.json
+    if is_sharded(accelerator) and args.validation_data_dir:
+        logger.warning("weights are sharded (FSDP / ZeRO-3): validation during training is skipped")
+        args.validation_data_dir = None
 
     # 1. The one-step model (frozen) and a fresh R-P adapter on its attention projections
     pipe = RPPreprocessPipeline.from_pretrained(
@@ -276,85 +260,33 @@ def main(args):
     metric_models = load_validation_metric_models(accelerator.device) if args.validation_data_dir else {}
 
     # 2. Checkpoints hold only the LoRA weights (safetensors); accelerate adds optimizer, scheduler, RNG states
-    def save_model_hook(models, weights, output_dir):
-        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            return  # sharded weights: accelerate saves them itself
-        for model in models:
-            save_trainable_weights(accelerator.unwrap_model(model), Path(output_dir) / "lora.safetensors")
-        weights.clear()
-
-    def load_model_hook(models, input_dir):
-        if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            return
-        while models:
-            load_trainable_weights(accelerator.unwrap_model(models.pop()), Path(input_dir) / "lora.safetensors")
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    register_weight_hooks(accelerator, lambda model: "lora")
 
     # 3. Data: random crops at the images' own scale; unreadable images are skipped with a warning
-    dataset, image_column = load_image_dataset(
-        args.dataset_name,
-        args.train_data_dir,
-        args.image_column,
-        args.dataset_config_name,
-        args.cache_dir,
-        max_samples=args.max_train_samples,
-    )
-    train_dataset = RandomCropImageDataset(
-        dataset, image_column, args.resolution, args.seed, args.center_crop, args.random_flip, args.resize_shorter_side
-    )
-    train_dataloader = torch.utils.data.DataLoader(
-        train_dataset,
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        collate_fn=collate_images,
-        num_workers=args.dataloader_num_workers,
-    )
+    train_dataset, train_dataloader = make_train_dataloader(args)
 
     # 4. Optimiser and schedule
-    learning_rate = args.learning_rate
-    if args.scale_lr:
-        learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
     optimizer = build_optimizer(
         unet.parameters(),
-        learning_rate,
+        scaled_learning_rate(args.learning_rate, args, accelerator),
         (args.adam_beta1, args.adam_beta2),
         args.adam_weight_decay,
         args.adam_epsilon,
         args.use_8bit_adam,
     )
-    update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * update_steps_per_epoch
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
-    )
+    train_steps(args, train_dataloader)  # sets max_train_steps from the epochs when unset
+    lr_scheduler = make_lr_schedule(args, optimizer, accelerator)
     unet_prepared, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         unet, optimizer, train_dataloader, lr_scheduler
     )
     model = PreparedModel(unet_prepared, unet)  # one_step.py reads .dtype/.config, hidden by DDP/FSDP wrappers
-    update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    args.num_train_epochs = math.ceil(args.max_train_steps / update_steps_per_epoch)
+    update_steps_per_epoch = train_steps(args, train_dataloader)  # the prepared (sharded) loader: epochs again
     if accelerator.is_main_process:
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(args.tracker_project_name, config=config)
 
     # 5. Resume (exact: LoRA weights, optimiser, schedule; draws are keyed by epoch and batch index)
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if args.resume_from_checkpoint and checkpoint is None:
-        logger.info("no checkpoint to resume from; starting a new run")
-    if checkpoint is not None:
-        logger.info(f"resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = checkpoint_step(checkpoint)
-        first_epoch, skip_batches = resume_position(
-            global_step, update_steps_per_epoch, args.gradient_accumulation_steps
-        )
+    global_step, first_epoch, skip_batches = resume(accelerator, args, update_steps_per_epoch)
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(f"{len(train_dataset)} images, {args.max_train_steps} steps of {total_batch} images, {adapter_name}")
@@ -365,71 +297,63 @@ def main(args):
     validation_rows, validated_step = [], None
 
     # 6. Training loop
-    def save_checkpoint(step):
-        save_training_state(accelerator, args.output_dir, step, args.checkpoints_total_limit)
-
     stopped = False
     with stop_on_signals(accelerator):
-        for epoch in range(first_epoch, args.num_train_epochs):
-            unet_prepared.train()
-            loader, offset = epoch_loader(
-                accelerator, train_dataset, train_dataloader, epoch, first_epoch, skip_batches
-            )
-            for index, batch in enumerate(loader, start=offset):
-                generator = step_generator(args.seed, accelerator.process_index, epoch, index)
-                image = batch["pixel_values"].to(accelerator.device)
-                quality = float(torch.randint(low, high + 1, (1,), generator=generator))  # integer, as real codecs
-                noise = None
-                if pipe.config.add_noise:
-                    noise = one_step_noise(image, latent_channels, vae_factor, generator)
-                with accelerator.accumulate(unet_prepared), accelerator.autocast():
-                    preprocessed = one_step_map(
-                        vae,
-                        model,
-                        image,
-                        prompt_embeds,
-                        pipe.config.timestep,
-                        alphas_cumprod,
-                        prediction_type,
-                        noise=noise,
-                        residual=pipe.config.residual,
-                    )
-                    terms = loss_fn(image, preprocessed, quality)
-                    accelerator.backward(terms.loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(unet_prepared.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-
+        batches = training_batches(
+            accelerator,
+            args,
+            train_dataset,
+            train_dataloader,
+            first_epoch,
+            skip_batches,
+            lambda _: unet_prepared.train(),
+        )
+        for epoch, index, batch in batches:
+            generator = step_generator(args.seed, accelerator.process_index, epoch, index)
+            image = batch["pixel_values"].to(accelerator.device)
+            quality = float(torch.randint(low, high + 1, (1,), generator=generator))  # integer, as real codecs
+            noise = None
+            if pipe.config.add_noise:
+                noise = one_step_noise(image, latent_channels, vae_factor, generator)
+            with accelerator.accumulate(unet_prepared), accelerator.autocast():
+                preprocessed = one_step_map(
+                    vae,
+                    model,
+                    image,
+                    prompt_embeds,
+                    pipe.config.timestep,
+                    alphas_cumprod,
+                    prediction_type,
+                    noise=noise,
+                    residual=pipe.config.residual,
+                )
+                terms = loss_fn(image, preprocessed, quality)
+                accelerator.backward(terms.loss)
                 if accelerator.sync_gradients:
-                    progress_bar.update(1)
-                    global_step += 1
-                    logs = {
-                        "loss": terms.loss.item(),
-                        "bpp": terms.bpp.item(),
-                        "perceptual": terms.perceptual.item(),
-                        "mse": terms.mse.item(),
-                        "quality": quality,
-                        "lr": lr_scheduler.get_last_lr()[0],
-                    }
-                    accelerator.log(logs, step=global_step)
-                    progress_bar.set_postfix(**logs)
-                    if global_step % args.checkpointing_steps == 0:
-                        save_checkpoint(global_step)
-                    if (
-                        args.validation_data_dir
-                        and global_step % args.validation_steps == 0
-                        and accelerator.is_main_process
-                    ):
-                        validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
-                        validated_step = global_step
-                    if accelerator.check_trigger():  # SIGTERM / SIGUSR1 on any process: checkpoint and stop
-                        if global_step % args.checkpointing_steps != 0:
-                            save_checkpoint(global_step)
-                        stopped = True
-                if stopped or global_step >= args.max_train_steps:
-                    break
+                    accelerator.clip_grad_norm_(unet_prepared.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if accelerator.sync_gradients:
+                progress_bar.update(1)
+                global_step += 1
+                logs = {
+                    "loss": terms.loss.item(),
+                    "bpp": terms.bpp.item(),
+                    "perceptual": terms.perceptual.item(),
+                    "mse": terms.mse.item(),
+                    "quality": quality,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                }
+                accelerator.log(logs, step=global_step)
+                progress_bar.set_postfix(**logs)
+                if checkpoint_due(args, global_step):
+                    save_training_state(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                if validation_due(accelerator, args, global_step):
+                    validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
+                    validated_step = global_step
+                stopped = stop_requested(accelerator, args, global_step)  # a signal: checkpoint, then stop
             if stopped or global_step >= args.max_train_steps:
                 break
 

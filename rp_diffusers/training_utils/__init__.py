@@ -1,7 +1,9 @@
 """Library side of the training scripts in ``training/``: shared flags, data, checkpoints, loop, validation, cards.
 
-The scripts keep only their loop and CLI; everything they share lives here and is tested here. Nothing in this
-package reads an argparse ``Namespace``: the scripts pass plain values.
+The scripts keep only their models, losses, loop bodies and CLI; everything they share lives here and is tested
+here. ``runner`` is their common scaffold (accelerator, checkpoint hooks, data, schedule, resume, batches) and the
+one module that reads the shared flags of :func:`add_training_args` from the parsed ``Namespace``; the rest take
+plain values.
 """
 
 from .args import TRAINING_ARG_GROUPS, TRAINING_ARGS, add_training_args
@@ -27,6 +29,19 @@ from .data import (
     step_generator,
 )
 from .loop import PreparedModel, build_optimizer, is_sharded, log_images, move_model
+from .runner import (
+    checkpoint_due,
+    make_accelerator,
+    make_lr_schedule,
+    make_train_dataloader,
+    register_weight_hooks,
+    resume,
+    scaled_learning_rate,
+    stop_requested,
+    train_steps,
+    training_batches,
+    validation_due,
+)
 from .validation import (
     VALIDATION_METRICS,
     codec_validation,
@@ -43,6 +58,7 @@ __all__ = [
     "VALIDATION_METRICS",
     "add_training_args",
     "build_optimizer",
+    "checkpoint_due",
     "checkpoint_folders",
     "checkpoint_step",
     "codec_validation",
@@ -53,17 +69,27 @@ __all__ = [
     "load_trainable_weights",
     "load_validation_metric_models",
     "log_images",
+    "make_accelerator",
+    "make_lr_schedule",
+    "make_train_dataloader",
     "move_model",
     "random_crop",
+    "register_weight_hooks",
     "render_training_card",
     "resolve_resume_checkpoint",
+    "resume",
     "resume_position",
     "rotate_checkpoints",
     "save_args",
     "save_trainable_weights",
     "save_training_state",
+    "scaled_learning_rate",
     "step_generator",
     "stop_on_signals",
+    "stop_requested",
+    "train_steps",
     "trainable_state_dict",
+    "training_batches",
+    "validation_due",
     "validation_table",
 ]
