@@ -155,8 +155,8 @@ def test_finetune_rp_writes_args_and_adapter(stage2_run):
 def test_finetune_rp_validation_compares_real_codec(stage2_run):
     rows = json.loads((stage2_run / "validation" / "step-2" / "metrics.json").read_text())
     assert [(row["quality"], row["setting"]) for row in rows] == [(30, "codec alone"), (30, "rp + codec")]
-    assert all(row["bpp"] > 0 and 5 < row["psnr"] < 60 for row in rows)
-    assert rows[0]["bpp"] != rows[1]["bpp"] or rows[0]["psnr"] != rows[1]["psnr"]
+    assert all(row["bpp"] > 0 and 5 < row["psnr-rgb"] < 60 for row in rows)  # the results schema's keys
+    assert rows[0]["bpp"] != rows[1]["bpp"] or rows[0]["psnr-rgb"] != rows[1]["psnr-rgb"]
     assert len(list((stage2_run / "validation" / "step-2").glob("*.png"))) == 2 * 3  # pre-processed + 2 decodes
 
 
@@ -390,8 +390,8 @@ def test_codec_validation_measures_real_codec(val_dir):
     assert [(r["quality"], r["setting"]) for r in rows] == [
         (20, "codec alone"), (20, "rp + codec"), (80, "codec alone"), (80, "rp + codec")
     ]  # fmt: skip
-    assert rows[0]["bpp"] == rows[1]["bpp"] and rows[0]["psnr"] == rows[1]["psnr"]  # same input, same file
-    assert rows[2]["bpp"] > rows[0]["bpp"] and rows[2]["psnr"] > rows[0]["psnr"] and "ms_ssim" in rows[0]
+    assert rows[0]["bpp"] == rows[1]["bpp"] and rows[0]["psnr-rgb"] == rows[1]["psnr-rgb"]  # same input, same file
+    assert rows[2]["bpp"] > rows[0]["bpp"] and rows[2]["psnr-rgb"] > rows[0]["psnr-rgb"] and "ms-ssim-rgb" in rows[0]
     expected = get_codec("jpeg").run(originals[0], 20)
     assert rows[0]["bpp"] == pytest.approx(expected.bpp) and decoded[(20, "codec alone")][0].size == (176, 168)
 

@@ -14,7 +14,6 @@ is saved as `pytorch_lora_weights.safetensors` at the top of --output_dir, loada
 """
 
 import argparse
-import json
 import math
 import os
 from pathlib import Path
@@ -55,6 +54,7 @@ from rp_diffusers.training_utils import (
     training_batches,
     validation_due,
 )
+from rp_diffusers.utils.files import write_json
 from rp_diffusers.utils.image import list_images, load_image
 
 logger = get_logger(__name__, log_level="INFO")
@@ -188,7 +188,7 @@ def log_validation(pipe, codec, args, accelerator, step, metric_models):
     for (quality, setting), images in decoded.items():
         tag = f"decoded_q{quality}_{'rp' if setting.startswith('rp') else 'codec'}"
         log_images(accelerator, {f"{f.stem}_{tag}": im for f, im in zip(files, images)}, step, folder, tag)
-    (folder / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(folder / "metrics.json", rows)
     logger.info(f"step {step} validation:\n" + "\n".join(str(row) for row in rows))
     return rows
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import Counter
+
+from ..utils.files import json_safe
 
 
 def add_parser(subparsers) -> None:
@@ -24,17 +25,6 @@ def add_parser(subparsers) -> None:
         "--json", action="store_true", help="print JSON instead of a table (undefined BD-rates are null)"
     )
     parser.set_defaults(func=run)
-
-
-def json_safe(value):
-    """``value`` with every NaN or infinite float replaced by ``None``: strict JSON (``null``) for any reader."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def _kind(value) -> str:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from ..utils.files import check_outputs, write_atomic
+from ..utils.files import check_outputs, write_atomic, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +161,6 @@ def run(args: argparse.Namespace) -> int:
             "rows": rows,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        from .bd_rate import json_safe
-
-        write_atomic(
-            args.json, json.dumps(json_safe(report), indent=2, allow_nan=False), args.overwrite
-        )  # null: lossless PSNR
+        write_json(args.json, report, args.overwrite)  # null: lossless PSNR
     print(f"wrote {len(rows)} files to {out}/")
     return 0

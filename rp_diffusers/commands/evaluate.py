@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..utils.files import atomic_path, write_atomic
-from .bd_rate import json_safe
+from ..utils.files import atomic_path, write_json
 
 
 def add_parser(subparsers) -> None:
@@ -154,9 +153,7 @@ def run(args: argparse.Namespace) -> int:
     # 3. Write (each file atomically), then remove the earlier run's results this run did not rewrite
     output.mkdir(parents=True, exist_ok=True)
     for data in curves:
-        write_atomic(
-            output / files[data["name"]], json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", args.overwrite
-        )
+        write_json(output / files[data["name"]], data, args.overwrite)
         _print_curve(data)
     with atomic_path(output / "rd.png", args.overwrite) as temporary:
         plot_rd(curves, temporary)
@@ -168,9 +165,7 @@ def run(args: argparse.Namespace) -> int:
         rows = {c["name"]: bd_table(anchor, c) for c in curves if c is not anchor}
         overlaps = {c["name"]: bd_overlap(anchor, c) for c in curves if c is not anchor}
         table = {"anchor": anchor_name, "bd_rate": rows, "overlap": overlaps, "min_overlap": MIN_OVERLAP}
-        write_atomic(
-            output / "bd_rate.json", json.dumps(json_safe(table), indent=2, allow_nan=False) + "\n", args.overwrite
-        )
+        write_json(output / "bd_rate.json", table, args.overwrite)
         print()
         print(format_bd_table(rows, anchor_name, overlaps))
     stale = sorted(set(earlier) - set(writes))

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from ..utils.files import write_json
 from ..utils.image import list_images
 from .bd_table import MIN_OVERLAP, bd_overlap, bd_table
 from .sweep import evaluate
@@ -147,9 +148,9 @@ def validate_adapters(
                 path = model / ADAPTERS_FOLDER / name / "rp_adapter.json"
                 data = json.loads(path.read_text()) if path.is_file() else {}
                 data["validation"] = verdict
-                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                write_json(path, data, sort_keys=True)  # a killed run leaves the earlier record whole
     if write and pipe.base_validation():
         path = model / ADAPTERS_FOLDER / BASE_VALIDATION_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(pipe.base_validation(), indent=2, sort_keys=True) + "\n")
+        write_json(path, pipe.base_validation(), sort_keys=True)
     return records

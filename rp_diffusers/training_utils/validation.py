@@ -58,11 +58,13 @@ def codec_validation(
             of 161 pixels or more per side.
 
     Returns:
-        ``(rows, decoded)``: one row per (quality, setting), ``{"quality", "setting", "bpp", "psnr", "ms_ssim",
-        "ssimulacra2", ..., "lpips", "dists"}`` (means over images; bpp from the real bitstream over the original's pixels), and the
-        decoded images by ``(quality, setting)``.
+        ``(rows, decoded)``: one row per (quality, setting), ``{"quality", "setting", "bpp", "psnr-rgb",
+        "ms-ssim-rgb", "ssimulacra2", ..., "lpips", "dists"}`` (the results schema of ``evaluate`` and
+        ``compress --json``, CompressAI's keys; means over images; bpp from the real bitstream over the original's
+        pixels), and the decoded images by ``(quality, setting)``.
     """
     from ..evaluation import measure
+    from ..evaluation.results import RESULT_KEYS
     from ..metrics import installed_perceptual_metrics
 
     if len(originals) != len(preprocessed):
@@ -76,7 +78,7 @@ def codec_validation(
             for original, image in zip(originals, inputs):
                 result = codec.run(image, int(quality))
                 decoded.setdefault((int(quality), setting), []).append(result.reconstruction)
-                values = measure(original, result.reconstruction, names, models=metric_models)
+                values = measure(original, result.reconstruction, names, models=metric_models, result_keys=True)
                 sums.setdefault("bpp", []).append(float(result.bpp))
                 for name, value in values.items():
                     sums.setdefault(name, []).append(value)
@@ -85,7 +87,11 @@ def codec_validation(
                 {
                     "quality": int(quality),
                     "setting": setting,
-                    **{k: means[k] for k in ("bpp", *VALIDATION_METRICS) if k in means},
+                    **{
+                        k: means[k]
+                        for k in ("bpp", *(RESULT_KEYS.get(m, m) for m in VALIDATION_METRICS))
+                        if k in means
+                    },
                 }
             )
     return rows, decoded

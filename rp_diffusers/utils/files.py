@@ -4,18 +4,21 @@
   ``overwrite``) existing files;
 - :func:`atomic_path` / :func:`write_atomic` write next to the target and publish the finished file in one step,
   so a killed run never leaves half a file under the final name; without ``overwrite`` a file that appeared
-  meanwhile (a parallel run) is left alone.
+  meanwhile (a parallel run) is left alone;
+- :func:`write_json` writes strict JSON that way (:func:`json_safe`: NaN and infinities become ``null``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "check_outputs", "write_atomic"]
+__all__ = ["atomic_path", "check_outputs", "json_safe", "write_atomic", "write_json"]
 
 
 def check_outputs(planned: Sequence[tuple[str, Path]], inputs: Sequence[Path], overwrite: bool, flag: str = "--out"):
@@ -106,3 +109,20 @@ def write_atomic(target: str | os.PathLike, data: bytes | str, overwrite: bool =
             handle.flush()
             os.fsync(handle.fileno())
     return Path(target)
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float replaced by ``None``: strict JSON (``null``) for any reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def write_json(target: str | os.PathLike, value, overwrite: bool = True, sort_keys: bool = False) -> Path:
+    """``value`` as strict, indented JSON (NaN and infinities as ``null``), written with :func:`write_atomic`."""
+    text = json.dumps(json_safe(value), indent=2, allow_nan=False, sort_keys=sort_keys) + "\n"
+    return write_atomic(target, text, overwrite)
