@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
-from .utils.hub import resolve_optional_file
+from .utils.hub import PICKLE_SUFFIXES, resolve_optional_file
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO_NAME = "rp_adapter.json"
@@ -238,6 +238,39 @@ class AdapterChoice:
     reason: str
 
 
+def choose_adapter(pipe, codec: str, asked: str | os.PathLike | None = None) -> AdapterChoice:
+    """What to run before ``codec``: the adapter a user asked for, else the pipeline's policy (``adapter_for``).
+
+    The one selection rule of ``compress``, ``evaluate`` and the Space.
+
+    Args:
+        pipe: an :class:`RPLoraLoaderMixin` pipeline (``RPPreprocessPipeline``).
+        codec: the codec's name.
+        asked: ``None`` (the policy), an adapter name of the model, or a folder of LoRA weights
+            (``finetune_rp.py``'s output): it is loaded, replacing the model's adapter of the same name.
+
+    Raises:
+        ValueError: the name is not one of the model's adapters, or the folder holds no weights the UNet accepts.
+    """
+    if asked is None or asked == "":
+        return pipe.adapter_for(codec)
+    if Path(asked).is_dir():
+        name = (read_adapter_info(asked) or {}).get("adapter_name")
+        if name in pipe.available_adapters():  # the folder's weights replace the model's copy of that adapter
+            pipe.delete_adapters(name)
+        before = set(pipe.available_adapters())
+        pipe.load_lora_weights(asked)
+        added = sorted(set(pipe.available_adapters()) - before)
+        if not added:
+            raise ValueError(f"{asked} holds no LoRA weights the UNet accepts")
+        return AdapterChoice(added[0], True, f"{added[0]} (loaded from {asked}, asked for with --adapter)")
+    name = normalize_adapter_name(str(asked))
+    if name not in pipe.available_adapters():
+        known = ", ".join(pipe.available_adapters()) or "none"
+        raise ValueError(f"--adapter {str(asked)!r} is neither a folder nor one of the model's adapters ({known})")
+    return AdapterChoice(name, True, f"{name} (asked for with --adapter)")
+
+
 def _validation_summary(record: dict) -> str:
     validation = record.get("validation") or {}
     rates = validation.get("bd_rate") or {}
@@ -281,9 +314,7 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
             elif local.is_file() and local.suffix != ".safetensors":
                 pickled = [local.name]
             elif local.is_dir() and weight_name is None and not any(local.glob("*.safetensors")):
-                pickled = sorted(
-                    p.name for p in local.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-                )
+                pickled = sorted(p.name for p in local.iterdir() if p.suffix in PICKLE_SUFFIXES)
             if pickled:
                 where = source if local.is_file() else ", ".join(str(local / name) for name in pickled)
                 raise ValueError(

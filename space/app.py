@@ -1,8 +1,9 @@
 """rp-diffusers Space: the same photo through a standard codec alone and after rate-perception pre-processing.
 
 Run locally with ``python space/app.py`` (honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT). The model comes from
-$RP_SPACE_MODEL (a folder or Hub id), else the compact model shipped with rp-diffusers; all logic lives in
-``rp_diffusers.space_utils``: this file only lays out the page.
+$RP_SPACE_MODEL (a folder or Hub id), else the compact model shipped with rp-diffusers; the comparison is
+``rp_diffusers.evaluation.compare`` and the rest of the logic ``space_support.py`` beside this file: this file
+only lays out the page.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from pathlib import Path
 
 import gradio as gr
 
 from rp_diffusers.codecs import CodecError, available_codecs, get_codec
 from rp_diffusers.evaluation import EXAMPLES_DIR, usable_metrics
+from rp_diffusers.evaluation.compare import compare
 from rp_diffusers.metrics import MS_SSIM_MIN_SIDE, default_metrics
-from rp_diffusers.space_utils import (
+from rp_diffusers.utils import ImageLoadError, list_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # space_support.py sits beside this file
+from space_support import (  # noqa: E402
     MAX_PIXELS,
     NO_ADAPTER,
     NO_PREPROCESS,
@@ -25,13 +31,11 @@ from rp_diffusers.space_utils import (
     RequestFolders,
     SpaceModel,
     adapter_choice_value,
-    compare,
     load_space_model,
     open_upload,
     safe_stem,
     write_files,
 )
-from rp_diffusers.utils import ImageLoadError, list_images
 
 logger = logging.getLogger("rp_space")
 

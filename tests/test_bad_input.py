@@ -47,7 +47,7 @@ def _write_pickle(path: Path, marker: Path) -> None:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from rp_diffusers.space_utils import build_tiny_random_model
+    from rp_diffusers.pipelines.testing import build_tiny_random_model
 
     return build_tiny_random_model(tmp_path_factory.mktemp("model") / "tiny")
 

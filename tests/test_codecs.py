@@ -25,7 +25,9 @@ from rp_diffusers.codecs import (
 from rp_diffusers.codecs.ffmpeg_codecs import ffmpeg_exe
 from rp_diffusers.utils import load_image
 
-CODECS = available_codecs()
+CODECS = [
+    name for name in available_codecs() if name != "corrdiff"
+]  # CorrDiff needs a trained model: test_corrdiff.py
 FFMPEG_CODECS = [name for name in ("hevc", "vvc") if name in CODECS]
 PILLOW_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF", "jxl": "JXL", "heic": "HEIF"}
 # Highest quality that every codec can code on a detailed crop (ffmpeg's libvvenc wrapper caps a picture at

@@ -321,7 +321,7 @@ def test_bd_overlap_ignores_points_bd_table_drops():
 def test_evaluate_model_batches_give_the_one_by_one_results(tmp_path):
     from rp_diffusers.commands.evaluate import _preprocess_fn
     from rp_diffusers.pipelines import RPPreprocessPipeline
-    from rp_diffusers.space_utils import build_tiny_random_model
+    from rp_diffusers.pipelines.testing import build_tiny_random_model
 
     pipe = RPPreprocessPipeline.from_pretrained(build_tiny_random_model(tmp_path / "m"))
     pipe.set_progress_bar_config(disable=True)

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -15,32 +16,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rp_diffusers import space_utils
 from rp_diffusers.codecs import get_codec
+from rp_diffusers.evaluation.compare import compare
 from rp_diffusers.evaluation.sweep import EXAMPLES_DIR
-from rp_diffusers.space_utils import (
+from rp_diffusers.pipelines.testing import RANDOM_MARKER, build_tiny_random_model
+from rp_diffusers.utils import ImageLoadError
+
+SPACE_DIR = Path(__file__).resolve().parents[1] / "space"
+sys.path.insert(0, str(SPACE_DIR))  # the Space's own module, beside app.py (not part of the package)
+import space_support  # noqa: E402
+from space_support import (  # noqa: E402
     MAX_PIXELS,
     MODEL_ENV,
     NO_ADAPTER,
     NO_PREPROCESS,
     RANDOM_LABEL,
-    RANDOM_MARKER,
     SPACE_MODEL_ID,
     RequestFolders,
     adapter_choice_value,
-    build_tiny_random_model,
-    compare,
     load_space_model,
     open_upload,
     safe_stem,
     write_files,
 )
-from rp_diffusers.utils import ImageLoadError
 
 gradio = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-SPACE_DIR = Path(__file__).resolve().parents[1] / "space"
 ADAPTER = "rp_jpeg_lambda_0p5"
 
 
@@ -133,7 +135,7 @@ def test_space_model_from_env_variable(model_dir, monkeypatch, tmp_path):
 def test_space_model_falls_back_to_labelled_tiny_random(tmp_path, monkeypatch):
     monkeypatch.setenv(MODEL_ENV, str(tmp_path / "missing"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(space_utils, "has_default_model", lambda: False)
+    monkeypatch.setattr(space_support, "has_default_model", lambda: False)
     model = load_space_model()
     assert model.is_random and model.label == RANDOM_LABEL
     assert len(model.notes) == 1 and "missing" in model.notes[0]

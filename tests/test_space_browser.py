@@ -20,7 +20,7 @@ from PIL import Image
 
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.evaluation.sweep import EXAMPLES_DIR
-from rp_diffusers.space_utils import build_tiny_random_model
+from rp_diffusers.pipelines.testing import build_tiny_random_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

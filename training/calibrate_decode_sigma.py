@@ -24,6 +24,7 @@ import torch
 
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.decode.calibration import DEFAULT_TABLE_PATH, SigmaTable, search_sigma
+from rp_diffusers.default_model import DTYPES
 from rp_diffusers.pipelines.perceptual_decode import load_pipeline
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 
@@ -56,7 +57,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sigma-max", type=float, default=10.0, help="upper end of the sigma search bracket")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (the same noise for every sigma tried)")
     parser.add_argument("--device", help="torch device (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--output", default=str(DEFAULT_TABLE_PATH), help="JSON table to create or update")
     return parser.parse_args(input_args)
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from rp_diffusers.codecs import get_codec
+from rp_diffusers.codecs import encoded_bits, get_codec
 from rp_diffusers.surrogates.proxy import (
     BASE_TERMS,
     RATE_TERMS,
@@ -89,11 +89,6 @@ def views(image: Image.Image, whole_width: int, crops: list[int]) -> list[Image.
     return out
 
 
-def _real_bits(job: tuple[str, Image.Image, int]) -> int:
-    codec, image, quality = job
-    return 8 * len(get_codec(codec).encode(image, quality))
-
-
 def validate(proxy, args) -> dict:
     """Fidelity of the calibrated proxy on validation centre crops at the low, default and high qualities."""
     images = []
@@ -120,7 +115,7 @@ def main(args) -> dict:
     images = [v for f in files for v in views(load_image(f), args.whole_width, args.crops)]
     jobs = [(args.codec, image, q) for image in images for q in qualities]
     with ProcessPoolExecutor(args.workers) as pool:
-        real = list(tqdm(pool.map(_real_bits, jobs), total=len(jobs), desc=f"{args.codec} real files"))
+        real = list(tqdm(pool.map(encoded_bits, jobs), total=len(jobs), desc=f"{args.codec} real files"))
     records = []
     with torch.no_grad():
         for (_, image, q), real_bits in zip(jobs, real):

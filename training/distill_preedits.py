@@ -58,6 +58,11 @@ def parse_args(argv=None):
         help="Module-name suffixes to adapt.",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of crops, qualities and the adapter.")
+    parser.add_argument(
+        "--edits_cache",
+        default=None,
+        help="A .safetensors file of crops and their edits: read if it exists (same settings), else written.",
+    )
     args = parser.parse_args(argv)
     parse_perceptual(args.perceptual_loss)  # a clear error for an unknown distance
     if args.num_crops < args.train_batch_size:
@@ -96,14 +101,27 @@ def main(argv=None) -> int:
         lambda_mse=args.lambda_mse,
         rate_weighting="codec_slope",
     )
-    crops = random_crops(paths, args.num_crops, args.resolution, rng)
-    targets, gains = [], []
-    for crop in tqdm(crops, desc="pre-editing crops"):
-        quality = rng.randint(*args.quality_range)
-        edited, trace = pre_edit(loss_fn, crop[None], quality, args.edit_steps, args.edit_learning_rate)
-        targets.append(edited[0])
-        gains.append(trace[0] - trace[-1])
-    inputs, targets = torch.stack(crops), torch.stack(targets)
+    cache = Path(args.edits_cache) if args.edits_cache else None
+    if cache is not None and cache.is_file():
+        from safetensors.torch import load_file
+
+        stored = load_file(str(cache))
+        inputs, targets, gains = stored["crops"], stored["edits"], stored["gains"].tolist()
+        print(f"read {len(inputs)} crops and their edits from {cache}")
+    else:
+        crops = random_crops(paths, args.num_crops, args.resolution, rng)
+        targets, gains = [], []
+        for crop in tqdm(crops, desc="pre-editing crops"):
+            quality = rng.randint(*args.quality_range)
+            edited, trace = pre_edit(loss_fn, crop[None], quality, args.edit_steps, args.edit_learning_rate)
+            targets.append(edited[0])
+            gains.append(trace[0] - trace[-1])
+        inputs, targets = torch.stack(crops), torch.stack(targets)
+        if cache is not None:
+            from safetensors.torch import save_file
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"crops": inputs, "edits": targets, "gains": torch.tensor(gains)}, str(cache))
 
     # 2. Fit the adapter: G(crop) -> its edit
     pipe = RPPreprocessPipeline.from_pretrained(args.pretrained_model_name_or_path)
@@ -111,6 +129,16 @@ def main(argv=None) -> int:
     vae, unet = pipe.vae.requires_grad_(False), pipe.unet.requires_grad_(False)
     name = f"rp_{args.codec}_lambda_{args.lambda_rate:g}".replace(".", "p")
     unet.add_adapter(rp_lora_config(rank=args.rank, target_modules=tuple(args.lora_target_modules)), adapter_name=name)
+    with torch.no_grad():  # where the base model (adapter off) stands against the edits
+        base_out = torch.cat(
+            [
+                one_step_map(vae, unet, inputs[i : i + 8], pipe.prompt_embeds, pipe.config.timestep,
+                             pipe.scheduler.alphas_cumprod, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                             residual=pipe.config.residual)
+                for i in range(0, len(inputs), 8)
+            ]
+        )  # fmt: skip
+        base_mse = float(torch.nn.functional.mse_loss(base_out, targets))
     pipe.set_adapters([name])
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=0.0)
@@ -148,6 +176,7 @@ def main(argv=None) -> int:
         "max_train_steps": args.max_train_steps,
         "fit_mse_last_50": float(np.mean(losses[-50:])),
         "identity_mse_to_edits": identity,
+        "base_model_mse_to_edits": base_mse,
         "mean_objective_gain_of_edits": float(np.mean(gains)),
     }
     save_rp_adapter(unet, output, name, args.codec, args.lambda_rate, args.rank, extra)

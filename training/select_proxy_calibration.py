@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from calibrate_proxy_rate import _real_bits
 from tqdm.auto import tqdm
 
-from rp_diffusers.codecs import get_codec
+from rp_diffusers.codecs import encoded_bits, get_codec
 from rp_diffusers.surrogates.proxy import (
     BASE_TERMS,
     RATE_TERMS,
@@ -74,7 +73,7 @@ def validation_rows(proxy, codec_name: str, folder: str, workers: int) -> list[d
     qualities = sorted(set(proxy_qualities(get_codec(codec_name)).values()))
     jobs = [(codec_name, image, q) for image in images for q in qualities]
     with ProcessPoolExecutor(workers) as pool:
-        real = list(tqdm(pool.map(_real_bits, jobs), total=len(jobs), desc=f"{codec_name} validation files"))
+        real = list(tqdm(pool.map(encoded_bits, jobs), total=len(jobs), desc=f"{codec_name} validation files"))
     lo, hi = proxy.quality_range
     saved, proxy.rate_calibration = proxy.rate_calibration, None
     rows = []

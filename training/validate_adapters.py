@@ -11,7 +11,22 @@ where nothing is, the codec runs alone. Validate on photographs the numbers are 
 import argparse
 import json
 
+from rp_diffusers.evaluation import parse_qualities
 from rp_diffusers.evaluation.validate import DEFAULT_QUALITIES, validate_adapters
+
+
+def _codec_qualities(spec: str) -> tuple[str, str]:
+    """``"jpeg=10,30,50"`` -> ``("jpeg", "10,30,50")``, the spec checked by ``parse_qualities``."""
+    codec, sep, qualities = spec.partition("=")
+    if not sep or not codec or not qualities:
+        raise argparse.ArgumentTypeError(
+            f"expected CODEC=QUALITIES such as jpeg=10,30,50 or webp=10:80:10, got {spec!r}"
+        )
+    try:
+        parse_qualities(qualities)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{codec}: {error}") from None
+    return codec, qualities
 
 
 def parse_args(argv=None):
@@ -20,7 +35,11 @@ def parse_args(argv=None):
     parser.add_argument("--images", required=True, help="Held-out validation photographs (a folder).")
     parser.add_argument("--codecs", nargs="*", default=None, help="Only adapters for these codecs.")
     parser.add_argument(
-        "--qualities", nargs="*", default=[], help=f"Per codec: codec=spec (default {DEFAULT_QUALITIES})."
+        "--qualities",
+        nargs="*",
+        type=_codec_qualities,
+        default=[],
+        help=f"Per codec: codec=spec (default {DEFAULT_QUALITIES}).",
     )
     parser.add_argument("--workers", type=int, default=None, help="Codec worker processes.")
     parser.add_argument("--dry_run", action="store_true", help="Print the verdicts without writing them.")
@@ -29,7 +48,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    qualities = dict(spec.split("=", 1) for spec in args.qualities)
+    qualities = dict(args.qualities)
     records = validate_adapters(
         args.model, args.images, codecs=args.codecs, qualities=qualities, write=not args.dry_run, workers=args.workers
     )

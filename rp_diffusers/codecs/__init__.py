@@ -14,7 +14,15 @@ by a quantisation parameter map it (``hevc``: qp = 51 - quality, ``vvc``: qp = 6
 from .base import Codec, CodecError, CodecResult, UnknownCodecError
 from .ffmpeg_codecs import FFmpegCodec, HEVCCodec, VVCCodec
 from .pillow_codecs import AVIFCodec, HEICCodec, JPEGCodec, JXLCodec, PillowCodec, WebPCodec
-from .registry import all_codecs, available_codecs, card_example, get_codec, register_codec, unregister_codec
+from .registry import (
+    all_codecs,
+    available_codecs,
+    card_example,
+    encoded_bits,
+    get_codec,
+    register_codec,
+    unregister_codec,
+)
 
 __all__ = [
     "AVIFCodec",
@@ -33,6 +41,7 @@ __all__ = [
     "all_codecs",
     "available_codecs",
     "card_example",
+    "encoded_bits",
     "get_codec",
     "register_codec",
     "unregister_codec",

@@ -129,3 +129,15 @@ def card_example(name: str | None) -> dict:
     except (ValueError, LookupError, CodecError, TypeError):  # unknown name, missing tool: the card still renders
         return {"example_quality": 40, "example_extension": ".bin"}
     return {"example_quality": codec.default_quality, "example_extension": codec.extension}
+
+
+def encoded_bits(job: tuple[str, Any, int]) -> int:
+    """``(codec name, image, quality)`` -> bits of the real file (a top-level function: process pools map it).
+
+    Example:
+        >>> from PIL import Image
+        >>> encoded_bits(("jpeg", Image.new("RGB", (16, 16)), 50)) > 0
+        True
+    """
+    codec, image, quality = job
+    return 8 * len(get_codec(codec).encode(image, quality))

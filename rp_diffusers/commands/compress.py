@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..default_model import DTYPES  # light: no torch at import
 from ..utils.files import check_outputs, write_atomic, write_json
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "metric (SSIMULACRA2, Butteraugli, VMAF, VMAF-NEG), LPIPS and DISTS",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="model dtype")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype")
     parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels for large images")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the table as JSON")
     parser.add_argument(
@@ -52,30 +53,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
-
-
-def _select_adapter(pipe, adapter: str | None) -> str | None:
-    if adapter is None:
-        return None
-    if Path(adapter).is_dir():
-        from ..adapters import read_adapter_info
-
-        name = (read_adapter_info(adapter) or {}).get("adapter_name")
-        if name in pipe.available_adapters():  # the folder's weights replace the model's copy of that adapter
-            pipe.delete_adapters(name)
-        before = set(pipe.available_adapters())
-        pipe.load_lora_weights(adapter)
-        added = sorted(set(pipe.available_adapters()) - before)
-        if not added:
-            raise ValueError(f"{adapter} holds no LoRA weights the UNet accepts")
-        return added[0]
-    from ..adapters import normalize_adapter_name
-
-    name = normalize_adapter_name(adapter)
-    if name not in pipe.available_adapters():
-        known = ", ".join(pipe.available_adapters()) or "none"
-        raise ValueError(f"--adapter {adapter!r} is neither a folder nor one of the model's adapters ({known})")
-    return name
 
 
 def _encode(codec, image, quality: int | None, target_bpp: float | None):
@@ -98,7 +75,7 @@ def _format_table(rows: list[dict], metric_names: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..adapters import AdapterChoice
+    from ..adapters import choose_adapter
     from ..codecs import get_codec
     from ..default_model import load_preprocessor
     from ..utils import load_image
@@ -124,11 +101,7 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     if args.tile_size is not None:
         pipe.enable_tiling(tile_size=args.tile_size, overlap=min(128, args.tile_size // 4))
-    adapter = _select_adapter(pipe, args.adapter)
-    if adapter is not None:
-        choice = AdapterChoice(adapter, True, f"{adapter} (asked for with --adapter)")
-    else:  # the model's policy: a validated adapter for this codec, else the codec alone
-        choice = pipe.adapter_for(codec.name)
+    choice = choose_adapter(pipe, codec.name, args.adapter)  # --adapter, else a validated adapter or codec alone
     print(f"{codec.name}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
     if not choice.preprocess:
         print(f"writing the {codec.name} files only")

@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+from ..default_model import DTYPES  # light: no torch at import
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "openai/diffusers-cd_imagenet64_lpips"
@@ -46,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--calibration", help="sigma calibration table (JSON) instead of the shipped one")
     parser.add_argument("--seed", type=int, default=0, help="random seed (results are deterministic per seed)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--overwrite", action="store_true", help="replace existing PNGs in --out")
     parser.set_defaults(func=run)
     return parser

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..default_model import DTYPES  # light: no torch at import
 from ..utils.files import atomic_path, write_json
 
 
@@ -38,7 +39,7 @@ def add_parser(subparsers) -> None:
         "--adapter", default=None, help="rate-perception adapter name (default: what the model's adapter_for picks)"
     )
     parser.add_argument("--device", default=None, help="torch device of --model (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="model dtype")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call (same-size images batch)")
     parser.add_argument("--enhance", default=None, choices=["fast", "medium", "slow"], help="perceptual decoding")
     parser.add_argument("--enhance-model", default=None, help="PerceptualDecodePipeline folder or Hub id")
@@ -112,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     for codec in codecs:
         plain = [(codec, None)]
         if pipe is not None:
-            choice = _adapter_choice(pipe, codec, args.adapter)
+            from ..adapters import choose_adapter
+
+            choice = choose_adapter(pipe, codec, args.adapter)
             print(f"{codec}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
             if choice.preprocess:
                 adapter = choice.adapter
@@ -215,18 +218,6 @@ def earlier_results(folder: Path) -> list[Path]:
         ):
             found.append(path)
     return found
-
-
-def _adapter_choice(pipe, codec: str, asked: str | None):
-    """``--adapter`` when given (the user asked for it), else the pipeline's policy (:meth:`adapter_for`)."""
-    from ..adapters import AdapterChoice, normalize_adapter_name
-
-    if asked:
-        name = normalize_adapter_name(asked)
-        if name not in pipe.available_adapters():
-            raise ValueError(f"--adapter {asked!r} is not one of the model's: {', '.join(pipe.available_adapters())}")
-        return AdapterChoice(name, True, f"{name} (asked for with --adapter)")
-    return pipe.adapter_for(codec)
 
 
 def _preprocess_fn(pipe, adapter: str | None, batch_size: int = 4):

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from ..adapters import RPLoraLoaderMixin, base_weights_only
 from ..models import one_step_map, one_step_noise
 from ..models.subpixel_upsample import use_subpixel_upsampling
-from ..utils.hub import resolve_optional_file
+from ..utils.hub import PICKLE_SUFFIXES, resolve_optional_file
 from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
 from ..utils.tiling import crop_to_size, pad_to_multiple, padded_size, tile_starts, tiled_apply
 
@@ -65,7 +65,6 @@ EXAMPLE_DOC_STRING = """
 
 
 # Weight files that are pickles (loading one can run code) rather than safetensors.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Components whose weights from_pretrained loads (the tokenizer and scheduler have none).
 _WEIGHTED_COMPONENTS = ("vae", "unet", "text_encoder")
 

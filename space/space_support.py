@@ -1,10 +1,13 @@
-"""The demo's non-UI logic: pick the model, read uploads within limits, compare "codec alone" with "rp + codec".
+"""The Space's non-UI logic: pick the model, read uploads within limits, name and write the two files.
 
-``space/app.py`` (the Gradio Space) is a thin layer over these functions, so they are tested without a browser.
+``app.py`` (the Gradio page) is a thin layer over these functions and over
+:func:`rp_diffusers.evaluation.compare.compare`, so they are tested without a browser (``tests/test_space.py``).
+This file travels with ``app.py``; it is not part of the installed package.
 
 Example:
     >>> from rp_diffusers.evaluation import EXAMPLES_DIR
-    >>> from rp_diffusers.space_utils import compare, load_space_model, open_upload
+    >>> from rp_diffusers.evaluation.compare import compare
+    >>> from space_support import load_space_model, open_upload
     >>> model = load_space_model()  # RP_SPACE_MODEL, else the shipped compact model, else a tiny random one
     >>> image, note = open_upload(EXAMPLES_DIR / "chalet.png")
     >>> result = compare(model.pipe, image, "jpeg", quality=40)  # rp + codec at q=40, codec alone at its bpp
@@ -20,29 +23,23 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from .codecs import CodecResult, get_codec
-from .default_model import has_default_model, resolve_model
-from .utils.image import ImageLoadError, load_image
+from rp_diffusers.default_model import has_default_model, resolve_model
+from rp_diffusers.evaluation.compare import Comparison
+from rp_diffusers.pipelines.testing import RANDOM_MARKER, build_tiny_random_model
+from rp_diffusers.utils.image import ImageLoadError, load_image
 
 logger = logging.getLogger(__name__)
 
 SPACE_MODEL_ID = "rp-diffusers/rp-sd-turbo-compact"  # the published model the Space card links to
 MODEL_ENV = "RP_SPACE_MODEL"
 MAX_PIXELS = 4_000_000  # uploads above 4 megapixels are refused (CPU Space: seconds per megapixel)
-MATCH_MODES = ("bpp", "quality", "target_bpp")
-VARIANTS = ("codec alone", "rp + codec")
-RANDOM_MARKER = "RANDOM_WEIGHTS.txt"  # written next to the tiny random model so any page showing it says so
 RANDOM_LABEL = "a tiny RANDOM model built in code (for tests and development: its outputs are noise)"
-
-# The pipeline's adapter selection is state shared by every request: select-and-run must not interleave.
-_PIPE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -64,49 +61,8 @@ class SpaceModel:
     notes: list[str] = field(default_factory=list)
 
 
-def build_tiny_random_model(path: str | os.PathLike, seed: int = 0, adapters=(("jpeg", 0.5),)) -> Path:
-    """Save a tiny RANDOM ``RPPreprocessPipeline`` (with random R-P adapters) to ``path``, for tests and dev.
-
-    Args:
-        path: folder to write (``RPPreprocessPipeline.from_pretrained(path)`` loads it).
-        seed: seed of the weights.
-        adapters: ``(codec, lambda)`` operating points to add as random rank-4 LoRA adapters.
-
-    Returns:
-        The folder as a ``Path``.
-    """
-    import torch
-
-    from .adapters import format_adapter_name, rp_lora_config
-    from .pipelines import RPPreprocessPipeline
-    from .utils.testing import tiny_sd_components
-
-    pipe = RPPreprocessPipeline(**tiny_sd_components(seed))
-    for index, (codec, lam) in enumerate(adapters):
-        torch.manual_seed(seed + 100 + index)
-        pipe.load_lora_weights(
-            _random_lora(pipe.unet, rp_lora_config(rank=4, init_lora_weights=False)),
-            adapter_name=format_adapter_name(codec, lam),
-        )
-    pipe.save_pretrained(path)
-    (Path(path) / RANDOM_MARKER).write_text("Random weights from rp_diffusers.space_utils.build_tiny_random_model.\n")
-    return Path(path)
-
-
-def _random_lora(unet, config) -> dict:
-    """A random LoRA state dict in diffusers' format for ``unet`` (built on a throwaway peft copy)."""
-    import copy
-
-    from peft.utils import get_peft_model_state_dict
-
-    scratch = copy.deepcopy(unet)
-    scratch.add_adapter(config, adapter_name="scratch")
-    layers = get_peft_model_state_dict(scratch, adapter_name="scratch")
-    return {f"unet.{key}": value.detach().clone() for key, value in layers.items()}
-
-
 def _load(source: str, random: bool = False):
-    from .pipelines import RPPreprocessPipeline
+    from rp_diffusers.pipelines import RPPreprocessPipeline
 
     pipe = RPPreprocessPipeline.from_pretrained(source)
     pipe.set_progress_bar_config(disable=True)
@@ -212,111 +168,6 @@ def adapter_choice_value(pipe, codec: str) -> str:
     if not choice.preprocess:
         return NO_PREPROCESS
     return choice.adapter or NO_ADAPTER
-
-
-@dataclass
-class Comparison:
-    """One demo run: the original, the pre-processed image and both encodes, with their metrics.
-
-    Attributes:
-        original: the input (RGB).
-        preprocessed: the pipeline's output (same size), before the codec.
-        codec_alone: the codec's result on the original.
-        rp: the codec's result on the pre-processed image.
-        metrics: ``{"codec alone": {...}, "rp + codec": {...}}``, each metric name -> value against the ORIGINAL
-            (``ms_ssim`` is absent for images under 161 px per side, network metrics when their weights are).
-        match: how the rates were chosen (one of :data:`MATCH_MODES`).
-        seconds: wall-clock seconds of the pre-processing, the encodes and the metrics.
-    """
-
-    original: Image.Image
-    preprocessed: Image.Image
-    codec_alone: CodecResult
-    rp: CodecResult
-    metrics: dict[str, dict[str, float]]
-    match: str
-    seconds: dict[str, float]
-
-    def results(self) -> dict[str, CodecResult]:
-        return dict(zip(VARIANTS, (self.codec_alone, self.rp)))
-
-
-def preprocess(pipe, image: Image.Image, adapter_name: str | None = None, adapter_weight: float = 1.0) -> Image.Image:
-    """Run the pipeline on one image with one adapter at ``adapter_weight`` in [0, 1] (``None``: base model).
-
-    Thread-safe: the call scopes the adapter selection, but the selection lives on the UNet's layers while the
-    call runs, so concurrent requests take turns.
-    """
-    if not 0.0 <= float(adapter_weight) <= 1.0:
-        raise ValueError(f"the adapter strength must lie in [0, 1], got {adapter_weight}")
-    with _PIPE_LOCK:
-        if adapter_name:
-            return pipe(image, adapter_name=adapter_name, adapter_weights=float(adapter_weight)).images[0]
-        return pipe(image, adapter_name=[] if pipe.available_adapters() else None).images[0]
-
-
-def compare(
-    pipe,
-    image: Image.Image,
-    codec: str,
-    *,
-    quality: int | None = None,
-    target_bpp: float | None = None,
-    match: str = "bpp",
-    adapter_name: str | None = None,
-    adapter_weight: float = 1.0,
-    metrics: tuple[str, ...] = ("psnr", "ms_ssim"),
-    pre_process: bool = True,
-) -> Comparison:
-    """Encode the image with the codec alone and after rate-perception pre-processing, at a matched rate.
-
-    Args:
-        pipe: an :class:`~rp_diffusers.RPPreprocessPipeline`.
-        image: RGB input (e.g. from :func:`open_upload`).
-        codec: a name from ``available_codecs()``.
-        quality: codec quality (higher = better); ``None`` uses the codec's default. Unused for ``"target_bpp"``.
-        target_bpp: the rate budget for ``match="target_bpp"`` (bits per pixel of the original, > 0).
-        match: ``"bpp"``: rp + codec at ``quality``, the codec alone at the highest quality within that bpp;
-            ``"quality"``: both at ``quality``; ``"target_bpp"``: each at its highest quality within ``target_bpp``.
-        adapter_name, adapter_weight: the R-P adapter and its strength in [0, 1] (``None``: the base model).
-        metrics: metric names for ``compute_metrics`` (drop the ones whose weights are unavailable beforehand).
-        pre_process: ``False``: no pre-processing ("rp + codec" is then the codec alone on the original, as
-            ``--model default`` does for a codec none of whose adapters wins).
-
-    Returns:
-        :class:`Comparison`.
-
-    Raises:
-        ValueError: bad ``match``, quality, bpp or strength. ``CodecError``: the codec failed.
-    """
-    if match not in MATCH_MODES:
-        raise ValueError(f"match must be one of {MATCH_MODES}, got {match!r}")
-    coder = get_codec(codec)
-    if match == "target_bpp":
-        if target_bpp is None or not 0 < float(target_bpp) <= 24:
-            raise ValueError(f"the target bpp must lie in (0, 24] bits per pixel, got {target_bpp}")
-    else:
-        quality = coder.check_quality(quality)
-    seconds = {}
-    start = time.perf_counter()
-    pre = preprocess(pipe, image, adapter_name, adapter_weight) if pre_process else image.copy()
-    seconds["preprocess"] = time.perf_counter() - start
-    start = time.perf_counter()
-    if match == "target_bpp":
-        rp = coder.find_quality(pre, float(target_bpp))
-        alone = coder.find_quality(image, float(target_bpp))
-    else:
-        rp = coder.run(pre, quality)
-        alone = coder.run(image, quality) if match == "quality" else coder.find_quality(image, rp.bpp)
-    seconds["codec"] = time.perf_counter() - start
-    start = time.perf_counter()
-    from .evaluation import measure
-
-    scores = {
-        variant: measure(image, result.reconstruction, metrics) for variant, result in zip(VARIANTS, (alone, rp))
-    }
-    seconds["metrics"] = time.perf_counter() - start
-    return Comparison(image, pre, alone, rp, scores, match, seconds)
 
 
 def safe_stem(path: str | os.PathLike | None, default: str = "image") -> str:
