@@ -48,6 +48,7 @@ from rp_diffusers.training_utils import (
     make_lr_schedule,
     make_train_dataloader,
     move_model,
+    optimizer_step,
     register_weight_hooks,
     resume,
     save_training_state,
@@ -348,12 +349,7 @@ def main(args):
                     fake_model, x_g.detach(), t_fake, prompt_embeds, teacher_alphas, teacher_prediction, noise_fake
                 )
                 loss_fake = denoising_loss(x0_fake, x_g, teacher_alphas[t_fake], teacher_prediction)
-                accelerator.backward(loss_fake)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(fake_score.parameters(), args.max_grad_norm)
-                optimizer_f.step()
-                lr_f.step()
-                optimizer_f.zero_grad(set_to_none=True)
+                optimizer_step(accelerator, loss_fake, fake_score, optimizer_f, lr_f, args.max_grad_norm)
 
                 # 6b. student: SiD generator loss through the teacher and the (now frozen) fake score
                 for p in fake_trainable:
@@ -377,12 +373,7 @@ def main(args):
                 loss_sid = sid_generator_loss(x_g, f_real, f_fake, args.sid_alpha)
                 loss_task = task_loss(image_g, image, lpips_fn, args.lambda_lpips)
                 loss_g = loss_sid + args.lambda_task * loss_task
-                accelerator.backward(loss_g)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
-                optimizer_g.step()
-                lr_g.step()
-                optimizer_g.zero_grad(set_to_none=True)
+                optimizer_step(accelerator, loss_g, student, optimizer_g, lr_g, args.max_grad_norm)
 
             if accelerator.sync_gradients:
                 progress_bar.update(1)

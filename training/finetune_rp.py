@@ -42,6 +42,7 @@ from rp_diffusers.training_utils import (
     make_lr_schedule,
     make_train_dataloader,
     move_model,
+    optimizer_step,
     register_weight_hooks,
     render_training_card,
     resume,
@@ -328,12 +329,7 @@ def main(args):
                     residual=pipe.config.residual,
                 )
                 terms = loss_fn(image, preprocessed, quality)
-                accelerator.backward(terms.loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet_prepared.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(accelerator, terms.loss, unet_prepared, optimizer, lr_scheduler, args.max_grad_norm)
 
             if accelerator.sync_gradients:
                 progress_bar.update(1)

@@ -10,7 +10,7 @@ Used by ``training/distill_cid.py`` (stage 1) and ``training/finetune_rp.py`` (s
 4. :func:`scaled_learning_rate`, :func:`train_steps` and :func:`make_lr_schedule` - the optimiser's schedule;
 5. :func:`resume` - exact resumption (weights, optimisers, schedules; draws are keyed by epoch and batch index);
 6. :func:`training_batches` - the epochs and batches from where the run stands (resumed runs skip what was done);
-   after each update :func:`checkpoint_due`, :func:`validation_due` and :func:`stop_requested` (a signal: a
+   :func:`optimizer_step` for each backward pass; after each update :func:`checkpoint_due`, :func:`validation_due` and :func:`stop_requested` (a signal: a
    checkpoint, then the loop ends).
 """
 
@@ -43,6 +43,7 @@ __all__ = [
     "make_accelerator",
     "make_lr_schedule",
     "make_train_dataloader",
+    "optimizer_step",
     "register_weight_hooks",
     "resume",
     "scaled_learning_rate",
@@ -208,3 +209,13 @@ def stop_requested(accelerator, args, global_step: int) -> bool:
     if not checkpoint_due(args, global_step):  # a periodic checkpoint of this step exists already
         save_training_state(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
     return True
+
+
+def optimizer_step(accelerator, loss, model, optimizer, lr_schedule, max_grad_norm: float) -> None:
+    """Backward, clip the gradients once they are synchronised, step the optimiser and schedule, zero the grads."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    lr_schedule.step()
+    optimizer.zero_grad(set_to_none=True)
