@@ -20,15 +20,12 @@ state (no pickle); ``--resume_from_checkpoint latest`` continues exactly where t
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 
 from rp_diffusers.corrdiff import CorrDiffConfig, CorrDiffModel, load_model, save_model
@@ -40,9 +37,9 @@ from rp_diffusers.training_utils import (
     checkpoint_step,
     collate_images,
     load_image_dataset,
+    make_accelerator,
     resolve_resume_checkpoint,
     rotate_checkpoints,
-    save_args,
     step_generator,
 )
 from rp_diffusers.utils.image import list_images
@@ -248,16 +245,7 @@ def hard_e2e(model: CorrDiffModel, pixels: torch.Tensor, quality: torch.Tensor) 
 
 
 def main(args):
-    logging_dir = Path(args.output_dir, args.logging_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir),
-    )
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    set_seed(args.seed)  # the initial weights
-    if accelerator.is_main_process:
-        save_args(vars(args), args.output_dir)
+    accelerator = make_accelerator(args)  # + logging, the seed of the initial weights, output_dir/args.json
 
     # 1. Model and the parameters of this phase
     model, params = build_model(args)

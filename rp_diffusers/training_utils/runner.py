@@ -1,7 +1,8 @@
 """The scaffold that the Accelerate training scripts share, one function per stage, so each script stays readable
 top to bottom like a diffusers example and only its model, loss and loop body are its own.
 
-Used by ``training/distill_cid.py`` (stage 1) and ``training/finetune_rp.py`` (stage 2), in this order:
+Used by ``training/distill_cid.py`` (stage 1) and ``training/finetune_rp.py`` (stage 2), in this order
+(``training/train_corrdiff.py`` takes the accelerator; its checkpoints are its own, see there):
 
 1. :func:`make_accelerator` - the Accelerator from the shared flags (``add_training_args``), logging, seed, the
    output folder and ``args.json``;
@@ -59,14 +60,14 @@ def make_accelerator(args, saved_args: dict | None = None):
 
     Args:
         args: parsed flags holding ``add_training_args``'s (``output_dir``, ``logging_dir``, ``mixed_precision``,
-            ``report_to``, ``gradient_accumulation_steps``, ``seed``).
+            ``report_to``, ``seed``; ``gradient_accumulation_steps`` where the script has it, else 1).
         saved_args: what to write as ``args.json`` (default: ``vars(args)``).
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_accumulation_steps=getattr(args, "gradient_accumulation_steps", 1),
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(
