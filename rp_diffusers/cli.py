@@ -13,6 +13,7 @@ COMMANDS = {
     "bd-rate": "bd_rate",
     "compress": "compress",
     "enhance": "enhance",
+    "calibrate-decode": "calibrate_decode",
 }
 
 

@@ -204,7 +204,7 @@ def test_pipeline_rejects_bad_arguments(image_odd):
         pipe(image_odd, sigma=0.5, interpolation=1.5)
     with pytest.raises(ValueError, match="trained range"):
         pipe(image_odd, sigma=500.0)
-    with pytest.raises(ValueError, match="exactly one model call"):
+    with pytest.raises(ValueError, match="makes one call"):
         pipe(image_odd, sigma=0.5, num_steps=3)
 
 
@@ -342,7 +342,7 @@ def test_sigma_table_interpolates_in_quality_and_matches_local_folders(tmp_path)
     assert loaded.sigma_for(str(tmp_path / "cm"), "medium", "jpeg", 10) == pytest.approx(1.0)  # folder, other preset
     with pytest.raises(CalibrationError, match="outside the calibrated range"):
         loaded.sigma_for("org/cm", "fast", "jpeg", 90)
-    with pytest.raises(CalibrationError, match="calibrate_decode_sigma"):
+    with pytest.raises(CalibrationError, match="calibrate-decode"):
         loaded.sigma_for("org/other", "fast", "jpeg", 30)
 
 
@@ -584,3 +584,47 @@ def test_slow_preset_with_diffjpeg_makes_the_output_reencode_to_the_received_jpe
         return float((jpeg(out, 30).reconstruction - received).pow(2).sum().sqrt())
 
     assert residual(2.0) < 0.5 * residual(0.0)
+
+
+# --------------------------------------------------------------------------------------------- fast = a sample
+@pytest.mark.parametrize("sigma", [0.4, 0.2])
+def test_fast_preset_of_a_diffusion_model_samples_instead_of_returning_the_posterior_mean(sigma):
+    """Exact denoiser of N(0, S^2) data: the fast preset's output has the data's variance (a sample), whereas
+    one x0 prediction, the posterior mean, has S^4 / (S^2 + sigma^2)."""
+    pipe = PerceptualDecodePipeline(unet=tiny_unet(sample_size=None), scheduler=EDMEulerScheduler())
+
+    def posterior_mean(x, s):
+        return S**2 / (S**2 + s**2) * x
+
+    posterior_mean.kind, posterior_mean.sigma_min, posterior_mean.sigma_max = "edm", 0.002, 80.0
+    generator = torch.Generator().manual_seed(0)
+    x_sigma = torch.randn(1, 3, 96, 96, generator=generator) * math.sqrt(S**2 + sigma**2)
+    out = pipe._solve(posterior_mean, x_sigma, sigma, "fast", None, generator, None)
+    mean_variance = float(posterior_mean(x_sigma, sigma).var()) / S**2
+    assert mean_variance < 0.75
+    assert 0.9 < float(out.var()) / S**2 < 1.1
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        pipe._solve(posterior_mean, x_sigma, sigma, "fast", 1, generator, None)
+
+
+# --------------------------------------------------------------------------------------------- calibration next to the model
+def test_calibrate_decode_command_caches_the_rule_next_to_the_model(tmp_path, train_dir):
+    from rp_diffusers.cli import main as cli_main
+    from rp_diffusers.decode.calibration import CALIBRATION_FILE
+
+    folder = tmp_path / "edm"
+    PerceptualDecodePipeline(unet=tiny_unet(sample_size=None), scheduler=EDMEulerScheduler()).save_pretrained(folder)
+    image = Image.open(next(p for p in sorted(train_dir.iterdir()) if p.suffix in (".png", ".jpg"))).convert("RGB")
+    pipe = PerceptualDecodePipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(CalibrationError, match="rp-diffusers calibrate-decode --model"):
+        pipe(image, codec="jpeg", quality=20)
+    args = ["calibrate-decode", "--model", str(folder), "--data", str(train_dir), "--num-images", "2"]
+    assert cli_main([*args, "--crop", "32", "--codec", "jpeg", "--qualities", "10,40"]) == 0
+    entry = SigmaTable.load(folder / CALIBRATION_FILE).entries[0]
+    assert entry["qualities"] == [10, 40] and all(abs(r / 2 - 1) <= 0.1 for r in entry["ratios"])
+    reloaded = PerceptualDecodePipeline.from_pretrained(folder)  # any folder name: the table travels with the model
+    reloaded.set_progress_bar_config(disable=True)
+    out = reloaded(image.crop((0, 0, 40, 40)), codec="jpeg", quality=20)
+    expected = math.exp((math.log(entry["sigmas"][0]) * 20 + math.log(entry["sigmas"][1]) * 10) / 30)
+    assert out.sigmas[0] == pytest.approx(expected, rel=1e-6)

@@ -23,21 +23,13 @@ from pathlib import Path
 import torch
 
 from rp_diffusers.codecs import get_codec
-from rp_diffusers.decode.calibration import DEFAULT_TABLE_PATH, SigmaTable, search_sigma
+from rp_diffusers.commands.calibrate_decode import DEFAULT_QUALITIES
+from rp_diffusers.decode.calibration import DEFAULT_TABLE_PATH, SigmaTable, calibrate_sigmas
 from rp_diffusers.default_model import DTYPES
 from rp_diffusers.pipelines.perceptual_decode import load_pipeline
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 
 logger = logging.getLogger("calibrate_decode_sigma")
-DEFAULT_QUALITIES = {
-    "jpeg": "5,10,20,30,40,50,60,75,90",
-    "webp": "5,10,20,30,40,50,60,75,90",
-    "avif": "5,10,20,30,40,50,60,75,90",
-    "heic": "5,10,20,30,40,50,60,75,90",
-    "jxl": "5,10,20,30,40,50,60,75,90",
-    "hevc": "11,16,21,26,31,36,41",
-    "vvc": "18,23,28,33,38,43,48",
-}
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -102,62 +94,33 @@ def main(args: argparse.Namespace) -> None:
         qualities = [
             int(q) for q in (args.qualities or DEFAULT_QUALITIES.get(codec_name, "10,30,50,70,90")).split(",")
         ]
-        codec_mses, sigmas, ratios = [], [], []
-        for quality in qualities:
-            start = time.perf_counter()
-            decoded = encode_all(codec_name, quality, sources)
-            codec_mse = mean_mse(decoded, sources)
-            codec_mses.append(codec_mse)
-            if pipe is None:
+        if pipe is None:
+            codec_mses = []
+            for quality in qualities:
+                start = time.perf_counter()
+                codec_mses.append(mean_mse(encode_all(codec_name, quality, sources), sources))
                 logger.info(
-                    "%s q=%s codec MSE %.3e (%.1fs)", codec_name, quality, codec_mse, time.perf_counter() - start
+                    "%s q=%s codec MSE %.3e (%.1fs)", codec_name, quality, codec_mses[-1], time.perf_counter() - start
                 )
-                continue
-
-            def mse(sigma: float, decoded=decoded, codec_name=codec_name, quality=quality) -> float:
-                out = pipe(
-                    decoded,
-                    preset=args.preset,
-                    sigma=sigma,
-                    num_steps=args.num_steps,
-                    generator=torch.Generator().manual_seed(args.seed),
-                    output_type="pt",
-                    codec=codec_name,
-                    quality=quality,
-                )
-                return mean_mse([o.unsqueeze(0) for o in out.images], sources)
-
-            sigma_low = 1e-3
-            sigma, value = search_sigma(mse, args.ratio * codec_mse, sigma_low, args.sigma_max, rtol=args.rtol)
-            sigmas.append(sigma)
-            ratios.append(value / codec_mse)
-            logger.info(
-                "%s q=%s codec MSE %.3e sigma %.4g ratio %.3f (%.1fs)",
+            table.set_codec_mse(codec_name, qualities, codec_mses, dataset)
+        else:  # the library's calibration (the one behind `rp-diffusers calibrate-decode`)
+            if args.model_key:
+                pipe.register_to_config(calibration_key=args.model_key)
+            entry, record = calibrate_sigmas(
+                pipe,
+                sources,
                 codec_name,
-                quality,
-                codec_mse,
-                sigma,
-                value / codec_mse,
-                time.perf_counter() - start,
+                qualities,
+                preset=args.preset,
+                num_steps=args.num_steps,
+                ratio=args.ratio,
+                rtol=args.rtol,
+                sigma_max=args.sigma_max,
+                seed=args.seed,
+                dataset=dataset,
             )
-        table.set_codec_mse(codec_name, qualities, codec_mses, dataset)
-        if pipe is not None:
-            table.add_entry(
-                {
-                    "model": args.model_key or args.model,
-                    "kind": pipe.model_kind,
-                    "preset": args.preset,
-                    "num_steps": args.num_steps,
-                    "codec": codec_name,
-                    "qualities": qualities,
-                    "sigmas": sigmas,
-                    "ratios": ratios,
-                    "codec_mse": codec_mses,
-                    "target_ratio": args.ratio,
-                    "dataset": dataset,
-                    "seed": args.seed,
-                }
-            )
+            table.set_codec_mse(codec_name, qualities, record["mse"], dataset)
+            table.add_entry(entry)
         table.save(output)
         logger.info("wrote %s", output)
 

@@ -11,17 +11,17 @@ from ..default_model import DTYPES  # light: no torch at import
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "openai/diffusers-cd_imagenet64_lpips"
+DEFAULT_MODEL = "default"  # the small EDM denoiser shipped in rp_diffusers/assets/decode_model
 PRESET_CHOICES = ("fast", "medium", "slow")  # mirrors pipelines.perceptual_decode.PRESETS (kept light to import)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "enhance",
-        help="improve the perceptual quality of decoded images (noise + denoise with a pre-trained model)",
+        help="improve the perceptual quality of decoded images (noise + denoise with a diffusion model)",
         description=(
-            "Add noise at a calibrated level to each decoded image and denoise it with a pre-trained diffusion or "
-            "consistency model (training-free perceptual decoding). Writes lossless PNGs of the same size, NAME.png "
+            "Add noise at a calibrated level to each decoded image and denoise it with a diffusion or consistency "
+            "model (training-free perceptual decoding). Writes lossless PNGs of the same size, NAME.png "
             "in --out. Existing files are never replaced without --overwrite, and inputs whose names differ only in "
             "the extension (a.jpg, a.webp) are refused, as they would write the same NAME.png: both checks run "
             "before anything is written. Inputs are taken as they decode: JPEG, WebP, AVIF and HEIC carry no "
@@ -32,7 +32,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder for <name>.png")
     parser.add_argument("--preset", choices=PRESET_CHOICES, default="fast", help="speed/quality preset")
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help="Hub id or local folder of a ConsistencyModelPipeline, DDPM or SD model"
+        "--model",
+        default=DEFAULT_MODEL,
+        help="'default' (the small denoiser shipped with the package, offline), or a Hub id or local folder of a "
+        "PerceptualDecodePipeline, ConsistencyModelPipeline, DDPM or SD model",
     )
     parser.add_argument("--codec", help="codec the images were decoded with (e.g. jpeg); sets the default sigma")
     parser.add_argument("--quality", type=float, help="codec quality the images were encoded with")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 from ..default_model import DTYPES  # light: no torch at import
@@ -42,7 +43,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype")
     parser.add_argument("--batch-size", type=int, default=4, help="images per model call (same-size images batch)")
     parser.add_argument("--enhance", default=None, choices=["fast", "medium", "slow"], help="perceptual decoding")
-    parser.add_argument("--enhance-model", default=None, help="PerceptualDecodePipeline folder or Hub id")
+    parser.add_argument(
+        "--enhance-model",
+        default=None,
+        help="PerceptualDecodePipeline folder or Hub id (default: the small denoiser shipped with the package)",
+    )
     parser.add_argument(
         "--enhance-sigma",
         default=None,
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         for name, preprocess in plain:
             runs.append((name, codec, preprocess, None))
             if enhancer is not None:
-                runs.append((f"{name}+{args.enhance}", codec, preprocess, enhancer))
+                runs.append((f"{name}+{args.enhance}", codec, preprocess, partial(enhancer, codec=codec)))
     names = [name for name, *_ in runs]
     if len(names) > 1 and args.anchor and args.anchor not in names:
         raise ValueError(f"--anchor {args.anchor!r} is not one of the curves: {', '.join(names)}")
@@ -233,12 +238,10 @@ def _preprocess_fn(pipe, adapter: str | None, batch_size: int = 4):
 def _load_enhancer(args):
     import torch
 
-    from ..pipelines.perceptual_decode import PerceptualDecodePipeline, enhance_images
+    from ..pipelines.perceptual_decode import enhance_images, load_pipeline
 
-    if not args.enhance_model:
-        raise ValueError("--enhance needs --enhance-model (a PerceptualDecodePipeline folder or Hub id)")
-    pipe = PerceptualDecodePipeline.from_pretrained(args.enhance_model)
-    codec = args.codec.split(",")[0]
+    pipe = load_pipeline(args.enhance_model or "default", getattr(args, "device", None))
+    pipe.set_progress_bar_config(disable=True)
 
     sigma = args.enhance_sigma
     if sigma not in (None, "auto"):
@@ -248,7 +251,7 @@ def _load_enhancer(args):
             raise ValueError(f"--enhance-sigma must be a number or 'auto', got {sigma!r}") from None
     generator_seed = 0
 
-    def enhance(images, quality):
+    def enhance(images, quality, codec):
         generator = torch.Generator().manual_seed(generator_seed)  # same noise for every quality: comparable curves
         return enhance_images(
             pipe, images, preset=args.enhance, codec=codec, quality=quality, sigma=sigma, generator=generator

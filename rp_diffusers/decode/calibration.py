@@ -1,8 +1,9 @@
 """The noise-level rule of arXiv:2506.16102: the sigma at which MSE(enhanced, source) is twice the codec's MSE.
 
 The rule needs the source, which a decoder does not have, so it is applied offline on training photographs
-(``training/calibrate_decode_sigma.py`` on train-sunhays80) and stored per (model, preset, codec, quality) in a
-JSON table shipped with the package (``sigma_table.json``); at run time the table is interpolated in quality.
+(:func:`calibrate_sigmas`, the command ``rp-diffusers calibrate-decode``, on held-out photographs) and stored per
+(model, preset, codec, quality) in a JSON table: ``decode_calibration.json`` next to the model's weights, or the
+table shipped with the package (``sigma_table.json``); at run time the table is interpolated in quality.
 
 The table also stores each codec's mean MSE per quality (model-independent). When the decoder is MMSE-optimal,
 the enhanced image's error splits exactly: MSE(out, x) = MSE(out, x_dec) + MSE(x_dec, x) (out - x_dec depends
@@ -141,7 +142,8 @@ class SigmaTable:
             raise CalibrationError(
                 f"no calibrated noise level for model {model_key!r} with codec {codec!r} (the table holds: "
                 f"{', '.join(have)}). Pass sigma=<float>, sigma='auto' (source-free search, needs the codec's MSE "
-                "in the table), or run training/calibrate_decode_sigma.py --model <id> --codec " + codec
+                "in the table), or compute the calibration once (cached next to the model): "
+                + calibration_command(model_key or "MODEL", codec, preset)
             )
         return _interpolate(float(quality), entry["qualities"], entry["sigmas"], log=True)
 
@@ -212,3 +214,118 @@ def search_sigma(
                 f_low /= 2
             side = 1
     return best
+
+
+CALIBRATION_FILE = "decode_calibration.json"  # a model's own table, stored next to its weights
+
+
+def calibration_command(model: str, codec: str, preset: str) -> str:
+    """The one command that computes (and caches next to the model) a missing calibration."""
+    return (
+        f"rp-diffusers calibrate-decode --model {model} --codec {codec} --preset {preset} "
+        "--data PHOTOS (held-out photographs, e.g. ../shared/data/val-set14; never the test set)"
+    )
+
+
+def model_table_path(model_path: str | os.PathLike | None) -> Path | None:
+    """Where a model's own calibration lives: ``decode_calibration.json`` in its local folder, or the Hub cache."""
+    if not model_path:
+        return None
+    folder = Path(str(model_path))
+    if folder.is_dir():
+        return folder / CALIBRATION_FILE
+    try:  # a Hub id: the file in the local snapshot cache, if the repository ships one
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(model_path), CALIBRATION_FILE)
+    except Exception:  # noqa: BLE001 - not a repo id; there is no table next to it
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def calibrate_sigmas(
+    pipe,
+    sources: list,
+    codec_name: str,
+    qualities: list[float],
+    preset: str = "fast",
+    num_steps: int | None = None,
+    ratio: float = TARGET_RATIO,
+    rtol: float = 0.03,
+    sigma_max: float | None = None,
+    seed: int = 0,
+    dataset: str = "",
+    progress: bool = True,
+) -> tuple[dict, dict]:
+    """The paper's rule for one model, preset and codec: per quality, the sigma at which MSE(enhanced, source)
+    is ``ratio`` times MSE(decoded, source), averaged over ``sources``.
+
+    Args:
+        pipe: a :class:`~rp_diffusers.pipelines.perceptual_decode.PerceptualDecodePipeline`.
+        sources: (1, 3, H, W) tensors in [0, 1], held-out photographs (never the test set).
+        codec_name: a codec of :func:`rp_diffusers.codecs.get_codec`; real encodes and decodes.
+        qualities: the qualities to calibrate (interpolated in between at run time).
+
+    Returns:
+        ``(entry, codec_mse)``: the table entry (``SigmaTable.add_entry``) and the codec's MSE record.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..codecs import get_codec
+    from ..utils.image import pil_to_tensor, tensor_to_pil
+
+    codec = get_codec(codec_name)
+    model = pipe.model_key or "model"
+    mses, sigmas, ratios = [], [], []
+    high = sigma_max or min(make_sigma_range(pipe)[1], 10.0)
+    for quality in tqdm(qualities, desc=f"calibrate {codec_name}", disable=not progress):
+        decoded = [pil_to_tensor(codec.run(tensor_to_pil(s)[0], quality).reconstruction) for s in sources]
+        codec_mse = sum(float((d - s).pow(2).mean()) for d, s in zip(decoded, sources)) / len(sources)
+
+        def mse(sigma: float, decoded=decoded) -> float:
+            total = 0.0
+            for index, (image, source) in enumerate(zip(decoded, sources)):
+                with torch.no_grad():
+                    out = pipe.enhance_tensor(
+                        image, sigma, preset, num_steps, generator=torch.Generator().manual_seed(seed + index)
+                    )
+                total += float((out - source).pow(2).mean())
+            return total / len(sources)
+
+        sigma, value = search_sigma(mse, ratio * codec_mse, 1e-3, high, rtol=rtol, max_iter=12)
+        mses.append(codec_mse)
+        sigmas.append(sigma)
+        ratios.append(value / codec_mse)
+        logger.info(
+            "%s %s q=%s codec MSE %.3e sigma %.4g ratio %.3f",
+            model,
+            codec_name,
+            quality,
+            codec_mse,
+            sigma,
+            value / codec_mse,
+        )
+    entry = {
+        "model": model,
+        "kind": pipe.model_kind,
+        "preset": preset,
+        "num_steps": num_steps,
+        "codec": codec_name,
+        "qualities": list(qualities),
+        "sigmas": sigmas,
+        "ratios": ratios,
+        "codec_mse": mses,
+        "target_ratio": ratio,
+        "dataset": dataset,
+        "seed": seed,
+    }
+    return entry, {"qualities": list(qualities), "mse": mses, "dataset": dataset}
+
+
+def make_sigma_range(pipe) -> tuple[float, float]:
+    """The (sigma_min, sigma_max) the pipeline's model was trained on."""
+    from .denoisers import make_denoiser
+
+    space = make_denoiser(lambda x, t: x, pipe.scheduler)
+    return max(space.sigma_min, 1e-3), space.sigma_max

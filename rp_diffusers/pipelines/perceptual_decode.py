@@ -6,7 +6,9 @@ pre-trained diffusion model, at the noise level where the result's MSE to the so
 MSE; no training, any codec.
 
 x_dec -> x_sigma = x_dec + sigma * n -> denoise with the preset's solver -> x_out. ``fast``: one consistency-model
-call (or one x0 prediction of a diffusion model, SD-Turbo style); ``medium``: few-step DPM-Solver++ on the
+call, or, for a diffusion model, a 4-step DPM-Solver++ solve of the PF-ODE from the noised decode down to sigma / 20
+(a sample of the model's distribution): never the single x0 prediction, which is the posterior mean, a blurred
+average and the opposite of a perceptual decode; ``medium``: few-step DPM-Solver++ on the
 PF-ODE, Euler-Maruyama SDE past ``ODE_MAX_STEPS`` (a consistency model uses its multistep sampler); ``slow``:
 Euler-Maruyama with a DPS term through a differentiable codec surrogate. Pixel-space models of a fixed resolution
 run tile-wise with overlap blending at every model call; SD-layout latent models run on VAE latents.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -25,7 +28,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..decode.calibration import CalibrationError, SigmaTable, search_sigma
+from ..decode.calibration import CalibrationError, SigmaTable, model_table_path, search_sigma
 from ..decode.denoisers import Denoiser, make_denoiser
 from ..decode.solvers import (
     DPSGuidance,
@@ -41,9 +44,11 @@ from ..utils.tiling import crop_to_size, pad_to_multiple, tiled_apply
 
 PRESETS = ("fast", "medium", "slow")
 # Default number of model calls per preset: (diffusion model, consistency model).
-DEFAULT_STEPS = {"fast": (1, 1), "medium": (10, 2), "slow": (50, 8)}
+DEFAULT_STEPS = {"fast": (4, 1), "medium": (10, 2), "slow": (50, 8)}
 # The medium preset switches from the PF-ODE (DPM-Solver++) to the SDE past this many steps (paper, Fig. 2).
 ODE_MAX_STEPS = 20
+# The fast preset of a diffusion model solves the PF-ODE from sigma down to sigma / FAST_END_RATIO.
+FAST_END_RATIO = 20.0
 
 EXAMPLE = """
     Example:
@@ -123,6 +128,22 @@ class PerceptualDecodePipeline(DiffusionPipeline):
         """``"consistency"``, ``"vp"`` or ``"edm"`` (the scheduler's noise parametrisation)."""
         return make_denoiser(lambda x, t: x, self.scheduler).kind
 
+    def default_calibration(self) -> SigmaTable:
+        """The shipped table, overlaid with the model's own ``decode_calibration.json`` where it has one.
+
+        A model's own table (written by ``rp-diffusers calibrate-decode`` next to its weights) applies to this
+        model whatever its folder is called; its codec MSEs take precedence over the shipped ones.
+        """
+        table = SigmaTable.load()
+        own = model_table_path(self.config.get("_name_or_path"))
+        if own is not None and own.is_file():
+            mine = SigmaTable.load(own)
+            table.codec_mse.update(mine.codec_mse)
+            for entry in mine.entries:
+                table.add_entry({**entry, "model": self.model_key})
+        self.calibration = table
+        return table
+
     def _empty_prompt_embeds(self, device: torch.device) -> torch.Tensor:
         if self._prompt_embeds is None or self._prompt_embeds.device != device:
             if self.text_encoder is None or self.tokenizer is None:
@@ -192,11 +213,22 @@ class PerceptualDecodePipeline(DiffusionPipeline):
 
     def _solve(self, denoise, x_t, sigma, preset, num_steps, generator, guidance):
         consistency = denoise.kind == "consistency"
-        if preset == "fast":
-            if num_steps not in (None, 1):
-                raise ValueError(f"the fast preset makes exactly one model call; got num_steps={num_steps}")
-            return denoise(x_t, sigma)
         steps = num_steps or DEFAULT_STEPS[preset][int(consistency)]
+        if preset == "fast":
+            if consistency:
+                if steps != 1:
+                    raise ValueError(
+                        f"the fast preset of a consistency model makes one call; got num_steps={num_steps}"
+                    )
+                return denoise(x_t, sigma)
+            if steps < 2:
+                raise ValueError(
+                    "the fast preset of a diffusion model needs at least 2 steps (one call returns the "
+                    f"posterior mean, not a sample); got num_steps={num_steps}"
+                )
+            # a few-step PF-ODE solve from fresh noise, ending at sigma / 20: a sample of the model's distribution
+            sigmas = karras_sigmas(sigma, max(denoise.sigma_min, sigma / FAST_END_RATIO), steps)
+            return sample_dpmpp_2m(denoise, x_t, sigmas)
         if consistency:  # the multistep consistency sampler; its last sigma stays above sigma_min
             sigmas = karras_sigmas(sigma, denoise.sigma_min, steps + 1)[:steps] if steps > 1 else [sigma]
             return sample_consistency(denoise, x_t, sigmas, denoise.sigma_min, generator, guidance)
@@ -326,7 +358,7 @@ class PerceptualDecodePipeline(DiffusionPipeline):
         images = self._prepare_images(image)
         table = calibration if isinstance(calibration, SigmaTable) else None
         if table is None and (sigma is None or sigma == "auto"):
-            table = SigmaTable.load(calibration) if calibration else (self.calibration or SigmaTable.load())
+            table = SigmaTable.load(calibration) if calibration else (self.calibration or self.default_calibration())
         if preset == "slow" and surrogate is None:
             from ..surrogates import get_surrogate
 
@@ -388,13 +420,29 @@ class PerceptualDecodePipeline(DiffusionPipeline):
         return np.concatenate(arrays) if same_size else [a[0] for a in arrays]
 
 
+DEFAULT_DECODE_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "decode_model"
+
+
+def resolve_decode_model(model: str | None) -> str:
+    """``None``/``"default"`` -> the small denoiser shipped with the package; anything else passes through."""
+    if model is None or str(model) == "default":
+        if not (DEFAULT_DECODE_MODEL_DIR / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"the default perceptual-decoding model is missing from this installation ({DEFAULT_DECODE_MODEL_DIR});"
+                " reinstall rp-diffusers, or pass --model PATH_OR_HUB_ID (a folder PerceptualDecodePipeline loads)"
+            )
+        return str(DEFAULT_DECODE_MODEL_DIR)
+    return str(model)
+
+
 def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
     """Load a :class:`PerceptualDecodePipeline` from a Hub id or folder onto a device; errors say what to do.
 
     The loader of ``rp-diffusers enhance`` and ``training/calibrate_decode_sigma.py``.
 
     Args:
-        model: a Hub repo id or local folder of a ``ConsistencyModelPipeline``, DDPM or SD model.
+        model: ``"default"`` (the small denoiser shipped with the package), or a Hub repo id or local folder of a
+            ``PerceptualDecodePipeline``, ``ConsistencyModelPipeline``, DDPM or SD model.
         device: torch device; ``None`` picks ``"cuda"`` when available, else ``"cpu"``.
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``.
 
@@ -411,7 +459,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
     device = resolve_device(device)  # a clear error for e.g. cuda on a machine without CUDA
     try:
         kwargs = dtype_kwargs(getattr(torch, dtype))  # dtype= on recent diffusers, torch_dtype= on older ones
-        pipe = PerceptualDecodePipeline.from_pretrained(model, **kwargs)
+        pipe = PerceptualDecodePipeline.from_pretrained(resolve_decode_model(model), **kwargs)
     except (OSError, ValueError) as error:
         raise RuntimeError(
             f"cannot load model {model!r} ({error}). Online, it downloads from the Hugging Face Hub; offline, run "

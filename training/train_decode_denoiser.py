@@ -1,0 +1,258 @@
+"""Train the small pixel-space diffusion denoiser that perceptual decoding ships with (``enhance --model default``).
+
+The model is a fully convolutional diffusers ``UNet2DModel`` (no attention and no ``sample_size``), so it runs on
+whole images of any size without tiling. It is trained with the EDM objective of Karras et al. 2022 ("Elucidating
+the Design Space of Diffusion-Based Generative Models"): the preconditioning of diffusers' ``EDMEulerScheduler``
+(``c_skip``, ``c_out``, ``c_in``, ``c_noise = log(sigma) / 4``), the loss weight ``(sigma^2 + sigma_data^2) /
+(sigma sigma_data)^2`` and a log-normal noise level. Every noise level of the scheduler's range
+[0.002, 80] is trained. The log-normal is a mixture that puts most of the mass where perceptual decoding of
+codec output works (sigma 0.01-0.5 on pixels in [-1, 1]): ``--p_mean`` / ``--p_std`` for the
+low-noise part and EDM's own (-1.2, 1.2) for the rest.
+
+Data: random crops of the lossless training photographs (``train-clean``) and of ``train-sunhays80``, at full size
+and at half size (a Lanczos-downscaled copy of each photograph, which is cleaner and closer to the sharpness of
+the test photographs), with random flips. Never Kodak (the test set) and never val-set14 (it is used only to
+report the denoising PSNR during training and, later, to calibrate the noise levels).
+
+The output folder is a ``PerceptualDecodePipeline`` (unet + EDM scheduler) that ``from_pretrained`` loads. The
+weights are EMA weights, stored in float16 safetensors. ``train_log.json`` holds the loss and the validation
+denoising PSNR per noise level.
+
+Example (about an hour on 2 CPU cores):
+    python training/train_decode_denoiser.py --data ../shared/data/train-clean ../shared/data/train-sunhays80 \\
+        --validation_data ../shared/data/val-set14 --output_dir denoiser --max_steps 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import EDMEulerScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from tqdm.auto import tqdm
+
+from rp_diffusers.utils.files import write_json
+from rp_diffusers.utils.image import list_images, load_image
+
+VALIDATION_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", required=True, help="folders of training photographs (not Kodak)")
+    parser.add_argument("--validation_data", help="folder of held-out photographs for the denoising PSNR (val-set14)")
+    parser.add_argument("--output_dir", required=True, help="where the PerceptualDecodePipeline folder is written")
+    parser.add_argument("--block_out_channels", default="16,32,64,96,128", help="UNet widths, one per level")
+    parser.add_argument("--layers_per_block", type=int, default=1)
+    parser.add_argument("--resolution", type=int, default=64, help="training crop side in pixels")
+    parser.add_argument("--train_batch_size", type=int, default=32)
+    parser.add_argument("--max_steps", type=int, default=8000)
+    parser.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this wall time")
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--lr_warmup_steps", type=int, default=200)
+    parser.add_argument("--ema_decay", type=float, default=0.999)
+    parser.add_argument("--p_mean", type=float, default=-2.5, help="mean of log(sigma), low-noise component")
+    parser.add_argument("--p_std", type=float, default=1.2, help="std of log(sigma), low-noise component")
+    parser.add_argument(
+        "--edm_fraction", type=float, default=0.25, help="share of noise levels from EDM's (-1.2, 1.2)"
+    )
+    parser.add_argument("--sigma_data", type=float, default=0.5)
+    parser.add_argument(
+        "--half_size", action=argparse.BooleanOptionalAction, default=True, help="add half-size copies"
+    )
+    parser.add_argument("--save_steps", type=int, default=2000, help="write the pipeline folder every N steps")
+    parser.add_argument("--validation_steps", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(input_args)
+    args.block_out_channels = tuple(int(c) for c in args.block_out_channels.split(","))
+    multiple = 2 ** (len(args.block_out_channels) - 1)
+    if args.resolution % multiple:
+        parser.error(f"--resolution must be a multiple of {multiple} for {len(args.block_out_channels)} levels")
+    for folder in args.data + ([args.validation_data] if args.validation_data else []):
+        if "kodak" in Path(folder).resolve().name.lower():
+            parser.error("Kodak is the test set: never train or validate on it")
+    return args
+
+
+def load_photographs(folders: list[str], half_size: bool) -> list[np.ndarray]:
+    """Every photograph of ``folders`` as an (H, W, 3) uint8 array, plus a Lanczos half-size copy of each."""
+    arrays = []
+    for folder in folders:
+        for path in list_images(folder):
+            image = load_image(path)
+            arrays.append(np.asarray(image))
+            if half_size:
+                half = image.resize((image.width // 2, image.height // 2), Image.LANCZOS)
+                arrays.append(np.asarray(half))
+    if not arrays:
+        raise ValueError(f"no images found in {folders}")
+    return arrays
+
+
+class CropSampler:
+    """Random crops (with flips) from in-memory photographs, drawn in proportion to each photograph's area."""
+
+    def __init__(self, arrays: list[np.ndarray], size: int, seed: int) -> None:
+        self.arrays = [a for a in arrays if min(a.shape[:2]) >= size]
+        areas = np.array([a.shape[0] * a.shape[1] for a in self.arrays], dtype=np.float64)
+        self.weights = areas / areas.sum()
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, count: int) -> torch.Tensor:
+        crops = []
+        for index in self.rng.choice(len(self.arrays), size=count, p=self.weights):
+            array = self.arrays[index]
+            top = self.rng.integers(0, array.shape[0] - self.size + 1)
+            left = self.rng.integers(0, array.shape[1] - self.size + 1)
+            crop = array[top : top + self.size, left : left + self.size]
+            if self.rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            crops.append(np.ascontiguousarray(crop))
+        batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()
+        return batch / 127.5 - 1  # the model's [-1, 1] pixel space
+
+
+def build_unet(args: argparse.Namespace) -> UNet2DModel:
+    levels = len(args.block_out_channels)
+    return UNet2DModel(
+        sample_size=None,  # fully convolutional: PerceptualDecodePipeline runs it on whole images
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=args.block_out_channels,
+        layers_per_block=args.layers_per_block,
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        add_attention=False,
+        norm_num_groups=8,
+    )
+
+
+def denoise(unet: UNet2DModel, scheduler: EDMEulerScheduler, noisy: torch.Tensor, sigma: torch.Tensor):
+    """EDM x0 estimate for per-sample ``sigma`` of shape (B, 1, 1, 1), with the scheduler's own preconditioning."""
+    model_input = scheduler.precondition_inputs(noisy, sigma)
+    c_noise = scheduler.precondition_noise(sigma).reshape(-1)
+    output = unet(model_input, c_noise, return_dict=False)[0]
+    return scheduler.precondition_outputs(noisy, output, sigma)
+
+
+def sample_sigmas(count: int, args: argparse.Namespace, generator: torch.Generator) -> torch.Tensor:
+    normal = torch.randn(count, generator=generator)
+    edm = torch.rand(count, generator=generator) < args.edm_fraction
+    log_sigma = torch.where(edm, -1.2 + 1.2 * normal, args.p_mean + args.p_std * normal)
+    return log_sigma.exp().clamp(0.002, 80.0).view(-1, 1, 1, 1)
+
+
+def validation_crops(folder: str, size: int = 256) -> torch.Tensor:
+    crops = []
+    for path in list_images(folder):
+        image = load_image(path)
+        side = min(size, image.width, image.height) // 16 * 16
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        crop = np.asarray(image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS))
+        crops.append(torch.from_numpy(crop.copy()).permute(2, 0, 1).float() / 127.5 - 1)
+    return torch.stack(crops)
+
+
+@torch.no_grad()
+def validate(unet, scheduler, crops: torch.Tensor) -> dict[str, float]:
+    """Denoising PSNR (dB, pixels in [0, 1]) of the held-out crops at each of ``VALIDATION_SIGMAS``."""
+    generator = torch.Generator().manual_seed(1234)
+    result = {}
+    for sigma in VALIDATION_SIGMAS:
+        noise = torch.randn(crops.shape, generator=generator)
+        level = torch.full((crops.shape[0], 1, 1, 1), sigma)
+        estimate = denoise(unet, scheduler, crops + sigma * noise, level).clamp(-1, 1)
+        mse = ((estimate - crops) / 2).pow(2).flatten(1).mean(1)
+        result[f"psnr@{sigma}"] = float((-10 * mse.log10()).mean())
+        result[f"noisy_psnr@{sigma}"] = float(-10 * math.log10((sigma / 2) ** 2))
+    return result
+
+
+def save_pipeline(unet: UNet2DModel, ema: EMAModel, scheduler, output_dir: Path, log: dict) -> None:
+    from rp_diffusers.pipelines.perceptual_decode import PerceptualDecodePipeline
+
+    export = build_unet(argparse.Namespace(**log["args"]))
+    ema.copy_to(export.parameters())
+    export.to(torch.float16)
+    pipe = PerceptualDecodePipeline(unet=export, scheduler=scheduler)
+    pipe.save_pretrained(output_dir, safe_serialization=True)
+    write_json(output_dir / "train_log.json", log)
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    arrays = load_photographs(args.data, args.half_size)
+    sampler = CropSampler(arrays, args.resolution, args.seed)
+    crops = validation_crops(args.validation_data) if args.validation_data else None
+    scheduler = EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=args.sigma_data)
+    unet = build_unet(args)
+    ema = EMAModel(unet.parameters(), decay=args.ema_decay)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            min(1.0, (step + 1) / args.lr_warmup_steps)
+            * 0.5
+            * (1 + math.cos(math.pi * min(step, args.max_steps) / args.max_steps))
+        ),
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    log = {
+        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "training_photographs": len(arrays),
+        "loss": [],
+        "validation": [],
+    }
+    start, running = time.perf_counter(), []
+    progress = tqdm(range(args.max_steps), desc="denoiser")
+    for step in progress:
+        clean = sampler.batch(args.train_batch_size)
+        sigma = sample_sigmas(clean.shape[0], args, generator)
+        noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
+        weight = (sigma**2 + args.sigma_data**2) / (sigma * args.sigma_data) ** 2
+        loss = (weight * (denoise(unet, scheduler, noisy, sigma) - clean) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        ema.step(unet.parameters())
+        running.append(float(loss))
+        done = step + 1
+        minutes = (time.perf_counter() - start) / 60
+        out_of_time = args.max_minutes is not None and minutes >= args.max_minutes
+        if done % 50 == 0:
+            log["loss"].append({"step": done, "loss": float(np.mean(running))})
+            progress.set_postfix(loss=f"{np.mean(running):.4f}")
+            running = []
+        if crops is not None and (done % args.validation_steps == 0 or done == args.max_steps or out_of_time):
+            backup = [p.detach().clone() for p in unet.parameters()]
+            ema.copy_to(unet.parameters())
+            row = {"step": done, "minutes": round(minutes, 2), **validate(unet, scheduler, crops)}
+            for parameter, saved in zip(unet.parameters(), backup):
+                parameter.data.copy_(saved)
+            log["validation"].append(row)
+            tqdm.write(json.dumps(row))
+        if done % args.save_steps == 0 or done == args.max_steps or out_of_time:
+            log["steps"], log["minutes"] = done, round(minutes, 2)
+            save_pipeline(unet, ema, scheduler, output_dir, log)
+        if out_of_time:
+            break
+
+
+if __name__ == "__main__":
+    main(parse_args())
