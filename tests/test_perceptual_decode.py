@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -628,3 +629,35 @@ def test_calibrate_decode_command_caches_the_rule_next_to_the_model(tmp_path, tr
     out = reloaded(image.crop((0, 0, 40, 40)), codec="jpeg", quality=20)
     expected = math.exp((math.log(entry["sigmas"][0]) * 20 + math.log(entry["sigmas"][1]) * 10) / 30)
     assert out.sigmas[0] == pytest.approx(expected, rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- the shipped model
+def test_enhance_runs_offline_with_the_shipped_denoiser_and_its_calibration(tmp_path):
+    """`rp-diffusers enhance DECODED.jpg --codec jpeg --quality Q --out DIR` with no other flag."""
+    from rp_diffusers.cli import main as cli_main
+    from rp_diffusers.codecs import get_codec
+    from rp_diffusers.pipelines.perceptual_decode import DEFAULT_DECODE_MODEL_DIR
+
+    assert (DEFAULT_DECODE_MODEL_DIR / "decode_calibration.json").is_file()
+    source = Image.open(sorted((Path(__file__).parents[1] / "rp_diffusers/assets/examples").glob("*.png"))[0])
+    decoded = get_codec("jpeg").run(source.convert("RGB").crop((0, 0, 96, 64)), 20).reconstruction
+    decoded.save(tmp_path / "decoded.jpg", quality=100)
+    assert (
+        cli_main(
+            [
+                "enhance",
+                str(tmp_path / "decoded.jpg"),
+                "--codec",
+                "jpeg",
+                "--quality",
+                "20",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    out = Image.open(tmp_path / "out" / "decoded.png")
+    assert out.size == (96, 64)
+    difference = np.abs(np.asarray(out, dtype=float) - np.asarray(Image.open(tmp_path / "decoded.jpg"), dtype=float))
+    assert 0.5 < difference.mean() < 20  # changed, by about the calibrated noise level, not replaced

@@ -55,7 +55,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_batch_size", type=int, default=32)
     parser.add_argument("--max_steps", type=int, default=8000)
     parser.add_argument("--max_minutes", type=float, default=None, help="stop (and save) after this wall time")
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--learning_rate", type=float, default=4e-4)
     parser.add_argument("--lr_warmup_steps", type=int, default=200)
     parser.add_argument("--ema_decay", type=float, default=0.999)
     parser.add_argument("--p_mean", type=float, default=-2.5, help="mean of log(sigma), low-noise component")
