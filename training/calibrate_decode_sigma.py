@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 from rp_diffusers.codecs import get_codec
-from rp_diffusers.commands.calibrate_decode import DEFAULT_QUALITIES
+from rp_diffusers.commands.calibrate_decode import DEFAULT_QUALITIES, load_photographs
 from rp_diffusers.decode.calibration import DEFAULT_TABLE_PATH, SigmaTable, calibrate_sigmas
 from rp_diffusers.default_model import DTYPES
 from rp_diffusers.pipelines.perceptual_decode import load_pipeline
-from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
+from rp_diffusers.utils.image import pil_to_tensor
 
 logger = logging.getLogger("calibrate_decode_sigma")
 
@@ -52,22 +52,6 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--output", default=str(DEFAULT_TABLE_PATH), help="JSON table to create or update")
     return parser.parse_args(input_args)
-
-
-def load_photographs(folder: str, num_images: int, crop: int) -> list[torch.Tensor]:
-    """The first ``num_images`` photographs of ``folder`` as (1, 3, h, w) tensors in [0, 1], centre-cropped."""
-    root = Path(folder)
-    if "kodak" in root.resolve().name.lower():
-        raise ValueError("Kodak is the test set: calibrate on training photographs (train-sunhays80)")
-    paths = list_images(root)[:num_images]
-    images = []
-    for path in paths:
-        image = load_image(path)
-        if crop and min(image.size) > crop:
-            left, top = (image.width - crop) // 2, (image.height - crop) // 2
-            image = image.crop((left, top, left + crop, top + crop))
-        images.append(pil_to_tensor(image))
-    return images
 
 
 def mean_mse(images: list[torch.Tensor], references: list[torch.Tensor]) -> float:

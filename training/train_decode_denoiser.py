@@ -211,7 +211,12 @@ def main(args: argparse.Namespace) -> None:
     )
     generator = torch.Generator().manual_seed(args.seed)
     log = {
-        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "args": {  # folder names, not this machine's paths
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+            "data": [Path(folder).name for folder in args.data],
+            "validation_data": Path(args.validation_data).name if args.validation_data else None,
+            "output_dir": Path(args.output_dir).name,
+        },
         "parameters": sum(p.numel() for p in unet.parameters()),
         "training_photographs": len(arrays),
         "loss": [],

@@ -277,6 +277,8 @@ def calibrate_sigmas(
 
     codec = get_codec(codec_name)
     model = pipe.model_key or "model"
+    if Path(model).is_dir():  # a local folder: its name, not this machine's path
+        model = Path(model).name
     mses, sigmas, ratios = [], [], []
     high = sigma_max or min(make_sigma_range(pipe)[1], 10.0)
     for quality in tqdm(qualities, desc=f"calibrate {codec_name}", disable=not progress):
