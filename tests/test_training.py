@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -428,3 +429,35 @@ def test_load_image_dataset_keeps_files_named_like_splits(tmp_path):
     dataset, column = load_image_dataset(train_data_dir=folder, cache_dir=tmp_path / "cache")
     names = sorted(Path(row[column]["path"]).name for row in dataset)
     assert names == ["abbey.png", "test_b.png", "train_railway_a.png"]
+
+
+def test_distill_decode_denoiser_trains_a_one_step_student(workspace, tmp_path):
+    """The real-teacher script runs stage 1's step on a tiny EDM teacher and writes loadable student weights."""
+    from diffusers import EDMEulerScheduler, UNet2DModel
+
+    script = _load_script("distill_decode_denoiser")
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=None, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, add_attention=False,
+        norm_num_groups=4,
+    )  # fmt: skip
+    unet.save_pretrained(teacher / "unet")
+    EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5).save_pretrained(teacher / "scheduler")
+    output = tmp_path / "student"
+    args = script.parse_args(
+        ["--teacher", str(teacher), "--train_data_dir", str(workspace["data"]), "--cache_dir",
+         str(workspace["root"] / "cache"), "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "3",
+         "--learning_rate", "1e-3", "--output_dir", str(output), "--log_steps", "1"]
+    )  # fmt: skip
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    script.main(args)
+    student = UNet2DModel.from_pretrained(output / "student")
+    changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "the student did not move"
+    log = json.loads((output / "distill_log.json").read_text())
+    assert log["steps"] == 3 and all(math.isfinite(e["loss_sid"]) for e in log["loss"])
+    assert log["args"]["teacher"] == "teacher"  # a folder name, not this machine's path
+    with pytest.raises(ValueError, match="Kodak"):
+        script.parse_args(["--train_data_dir", "/data/kodak"])

@@ -29,9 +29,7 @@ from transformers import AutoTokenizer, CLIPTextModel
 from rp_diffusers.adapters import rp_lora_config
 from rp_diffusers.losses import (
     classifier_free_guidance,
-    denoising_loss,
     perceptual_distance,
-    sid_generator_loss,
     task_loss,
 )
 from rp_diffusers.metrics.psnr import psnr
@@ -60,6 +58,7 @@ from rp_diffusers.training_utils import (
     training_batches,
     validation_due,
 )
+from rp_diffusers.training_utils.sid import fake_score_loss, sid_timesteps, student_sid_loss
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor, tensor_to_pil
 
 logger = get_logger(__name__, log_level="INFO")
@@ -103,6 +102,12 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--sid_t_min", type=int, default=20, help="Smallest timestep of the SiD/fake-score noise.")
     parser.add_argument("--sid_t_max", type=int, default=980, help="Largest timestep of the SiD/fake-score noise.")
+    parser.add_argument(
+        "--sid_timestep_sampling",
+        choices=["sample", "batch"],
+        default="sample",
+        help="SiD's noise levels: one per sample (as SiD) or one per batch (noisier; the earlier default).",
+    )
     parser.add_argument("--lambda_task", type=float, default=1.0, help="Weight of the consistency term to the input.")
     parser.add_argument(
         "--lambda_lpips",
@@ -315,6 +320,16 @@ def main(args):
     )
     fake_trainable = [p for p in fake_unet.parameters() if p.requires_grad]
 
+    def fake_x0(model):  # the fake score as SiD's x0 function (x, t, noise) -> x0
+        return lambda x, t, noise: predict_x0_latents(
+            model, x, t, prompt_embeds, teacher_alphas, teacher_prediction, noise
+        )
+
+    def real_x0(x, t, noise):  # the frozen teacher, with guidance if asked
+        return teacher_x0(
+            teacher, x, t, prompt_embeds, uncond_embeds, args.guidance_scale, teacher_alphas, teacher_prediction, noise
+        )
+
     # 6. Training loop: fake-score update, then student update (SiD's alternation)
     stopped = False
     with stop_on_signals(accelerator):
@@ -341,36 +356,26 @@ def main(args):
                     residual=args.residual,
                     return_latents=True,
                 )
-                t_fake, t_gen = torch.randint(args.sid_t_min, args.sid_t_max + 1, (2,), generator=generator).tolist()
+                t_fake, t_gen = sid_timesteps(
+                    x_g.shape[0],
+                    args.sid_t_min,
+                    args.sid_t_max,
+                    args.sid_timestep_sampling == "sample",
+                    generator,
+                    x_g.device,
+                )
                 noise_fake, noise_gen = torch.randn((2, *x_g.shape), generator=generator).to(x_g.device)
 
                 # 6a. fake score: ordinary denoising loss on the student's (detached) outputs
-                x0_fake = predict_x0_latents(
-                    fake_model, x_g.detach(), t_fake, prompt_embeds, teacher_alphas, teacher_prediction, noise_fake
+                loss_fake = fake_score_loss(
+                    fake_x0(fake_model), x_g, t_fake, noise_fake, teacher_alphas, teacher_prediction
                 )
-                loss_fake = denoising_loss(x0_fake, x_g, teacher_alphas[t_fake], teacher_prediction)
                 optimizer_step(accelerator, loss_fake, fake_score, optimizer_f, lr_f, args.max_grad_norm)
 
-                # 6b. student: SiD generator loss through the teacher and the (now frozen) fake score
-                for p in fake_trainable:
-                    p.requires_grad_(False)
-                f_fake = predict_x0_latents(
-                    fake_unet, x_g, t_gen, prompt_embeds, teacher_alphas, teacher_prediction, noise_gen
+                # 6b. student: SiD generator loss through the teacher and the (frozen) fake score
+                loss_sid = student_sid_loss(
+                    real_x0, fake_x0(fake_unet), fake_trainable, x_g, t_gen, noise_gen, args.sid_alpha
                 )
-                f_real = teacher_x0(
-                    teacher,
-                    x_g,
-                    t_gen,
-                    prompt_embeds,
-                    uncond_embeds,
-                    args.guidance_scale,
-                    teacher_alphas,
-                    teacher_prediction,
-                    noise_gen,
-                )
-                for p in fake_trainable:
-                    p.requires_grad_(True)
-                loss_sid = sid_generator_loss(x_g, f_real, f_fake, args.sid_alpha)
                 loss_task = task_loss(image_g, image, lpips_fn, args.lambda_lpips)
                 loss_g = loss_sid + args.lambda_task * loss_task
                 optimizer_step(accelerator, loss_g, student, optimizer_g, lr_g, args.max_grad_norm)

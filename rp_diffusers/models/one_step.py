@@ -50,7 +50,8 @@ def predict_x0_latents(
     Args:
         unet: a ``UNet2DConditionModel`` (LoRA adapters, if any, are active as set on it).
         latents: (N, C, h, w) scaled clean latents of the input image.
-        timestep: the fixed t* in [0, num_train_timesteps); 999 (img2img-turbo) or 625 (SiD-LSG).
+        timestep: the fixed t* in [0, num_train_timesteps); 999 (img2img-turbo) or 625 (SiD-LSG); or an (N,)
+            tensor of one timestep per sample (SiD's noise levels in stage 1).
         prompt_embeds: (1 or N, L, D) text embeddings of the fixed prompt.
         alphas_cumprod: the scheduler's cumulative alpha products (num_train_timesteps,).
         prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (the scheduler config's value).
@@ -60,7 +61,12 @@ def predict_x0_latents(
     Returns:
         (N, C, h, w) x0 latents in the dtype of ``latents``.
     """
-    alpha_bar = alphas_cumprod[timestep].to(device=latents.device, dtype=torch.float32)
+    if torch.is_tensor(timestep) and timestep.ndim:  # one timestep per sample: (N,) -> (N, 1, 1, 1)
+        t = timestep.to(device=latents.device, dtype=torch.long).expand(latents.shape[0])
+        alpha_bar = alphas_cumprod.to(latents.device)[t].float().reshape(-1, *([1] * (latents.ndim - 1)))
+    else:
+        t = torch.full((latents.shape[0],), int(timestep), device=latents.device, dtype=torch.long)
+        alpha_bar = alphas_cumprod[int(timestep)].to(device=latents.device, dtype=torch.float32)
     sqrt_a, sqrt_one_minus_a = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
     z_t = latents.float()
     if noise is not None:
@@ -68,7 +74,6 @@ def predict_x0_latents(
     embeds = prompt_embeds.to(device=latents.device, dtype=unet.dtype)
     if embeds.shape[0] == 1 and latents.shape[0] > 1:
         embeds = embeds.expand(latents.shape[0], -1, -1)
-    t = torch.full((latents.shape[0],), timestep, device=latents.device, dtype=torch.long)
     model_output = unet(z_t.to(unet.dtype), t, encoder_hidden_states=embeds, return_dict=False)[0].float()
     if prediction_type == "epsilon":
         x0 = (z_t - sqrt_one_minus_a * model_output) / sqrt_a
