@@ -431,8 +431,13 @@ def test_load_image_dataset_keeps_files_named_like_splits(tmp_path):
     assert names == ["abbey.png", "test_b.png", "train_railway_a.png"]
 
 
-def test_distill_decode_denoiser_trains_a_one_step_student(workspace, tmp_path):
-    """The real-teacher script runs stage 1's step on a tiny EDM teacher and writes loadable student weights."""
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_distill_decode_denoiser_trains_a_one_step_student(workspace, tmp_path, lora_rank):
+    """The real-teacher script runs stage 1's step on a tiny EDM teacher and writes loadable student weights.
+
+    ``--lora_rank 0`` trains every weight (SiD); ``r > 0`` trains a LoRA only and saves it fused into a plain
+    ``UNet2DModel`` with the teacher's parameter names.
+    """
     from diffusers import EDMEulerScheduler, UNet2DModel
 
     script = _load_script("distill_decode_denoiser")
@@ -449,14 +454,18 @@ def test_distill_decode_denoiser_trains_a_one_step_student(workspace, tmp_path):
     args = script.parse_args(
         ["--teacher", str(teacher), "--train_data_dir", str(workspace["data"]), "--cache_dir",
          str(workspace["root"] / "cache"), "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "3",
-         "--learning_rate", "1e-3", "--output_dir", str(output), "--log_steps", "1"]
+         "--learning_rate", "1e-3", "--output_dir", str(output), "--log_steps", "1", "--lora_rank", str(lora_rank)]
     )  # fmt: skip
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     script.main(args)
     student = UNet2DModel.from_pretrained(output / "student")
+    assert set(student.state_dict()) == set(before), "the saved student is not a plain UNet2DModel"
     changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "the student did not move"
     log = json.loads((output / "distill_log.json").read_text())
+    trainable = log["trainable_parameters"]["student"]
+    total = sum(v.numel() for v in before.values())
+    assert (trainable == total) if lora_rank == 0 else (0 < trainable < total)
     assert log["steps"] == 3 and all(math.isfinite(e["loss_sid"]) for e in log["loss"])
     assert log["args"]["teacher"] == "teacher"  # a folder name, not this machine's path
     with pytest.raises(ValueError, match="Kodak"):

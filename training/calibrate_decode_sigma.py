@@ -23,8 +23,13 @@ from pathlib import Path
 import torch
 
 from rp_diffusers.codecs import get_codec
-from rp_diffusers.commands.calibrate_decode import DEFAULT_QUALITIES, load_photographs
-from rp_diffusers.decode.calibration import DEFAULT_TABLE_PATH, SigmaTable, calibrate_sigmas
+from rp_diffusers.decode.calibration import (
+    DEFAULT_QUALITIES,
+    DEFAULT_TABLE_PATH,
+    SigmaTable,
+    calibrate_sigmas,
+    load_photographs,
+)
 from rp_diffusers.default_model import DTYPES
 from rp_diffusers.pipelines.perceptual_decode import load_pipeline
 from rp_diffusers.utils.image import pil_to_tensor

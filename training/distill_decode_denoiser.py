@@ -32,6 +32,7 @@ import torch
 from diffusers import EDMEulerScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
+from rp_diffusers.adapters import rp_lora_config
 from rp_diffusers.losses import task_loss
 from rp_diffusers.pipelines.perceptual_decode import DEFAULT_DECODE_MODEL_DIR
 from rp_diffusers.training_utils import (
@@ -64,6 +65,13 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--lambda_task", type=float, default=1.0, help="Weight of MSE(G(y), y) on [0, 1] images.")
     parser.add_argument("--fake_score_learning_rate", type=float, default=None, help="default: --learning_rate")
+    parser.add_argument(
+        "--lora_rank",
+        type=int,
+        default=0,
+        help="0: train every weight of the student and the fake score (SiD); r > 0: train only a rank-r LoRA on "
+        "every convolution and linear layer of both (distill_cid.py's default); the saved student is fused",
+    )
     parser.add_argument("--max_minutes", type=float, default=None, help="Stop (and save) after this wall time.")
     parser.add_argument("--log_steps", type=int, default=50, help="Log the losses every N steps.")
     add_training_args(parser, "data", "cropping", defaults={"resolution": 64, "random_flip": True})
@@ -88,7 +96,28 @@ def parse_args(input_args=None):
         raise ValueError("need 0 < --input_sigma_min <= --input_sigma_max")
     if not 0 < args.sid_sigma_min < args.sid_sigma_max:
         raise ValueError("need 0 < --sid_sigma_min < --sid_sigma_max")
+    if args.lora_rank < 0:
+        raise ValueError(f"--lora_rank must be >= 0 (0 = full training), got {args.lora_rank}")
     return args
+
+
+def lora_target_modules(unet: UNet2DModel) -> list[str]:
+    """Every convolution and linear layer of ``unet``, by full name (the pixel model has no attention)."""
+    kinds = (torch.nn.Conv2d, torch.nn.Linear)
+    return [name for name, module in unet.named_modules() if isinstance(module, kinds)]
+
+
+def make_trainable(unet: UNet2DModel, lora_rank: int):
+    """Full training (``lora_rank == 0``, as SiD), or peft's zero-initialised rank-r LoRA on every conv/linear layer.
+
+    ``UNet2DModel`` has no diffusers adapter mixin, so the LoRA case is a ``peft.PeftModel`` around it;
+    ``merge_and_unload()`` gives back a plain ``UNet2DModel`` with the LoRA folded in.
+    """
+    if not lora_rank:
+        return unet.requires_grad_(True)
+    from peft import get_peft_model
+
+    return get_peft_model(unet, rp_lora_config(rank=lora_rank, target_modules=lora_target_modules(unet)))
 
 
 def edm_x0(unet: UNet2DModel, scheduler: EDMEulerScheduler, x_sigma: torch.Tensor, sigma: torch.Tensor):
@@ -110,6 +139,7 @@ def main(args):
     scheduler = EDMEulerScheduler.from_pretrained(args.teacher, subfolder="scheduler")
     student, fake = copy.deepcopy(teacher), copy.deepcopy(teacher)  # SiD: both start as the teacher
     teacher.requires_grad_(False)
+    student, fake = make_trainable(student, args.lora_rank), make_trainable(fake, args.lora_rank)
     for model in (teacher, student, fake):
         model.to(device)
     multiple = 2 ** (len(teacher.config.block_out_channels) - 1)
@@ -130,10 +160,12 @@ def main(args):
     train_dataset, train_dataloader = make_train_dataloader(args)
     lr_f = args.fake_score_learning_rate or args.learning_rate
     betas = (args.adam_beta1, args.adam_beta2)
+    student_parameters = [p for p in student.parameters() if p.requires_grad]
     optimizer_g = build_optimizer(
-        student.parameters(), args.learning_rate, betas, args.adam_weight_decay, args.adam_epsilon, False
+        student_parameters, args.learning_rate, betas, args.adam_weight_decay, args.adam_epsilon, False
     )
-    optimizer_f = build_optimizer(fake.parameters(), lr_f, betas, args.adam_weight_decay, args.adam_epsilon, False)
+    fake_trainable = [p for p in fake.parameters() if p.requires_grad]
+    optimizer_f = build_optimizer(fake_trainable, lr_f, betas, args.adam_weight_decay, args.adam_epsilon, False)
     train_steps(args, train_dataloader)
     schedule_g, schedule_f = (make_lr_schedule(args, o, accelerator) for o in (optimizer_g, optimizer_f))
     student, fake, optimizer_g, optimizer_f, train_dataloader, schedule_g, schedule_f = accelerator.prepare(
@@ -142,6 +174,7 @@ def main(args):
     train_steps(args, train_dataloader)
     fake_parameters = [p for p in fake.parameters() if p.requires_grad]
     log = {"args": {k: v for k, v in vars(args).items() if k != "hub_token"}, "loss": []}
+    log["trainable_parameters"] = {"student": sum(p.numel() for p in student_parameters)}
     log["args"]["teacher"] = Path(args.teacher).name
     log["args"]["train_data_dir"] = Path(args.train_data_dir).name if args.train_data_dir else None
 
@@ -185,7 +218,10 @@ def main(args):
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
         for name, model in (("student", student), ("fake_score", fake)):
-            accelerator.unwrap_model(model).save_pretrained(output_dir / name, safe_serialization=True)
+            model = accelerator.unwrap_model(model)
+            if args.lora_rank:  # the LoRA folded into the weights: a plain UNet2DModel, as the teacher
+                model = model.merge_and_unload()
+            model.save_pretrained(output_dir / name, safe_serialization=True)
         scheduler.save_pretrained(output_dir / "scheduler")
         log.update(steps=global_step, minutes=(time.perf_counter() - start) / 60)
         write_json(output_dir / "distill_log.json", log)

@@ -29,6 +29,36 @@ logger = logging.getLogger(__name__)
 DEFAULT_TABLE_PATH = Path(__file__).with_name("sigma_table.json")
 TABLE_FORMAT = "rp-diffusers-decode-sigma/1"
 TARGET_RATIO = 2.0
+# Qualities calibrated by default, per codec (the command and the training script use them).
+DEFAULT_QUALITIES = {
+    "jpeg": "5,10,20,30,40,50,60,75,90",
+    "webp": "5,10,20,30,40,50,60,75,90",
+    "avif": "5,10,20,30,40,50,60,75,90",
+    "heic": "5,10,20,30,40,50,60,75,90",
+    "jxl": "5,10,20,30,40,50,60,75,90",
+    "hevc": "11,16,21,26,31,36,41",
+    "vvc": "18,23,28,33,38,43,48",
+}
+
+
+def load_photographs(folder: str, num_images: int, crop: int) -> list:
+    """The first ``num_images`` photographs of ``folder`` as (1, 3, h, w) tensors in [0, 1], centre-cropped."""
+    from ..utils.image import list_images, load_image, pil_to_tensor
+
+    root = Path(folder)
+    if "kodak" in root.resolve().name.lower():
+        raise ValueError("Kodak is the test set: calibrate on held-out photographs (e.g. val-set14)")
+    paths = list_images(root)[:num_images]
+    if not paths:
+        raise ValueError(f"no images in {folder}")
+    images = []
+    for path in paths:
+        image = load_image(path)
+        if crop and min(image.size) > crop:
+            left, top = (image.width - crop) // 2, (image.height - crop) // 2
+            image = image.crop((left, top, left + crop, top + crop))
+        images.append(pil_to_tensor(image))
+    return images
 
 
 class CalibrationError(ValueError):
