@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rp_diffusers.codecs import available_codecs, get_codec
-from rp_diffusers.utils.image import load_image
+from rp_diffusers.utils.image import list_images, load_image
 
 DEFAULT_KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 
@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> dict:
     folder = Path(args.images)
     if not folder.is_dir():
         raise FileNotFoundError(f"no image folder at {folder}: pass --images with the Kodak folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".ppm"))
+    paths = list_images(folder)
     paths = paths[: args.limit] if args.limit else paths
     if not paths:
         raise FileNotFoundError(f"no images in {folder}")

@@ -37,7 +37,7 @@ from rp_diffusers.evaluation.plot import plot_rd
 from rp_diffusers.evaluation.results import EvaluationResult
 from rp_diffusers.metrics.psnr import psnr
 from rp_diffusers.metrics.ssim import ms_ssim
-from rp_diffusers.utils.image import load_image, pil_to_tensor
+from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 
 DEFAULT_KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 BASELINE_QUALITIES = {"jpeg": "5,10,20,35,55,80", "heic": "10,20,30,40,50,60"}
@@ -142,7 +142,7 @@ def at_rate(curve: dict, bpp: float, key: str) -> float:
 def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = list_images(args.images)
     files = files[: args.limit] if args.limit else files
     images = []
     for path in files:

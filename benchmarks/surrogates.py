@@ -32,9 +32,7 @@ from PIL import features
 
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.surrogates import get_surrogate
-from rp_diffusers.utils.image import load_image, pil_to_tensor
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -135,7 +133,7 @@ def summarise(rows: list[dict]) -> dict:
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.max_images]
+    paths = list_images(args.images)[: args.max_images]
     if not paths:
         raise FileNotFoundError(f"no images in {args.images}")
     images = [load_image(p) for p in paths]

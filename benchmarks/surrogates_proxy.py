@@ -26,7 +26,7 @@ import torch
 
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.surrogates.proxy import PROXY_CODECS, WEIGHTS_DIR, load_proxy, measure_fidelity, proxy_qualities
-from rp_diffusers.utils.image import load_image
+from rp_diffusers.utils.image import list_images, load_image
 
 DEFAULT_KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 
@@ -87,7 +87,7 @@ def run_codec(codec, image, quality: int, cache_dir: str | None, stem: str) -> t
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     folder = Path(args.images)
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".ppm"))[: args.max_images]
+    paths = list_images(folder)[: args.max_images]
     if not paths:
         raise FileNotFoundError(f"no images in {folder}: pass --images with the Kodak folder")
     images = [load_image(p) for p in paths]

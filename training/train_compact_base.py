@@ -36,7 +36,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DCondi
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from rp_diffusers.metrics import ms_ssim, psnr
+from rp_diffusers.metrics import computable, ms_ssim, psnr
 from rp_diffusers.models.one_step import decode_latents, encode_image, one_step_map
 from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.training_utils import (
@@ -247,12 +247,12 @@ def validate(vae, unet, embeds, scheduler, files, residual_map: bool, timestep: 
         padded, size = pad_to_multiple(image, multiple)
         recon = crop_to_size(decode_latents(vae, encode_image(vae, padded)), size).clamp(0, 1)
         rows["vae_psnr"].append(float(psnr(image, recon)))
-        rows["vae_ms_ssim"].append(float(ms_ssim(image, recon)) if min(size) >= 161 else float("nan"))
+        rows["vae_ms_ssim"].append(float(ms_ssim(image, recon)) if computable("ms_ssim", *size) else float("nan"))
         if residual_map:
             out = one_step_map(vae, unet, padded, embeds, timestep, scheduler.alphas_cumprod, "sample", residual=True)
             out = crop_to_size(out, size).clamp(0, 1)
             rows["map_psnr"].append(float(psnr(image, out)))
-            rows["map_ms_ssim"].append(float(ms_ssim(image, out)) if min(size) >= 161 else float("nan"))
+            rows["map_ms_ssim"].append(float(ms_ssim(image, out)) if computable("ms_ssim", *size) else float("nan"))
     return {k: sum(v) / len(v) for k, v in rows.items() if v}
 
 
@@ -330,7 +330,7 @@ def main(args):
         degraded = (clean + sigma * torch.randn(clean.shape, generator=generator)).clamp(0, 1)
         out = one_step_map(vae, unet, degraded, embeds, args.timestep, alphas, "sample", residual=True)
         mse = F.mse_loss(out, clean)
-        if args.ssim_weight == 0 or min(clean.shape[-2:]) < 161:  # MS-SSIM needs 161+ pixels a side
+        if args.ssim_weight == 0 or not computable("ms_ssim", *clean.shape[-2:]):  # the metrics' size rule
             return mse, {"mse": f"{mse.item():.6f}"}
         msssim = ms_ssim(clean, out.clamp(0, 1), quantize=False).mean()
         return mse + args.ssim_weight * (1 - msssim), {"mse": f"{mse.item():.6f}", "ms_ssim": f"{msssim.item():.4f}"}
