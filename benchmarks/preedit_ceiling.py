@@ -31,6 +31,7 @@ from rp_diffusers.evaluation import bd_overlap, bd_table, format_bd_table, list_
 from rp_diffusers.losses import RatePerceptionLoss, perceptual_distance
 from rp_diffusers.metrics import default_metrics
 from rp_diffusers.surrogates import get_surrogate
+from rp_diffusers.training_utils.preedit import pre_edit
 from rp_diffusers.utils.image import load_image
 
 
@@ -67,26 +68,6 @@ def real_jpeg(image: Image.Image, quality: int) -> tuple[Image.Image, int]:
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return decoded.convert("RGB"), size
-
-
-def pre_edit(loss_fn: RatePerceptionLoss, original: torch.Tensor, quality: int, steps: int, lr: float):
-    """Adam on the pixels against ``loss_fn`` at ``quality``; returns the edited image and the loss trace."""
-    slope = loss_fn.codec_slope(original, float(quality))  # of the original: the same at every step
-    pixels = original.shape[-2] * original.shape[-1]
-    x = original.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=lr)
-    trace = []
-    for _ in range(steps):
-        coded = loss_fn.surrogate(x.clamp(0, 1), float(quality))
-        distortion = loss_fn.distortion(original, coded.reconstruction.float())
-        loss = (distortion + loss_fn.lambda_rate * slope * coded.bits.float() / pixels).mean()  # RatePerceptionLoss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
-        trace.append(float(loss))
-    return x.detach(), trace
 
 
 def curve(name: str, rows: list[dict], qualities: list[int]) -> dict:

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +26,8 @@ from rp_diffusers.losses import RatePerceptionLoss, parse_perceptual, perceptual
 from rp_diffusers.models.one_step import one_step_map
 from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.surrogates import get_surrogate
+from rp_diffusers.training_utils.preedit import pre_edit
 from rp_diffusers.utils.image import list_images, load_image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from preedit_ceiling import pre_edit  # noqa: E402  (the ceiling's optimiser: one implementation of the edit)
 
 
 def parse_args(argv=None):
