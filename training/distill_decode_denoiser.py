@@ -177,6 +177,7 @@ def main(args):
     log["trainable_parameters"] = {"student": sum(p.numel() for p in student_parameters)}
     log["args"]["teacher"] = Path(args.teacher).name
     log["args"]["train_data_dir"] = Path(args.train_data_dir).name if args.train_data_dir else None
+    log["args"]["output_dir"] = Path(args.output_dir).name
 
     start, global_step = time.perf_counter(), 0
     progress = tqdm(range(args.max_train_steps), desc="distil", disable=not accelerator.is_local_main_process)
