@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
+from .utils.assets import ASSETS_DIR
+
+DEFAULT_MODEL_DIR = ASSETS_DIR / "default_model"
 DEFAULT_NAMES = ("default", "rp-compact")
 
 

@@ -9,20 +9,20 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..utils.assets import ASSETS_DIR
 from ..utils.image import list_images, load_image, pil_to_tensor
 from ..utils.processes import die_with_parent
 from .results import RESULT_KEYS, EvaluationResult
 
 logger = logging.getLogger(__name__)
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
+EXAMPLES_DIR = ASSETS_DIR / "examples"
 
 # Per-process caches: a worker builds its codec and metric networks once, not once per image.
 _WORKER_STATE: dict = {}

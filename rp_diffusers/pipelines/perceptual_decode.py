@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -38,6 +37,7 @@ from ..decode.solvers import (
     sample_euler_maruyama,
 )
 from ..models.one_step import decode_latents, encode_image
+from ..utils.assets import ASSETS_DIR
 from ..utils.hub import dtype_kwargs
 from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
 from ..utils.tiling import crop_to_size, pad_to_multiple, tiled_apply
@@ -420,7 +420,7 @@ class PerceptualDecodePipeline(DiffusionPipeline):
         return np.concatenate(arrays) if same_size else [a[0] for a in arrays]
 
 
-DEFAULT_DECODE_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "decode_model"
+DEFAULT_DECODE_MODEL_DIR = ASSETS_DIR / "decode_model"
 
 
 def resolve_decode_model(model: str | None) -> str:

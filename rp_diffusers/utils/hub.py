@@ -10,11 +10,13 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .assets import ASSETS_DIR
+
 # Weight files that torch.load would unpickle (run code from): never loaded, refused with a message.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
-PACKAGED_TEMPLATE = Path(__file__).resolve().parents[1] / "assets" / "model_card.md"
+PACKAGED_TEMPLATE = ASSETS_DIR / "model_card.md"
 
 
 def _template_path(template: str | os.PathLike | None) -> Path:
