@@ -22,3 +22,14 @@ def test_module_examples_run(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed (run with -s)"
+
+
+def test_space_examples_run(monkeypatch):
+    """The Space's own module (beside ``app.py``, not in the package) keeps its ``>>>`` example true."""
+    from pathlib import Path
+
+    monkeypatch.delenv("RP_SPACE_MODEL", raising=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "space"))
+    module = importlib.import_module("space_support")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.attempted >= 7 and result.failed == 0, f"{result.failed} of {result.attempted} failed (run with -s)"
