@@ -57,3 +57,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_edm_teacher(tmp_path) -> Path:
+    """A tiny random EDM-preconditioned pixel denoiser folder (``unet/``, ``scheduler/``), as the decode model's."""
+    import torch
+    from diffusers import EDMEulerScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=None, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, add_attention=False,
+        norm_num_groups=4,
+    )  # fmt: skip
+    folder = tmp_path / "teacher"
+    unet.save_pretrained(folder / "unet")
+    EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5).save_pretrained(folder / "scheduler")
+    return folder

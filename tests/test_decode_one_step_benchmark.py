@@ -36,20 +36,12 @@ def test_patch_statistics_tell_blur_from_the_source(bench):
     assert bench.sliced_wasserstein(bench.patches(blurred), source) > 0.01
 
 
-def test_a_student_equal_to_its_teacher_matches_the_posterior_mean_row(bench, tmp_path):
+def test_a_student_equal_to_its_teacher_matches_the_posterior_mean_row(bench, tmp_path, tiny_edm_teacher):
     """A student that IS the teacher gives the posterior-mean row exactly: the same y for every method."""
-    from diffusers import EDMEulerScheduler, UNet2DModel
+    import shutil
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=None, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, add_attention=False,
-        norm_num_groups=4,
-    )  # fmt: skip
-    teacher = tmp_path / "teacher"
-    unet.save_pretrained(teacher / "unet")
-    unet.save_pretrained(tmp_path / "copy")
-    EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5).save_pretrained(teacher / "scheduler")
+    teacher = tiny_edm_teacher
+    shutil.copytree(teacher / "unet", tmp_path / "copy")
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)

@@ -432,24 +432,17 @@ def test_load_image_dataset_keeps_files_named_like_splits(tmp_path):
 
 
 @pytest.mark.parametrize("lora_rank", [0, 2])
-def test_distill_decode_denoiser_trains_a_one_step_student(workspace, tmp_path, lora_rank):
+def test_distill_decode_denoiser_trains_a_one_step_student(workspace, tmp_path, lora_rank, tiny_edm_teacher):
     """The real-teacher script runs stage 1's step on a tiny EDM teacher and writes loadable student weights.
 
     ``--lora_rank 0`` trains every weight (SiD); ``r > 0`` trains a LoRA only and saves it fused into a plain
     ``UNet2DModel`` with the teacher's parameter names.
     """
-    from diffusers import EDMEulerScheduler, UNet2DModel
+    from diffusers import UNet2DModel
 
     script = _load_script("distill_decode_denoiser")
-    teacher = tmp_path / "teacher"
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=None, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, add_attention=False,
-        norm_num_groups=4,
-    )  # fmt: skip
-    unet.save_pretrained(teacher / "unet")
-    EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5).save_pretrained(teacher / "scheduler")
+    teacher = tiny_edm_teacher
+    unet = UNet2DModel.from_pretrained(teacher / "unet")
     output = tmp_path / "student"
     args = script.parse_args(
         ["--teacher", str(teacher), "--train_data_dir", str(workspace["data"]), "--cache_dir",
