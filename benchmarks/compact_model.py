@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rp_diffusers.codecs import card_example, get_codec
-from rp_diffusers.default_model import resolve_model
+from rp_diffusers.default_model import load_preprocessor, resolve_model
 from rp_diffusers.evaluation import (
     bd_overlap,
     bd_table,
@@ -131,9 +131,9 @@ def main(argv=None) -> int:
             raise SystemExit("--card_only needs --card_dir")
         write_model_card(json.loads(output.read_text()), Path(folder), Path(args.card_dir), output.parent)
         return 0
-    pipe = RPPreprocessPipeline.from_pretrained(folder)
+    pipe = load_preprocessor(folder, "cpu")
     pipe.set_progress_bar_config(disable=True)
-    adapters = pipe.config.adapters
+    adapters = pipe.available_adapters()
     paths = list_images(args.images)[: args.max_images]
     originals = [load_image(p) for p in paths]
     sizes = {

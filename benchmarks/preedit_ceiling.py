@@ -98,10 +98,9 @@ def main(argv=None) -> int:
 
     pipe, adapter, choice = None, None, None
     if args.model:
-        from rp_diffusers.default_model import resolve_model
-        from rp_diffusers.pipelines import RPPreprocessPipeline
+        from rp_diffusers.default_model import load_preprocessor
 
-        pipe = RPPreprocessPipeline.from_pretrained(resolve_model(args.model))
+        pipe = load_preprocessor(args.model, "cpu")
         pipe.set_progress_bar_config(disable=True)
         if args.adapter:
             adapter, choice = args.adapter, f"{args.adapter} (asked for)"

@@ -109,10 +109,10 @@ def validate_adapters(
         ``qualities``.
     """
     from ..adapters import ADAPTERS_FOLDER, BASE_VALIDATION_NAME
-    from ..pipelines import RPPreprocessPipeline
+    from ..default_model import load_preprocessor
 
     model = Path(model)
-    pipe = RPPreprocessPipeline.from_pretrained(model)
+    pipe = load_preprocessor(model, "cpu")
     pipe.set_progress_bar_config(disable=True)
     paths = list_images(images if isinstance(images, list) else [images])
     if not paths:

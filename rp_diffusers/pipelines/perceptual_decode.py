@@ -38,8 +38,8 @@ from ..decode.solvers import (
 )
 from ..models.one_step import decode_latents, encode_image
 from ..utils.assets import ASSETS_DIR
-from ..utils.hub import dtype_kwargs
 from ..utils.image import pil_to_tensor, tensor_to_pil, to_pil_list
+from ..utils.loading import load_pretrained, resolve_packaged
 from ..utils.tiling import crop_to_size, pad_to_multiple, tiled_apply
 
 PRESETS = ("fast", "medium", "slow")
@@ -425,20 +425,16 @@ DEFAULT_DECODE_MODEL_DIR = ASSETS_DIR / "decode_model"
 
 def resolve_decode_model(model: str | None) -> str:
     """``None``/``"default"`` -> the small denoiser shipped with the package; anything else passes through."""
-    if model is None or str(model) == "default":
-        if not (DEFAULT_DECODE_MODEL_DIR / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"the default perceptual-decoding model is missing from this installation ({DEFAULT_DECODE_MODEL_DIR});"
-                " reinstall rp-diffusers, or pass --model PATH_OR_HUB_ID (a folder PerceptualDecodePipeline loads)"
-            )
-        return str(DEFAULT_DECODE_MODEL_DIR)
-    return str(model)
+    return resolve_packaged(
+        model, DEFAULT_DECODE_MODEL_DIR, ("default",), "default perceptual-decoding model", "PerceptualDecodePipeline"
+    )
 
 
 def load_pipeline(model: str, device: str | None = None, dtype: str = "float32"):
     """Load a :class:`PerceptualDecodePipeline` from a Hub id or folder onto a device; errors say what to do.
 
-    The loader of ``rp-diffusers enhance`` and ``training/calibrate_decode_sigma.py``.
+    The loader of ``rp-diffusers enhance``, ``calibrate-decode`` and ``evaluate --enhance``: the same loader as
+    the pre-processor's (:func:`rp_diffusers.utils.loading.load_pretrained`) with this pipeline class.
 
     Args:
         model: ``"default"`` (the small denoiser shipped with the package), or a Hub repo id or local folder of a
@@ -447,25 +443,13 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "float32")
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``.
 
     Raises:
-        RuntimeError: the model cannot be loaded (missing offline, bad folder); the message says how to get it.
+        ModelLoadError: the model cannot be loaded (missing offline, bad folder; an ``OSError`` and a
+            ``RuntimeError``); the message says how to get it.
 
     Example:
         >>> pipe = load_pipeline("openai/diffusers-cd_imagenet64_lpips", device="cpu")  # doctest: +SKIP
     """
-    from ..default_model import DTYPES, resolve_device
-
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    device = resolve_device(device)  # a clear error for e.g. cuda on a machine without CUDA
-    try:
-        kwargs = dtype_kwargs(getattr(torch, dtype))  # dtype= on recent diffusers, torch_dtype= on older ones
-        pipe = PerceptualDecodePipeline.from_pretrained(resolve_decode_model(model), **kwargs)
-    except (OSError, ValueError) as error:
-        raise RuntimeError(
-            f"cannot load model {model!r} ({error}). Online, it downloads from the Hugging Face Hub; offline, run "
-            f"`huggingface-cli download {model} --local-dir DIR` on a connected machine and pass --model DIR"
-        ) from error
-    return pipe.to(device)
+    return load_pretrained(PerceptualDecodePipeline, resolve_decode_model(model), device, dtype)
 
 
 def enhance_images(
