@@ -14,10 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from rp_diffusers.codecs import get_codec
-from rp_diffusers.default_model import resolve_model
-from rp_diffusers.evaluation import measure, usable_metrics
-from rp_diffusers.pipelines import RPPreprocessPipeline
+from rp_diffusers.default_model import load_preprocessor
+from rp_diffusers.evaluation import usable_metrics
+from rp_diffusers.evaluation.compare import encode_pair, measure_pair
 from rp_diffusers.utils.image import load_image
 
 METRICS = ("psnr", "ssimulacra2", "butteraugli_3norm", "vmaf_neg")
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     args = parse_args(argv)
-    pipe = RPPreprocessPipeline.from_pretrained(resolve_model(args.model))
+    pipe = load_preprocessor(args.model, "cpu")
     pipe.set_progress_bar_config(disable=True)
     choice = pipe.adapter_for(args.codec)
     if args.config is None:
@@ -66,23 +65,13 @@ def main(argv=None) -> int:
         short = what
     original = load_image(args.image)
     pre = pipe(original, adapter_name=adapter or []).images[0] if preprocess else original
-    coder = get_codec(args.codec)
-    rp = coder.run(pre, args.quality)
     # the codec alone at the lowest quality whose file is at least as large: it never has fewer bits than rp
-    alone = coder.find_quality(original, rp.bpp)
-    if alone.bpp < rp.bpp and alone.quality < coder.quality_range[1]:
-        alone = coder.run(original, alone.quality + 1)
-    metrics = usable_metrics(list(METRICS))
+    alone, rp = encode_pair(args.codec, original, pre, quality=args.quality, match="bpp_or_more")
+    scores = measure_pair(original, (alone, rp), usable_metrics(list(METRICS)))
     rows = {
         "original": {"bpp": 24.0},
-        f"{args.codec} alone (q {alone.quality})": {
-            "bpp": alone.bpp,
-            **measure(original, alone.reconstruction, metrics, result_keys=True),
-        },
-        f"rp + {args.codec} (q {rp.quality})": {
-            "bpp": rp.bpp,
-            **measure(original, rp.reconstruction, metrics, result_keys=True),
-        },
+        f"{args.codec} alone (q {alone.quality})": {"bpp": alone.bpp, **scores["codec alone"]},
+        f"rp + {args.codec} (q {rp.quality})": {"bpp": rp.bpp, **scores["rp + codec"]},
     }
     w, h = original.size
     left, top, cw, ch = args.crop or ((w - 256) // 2, (h - 192) // 2, 256, 192)

@@ -19,6 +19,7 @@ import gradio as gr
 from rp_diffusers.codecs import CodecError, available_codecs, get_codec
 from rp_diffusers.evaluation import EXAMPLES_DIR, usable_metrics
 from rp_diffusers.evaluation.compare import compare
+from rp_diffusers.evaluation.results import RESULT_KEYS
 from rp_diffusers.metrics import MS_SSIM_MIN_SIDE, default_metrics
 from rp_diffusers.utils import ImageLoadError, list_images
 
@@ -112,7 +113,7 @@ def _banner(model: SpaceModel, metrics: tuple[str, ...]) -> str:
 
 def _summary(comparison, note: str | None, name: str, target_bpp: float | None = None) -> str:
     alone, rp = comparison.codec_alone, comparison.rp
-    psnr = {variant: values.get("psnr") for variant, values in comparison.metrics.items()}
+    psnr = {variant: values.get("psnr-rgb") for variant, values in comparison.metrics.items()}
     text = {
         "bpp": "Same bpp: the codec alone got the highest quality whose rate does not exceed rp + codec's.",
         "quality": "Same quality setting: the two rates differ; compare bpp as well as quality.",
@@ -182,8 +183,9 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
         )
         rows = []
         for variant, coded in result.results().items():
-            values = result.metrics[variant]
-            cells = [METRIC_FORMAT[m].format(values[m]) if m in values else "n/a" for m in metrics]
+            values = result.metrics[variant]  # under CompressAI's results keys (psnr -> psnr-rgb)
+            keys = [RESULT_KEYS.get(m, m) for m in metrics]
+            cells = [METRIC_FORMAT[m].format(values[k]) if k in values else "n/a" for m, k in zip(metrics, keys)]
             rows.append([variant, coded.quality, f"{coded.bpp:.4f}", len(coded.data), *cells])
         files = write_files(result, folders.new(), safe_stem(path))
         images = (result.codec_alone.reconstruction, result.rp.reconstruction)

@@ -11,8 +11,8 @@ Example:
     >>> model = load_space_model()  # RP_SPACE_MODEL, else the shipped compact model, else a tiny random one
     >>> image, note = open_upload(EXAMPLES_DIR / "chalet.png")
     >>> result = compare(model.pipe, image, "jpeg", quality=40)  # rp + codec at q=40, codec alone at its bpp
-    >>> result.codec_alone.bpp <= result.rp.bpp, sorted(result.metrics["rp + codec"])[:2]
-    (True, ['ms_ssim', 'psnr'])
+    >>> result.codec_alone.bpp <= result.rp.bpp, "psnr-rgb" in result.metrics["rp + codec"]  # CompressAI's keys
+    (True, True)
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ class SpaceModel:
 
 
 def _load(source: str, random: bool = False):
-    from rp_diffusers.pipelines import RPPreprocessPipeline
+    from rp_diffusers.default_model import load_preprocessor
 
-    pipe = RPPreprocessPipeline.from_pretrained(source)
+    pipe = load_preprocessor(source, "cpu")
     pipe.set_progress_bar_config(disable=True)
     if random:  # the tiny VAE downsamples only 2x: whole-image attention on 1000s of tokens; small tiles are 3x faster
         pipe.enable_tiling(tile_size=128, overlap=32)

@@ -170,7 +170,7 @@ def test_compress_existing_json_is_refused(model_dir, tmp_path, capsys):
     assert str(table) in _error(capsys)
     assert table.read_text() == "the user's notes" and not out.exists()
     assert main(_compress(model_dir, [source], out, "--json", str(table), "--overwrite")) == 0
-    assert [row["file"] for row in json.loads(table.read_text())["rows"]] == [
+    assert [row["file"] for row in json.loads(table.read_text())["per_image"]] == [
         str(out / "img.jpg"),
         str(out / "img.rp.jpg"),
     ]

@@ -537,7 +537,11 @@ def test_compress_cli_writes_both_files_and_table(stock_dir, tmp_path, capsys):
     argv = ["compress", *map(str, paths), "--codec", "jpeg", "--quality", "40", "--model", str(stock_dir)]
     assert main([*argv, "--metrics", "psnr", "--out", str(out), "--json", str(table)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["img0.jpg", "img0.rp.jpg", "img1.jpg", "img1.rp.jpg"]
-    rows = json.loads(table.read_text())["rows"]
+    report = json.loads(table.read_text())
+    rows = report["per_image"]
+    assert report["results"]["variant"] == ["codec alone", "rp + codec"]  # CompressAI's schema: means per variant
+    alone = [r["bpp"] for r in rows if r["variant"] == "codec alone"]
+    assert report["results"]["bpp"][0] == pytest.approx(sum(alone) / len(alone))
     assert [(r["image"], r["variant"]) for r in rows][:2] == [("img0.png", "codec alone"), ("img0.png", "rp + codec")]
     for row in rows:
         width, height = Image.open(row["file"]).size

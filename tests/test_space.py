@@ -176,15 +176,15 @@ def test_space_compare_same_bpp_gives_codec_alone_the_highest_quality_within_the
     assert codec.run(image, result.codec_alone.quality + 1).bpp > result.rp.bpp
     assert result.preprocessed.size == image.size == result.rp.reconstruction.size
     for variant, coded in result.results().items():
-        assert result.metrics[variant]["psnr"] == pytest.approx(_psnr(image, coded.reconstruction), abs=1e-3)
-        assert "ms_ssim" not in result.metrics[variant]  # 96 px < 161 px: MS-SSIM cannot run
+        assert result.metrics[variant]["psnr-rgb"] == pytest.approx(_psnr(image, coded.reconstruction), abs=1e-3)
+        assert "ms-ssim-rgb" not in result.metrics[variant]  # 96 px < 161 px: MS-SSIM cannot run
 
 
 def test_space_compare_same_quality_and_target_bpp_modes(model):
     image = _photo(176, 168)
     same = compare(model.pipe, image, "webp", quality=30, match="quality", adapter_name=ADAPTER)
     assert same.codec_alone.quality == same.rp.quality == 30
-    assert 0 < same.metrics["codec alone"]["ms_ssim"] <= 1
+    assert 0 < same.metrics["codec alone"]["ms-ssim-rgb"] <= 1
     budget = compare(model.pipe, image, "jpeg", target_bpp=0.8, match="target_bpp", adapter_name=ADAPTER)
     assert budget.codec_alone.bpp <= 0.8 and budget.rp.bpp <= 0.8
     with pytest.raises(ValueError, match="target bpp"):

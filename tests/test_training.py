@@ -154,8 +154,11 @@ def test_finetune_rp_writes_args_and_adapter(stage2_run):
 
 
 def test_finetune_rp_validation_compares_real_codec(stage2_run):
-    rows = json.loads((stage2_run / "validation" / "step-2" / "metrics.json").read_text())
-    assert [(row["quality"], row["setting"]) for row in rows] == [(30, "codec alone"), (30, "rp + codec")]
+    report = json.loads((stage2_run / "validation" / "step-2" / "metrics.json").read_text())
+    assert (report["name"], report["meta"]["step"], report["meta"]["codec"]) == ("step-2", 2, "jpeg")  # CompressAI's
+    columns = report["results"]
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    assert [(row["quality"], row["variant"]) for row in rows] == [(30, "codec alone"), (30, "rp + codec")]
     assert all(row["bpp"] > 0 and 5 < row["psnr-rgb"] < 60 for row in rows)  # the results schema's keys
     assert rows[0]["bpp"] != rows[1]["bpp"] or rows[0]["psnr-rgb"] != rows[1]["psnr-rgb"]
     assert len(list((stage2_run / "validation" / "step-2").glob("*.png"))) == 2 * 3  # pre-processed + 2 decodes
@@ -388,7 +391,7 @@ def test_codec_validation_measures_real_codec(val_dir):
     originals = [Image.open(val_dir / "face.png").convert("RGB").crop((0, 0, 176, 168))]
     identical = [originals[0].copy()]
     rows, decoded = codec_validation(originals, identical, get_codec("jpeg"), [20, 80])
-    assert [(r["quality"], r["setting"]) for r in rows] == [
+    assert [(r["quality"], r["variant"]) for r in rows] == [
         (20, "codec alone"), (20, "rp + codec"), (80, "codec alone"), (80, "rp + codec")
     ]  # fmt: skip
     assert rows[0]["bpp"] == rows[1]["bpp"] and rows[0]["psnr-rgb"] == rows[1]["psnr-rgb"]  # same input, same file

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rp_diffusers.adapters import format_adapter_name, normalize_adapter_name, rp_lora_config, save_rp_adapter
 from rp_diffusers.codecs import get_codec
+from rp_diffusers.evaluation.results import comparison_report
 from rp_diffusers.losses import PERCEPTUAL_LOSSES, RatePerceptionLoss, parse_perceptual, perceptual_distance
 from rp_diffusers.models.one_step import one_step_map, one_step_noise
 from rp_diffusers.pipelines import RPPreprocessPipeline
@@ -182,14 +183,23 @@ def log_validation(pipe, codec, args, accelerator, step, metric_models):
         preprocessed = pipe(originals).images
     rows, decoded = codec_validation(originals, preprocessed, codec, args.validation_qualities, metric_models)
     for row in rows:
-        prefix = f"validation/q{row['quality']}/{row['setting'].replace(' ', '_').replace('+', 'plus')}"
+        prefix = f"validation/q{row['quality']}/{row['variant'].replace(' ', '_').replace('+', 'plus')}"
         accelerator.log({f"{prefix}/{k}": v for k, v in row.items() if isinstance(v, float)}, step=step)
     folder = Path(args.output_dir) / "validation" / f"step-{step}"
     log_images(accelerator, {f.stem: image for f, image in zip(files, preprocessed)}, step, folder, "preprocessed")
-    for (quality, setting), images in decoded.items():
-        tag = f"decoded_q{quality}_{'rp' if setting.startswith('rp') else 'codec'}"
+    for (quality, variant), images in decoded.items():
+        tag = f"decoded_q{quality}_{'rp' if variant.startswith('rp') else 'codec'}"
         log_images(accelerator, {f"{f.stem}_{tag}": im for f, im in zip(files, images)}, step, folder, tag)
-    write_json(folder / "metrics.json", rows)
+    meta = {"step": step, "codec": codec.name, "qualities": list(args.validation_qualities)}
+    meta["images"] = [f.name for f in files]
+    report = comparison_report(
+        rows,
+        name=f"step-{step}",
+        description="validation: codec alone vs rp + codec",
+        meta=meta,
+        group=("quality", "variant"),
+    )
+    write_json(folder / "metrics.json", report)  # CompressAI's schema, as compress --json and evaluate write
     logger.info(f"step {step} validation:\n" + "\n".join(str(row) for row in rows))
     return rows
 

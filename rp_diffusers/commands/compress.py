@@ -55,10 +55,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _encode(codec, image, quality: int | None, target_bpp: float | None):
-    return codec.find_quality(image, target_bpp) if target_bpp is not None else codec.run(image, quality)
-
-
 def _format_table(rows: list[dict], metric_names: list[str]) -> str:
     widths = {m: max(10, len(m) + 2) for m in metric_names}
     header = f"{'image':<24}{'variant':<14}{'quality':>8}{'bpp':>9}" + "".join(
@@ -85,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
     codec = get_codec(args.codec)
     if args.quality is not None:
         codec.check_quality(args.quality)
-    from ..evaluation import measure, parse_metrics, usable_metrics
-    from ..evaluation.results import RESULT_KEYS
+    from ..evaluation import parse_metrics, usable_metrics
+    from ..evaluation.compare import encode_pair, measure_pair
+    from ..evaluation.results import RESULT_KEYS, comparison_report
 
     metric_names = usable_metrics(parse_metrics(args.metrics))  # missing tools and weights: warned once here
     out = Path(args.out)
@@ -110,29 +107,30 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     rows = []
+    match = "quality" if args.target_bpp is None else "target_bpp"  # each variant at the same setting
     for path in paths:
         original = load_image(path)
-        variants = [("codec alone", original, "")]
-        if choice.preprocess:
-            variants.append(("rp + codec", pipe(original, adapter_name=choice.adapter or []).images[0], ".rp"))
-        for variant, image, suffix in variants:
-            result = _encode(codec, image, args.quality, args.target_bpp)
+        pre = pipe(original, adapter_name=choice.adapter or []).images[0] if choice.preprocess else None
+        pair = encode_pair(codec, original, pre, quality=args.quality, target_bpp=args.target_bpp, match=match)
+        scores = measure_pair(original, pair, metric_names)
+        for (variant, values), result, suffix in zip(scores.items(), pair, ("", ".rp")):
             target = write_atomic(out / f"{path.stem}{suffix}{codec.extension}", result.data, args.overwrite)
             row = {"image": path.name, "variant": variant, "file": str(target), "quality": result.quality}
-            row["bpp"] = result.bpp
-            row.update(measure(original, result.reconstruction, metric_names, result_keys=True))
-            rows.append(row)
+            rows.append({**row, "bpp": result.bpp, **values})
     print(f"{codec.name}, model {args.model}" + (f", adapter {choice.adapter}" if choice.adapter else ""))
     print(_format_table(rows, [RESULT_KEYS.get(m, m) for m in metric_names]))
     if args.json:
-        report = {
+        meta = {
             "codec": codec.name,
+            "quality": args.quality,
+            "target_bpp": args.target_bpp,
             "model": args.model,
             "adapter": choice.adapter,
             "preprocess": choice.preprocess,
             "choice": choice.reason,
-            "rows": rows,
         }
+        description = f"rp-diffusers compress: {codec.name} alone" + (" vs rp + codec" if choice.preprocess else "")
+        report = comparison_report(rows, name=codec.name, description=description, meta=meta)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, report, args.overwrite)  # null: lossless PSNR
     print(f"wrote {len(rows)} files to {out}/")

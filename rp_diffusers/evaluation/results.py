@@ -82,6 +82,45 @@ class EvaluationResult:
         return path
 
 
+def comparison_report(
+    rows: list[dict], *, name: str, description: str, meta: dict, group: tuple[str, ...] = ("variant",)
+) -> dict:
+    """ "Codec alone" vs "rp + codec" rows -> one CompressAI-style results dict: the schema of ``compress --json``
+    and of training's ``validation/step-{k}/metrics.json``, read by :func:`load_results` like ``evaluate``'s files.
+
+    Args:
+        rows: measurements, each with the ``group`` keys (``"variant"``: ``"codec alone"`` or ``"rp + codec"``),
+            ``"bpp"`` and metric values under CompressAI's keys (``psnr-rgb``, ...). Rows with an ``"image"`` are
+            per image and are kept under ``per_image``.
+        name, description, meta: the file's fields, as in :class:`EvaluationResult`.
+        group: the keys one point of ``results`` stands for; its values are the means of that point's rows.
+
+    Returns:
+        ``{"name", "description", "meta", "results": {"variant": [...], "bpp": [...], "psnr-rgb": [...], ...},
+        "per_image": [...]}``: ``results`` holds columns, one entry per point in the order the points first occur.
+
+    Example:
+        >>> rows = [{"variant": "codec alone", "bpp": 1.0, "psnr-rgb": 30.0}, {"variant": "rp + codec", "bpp": 0.9}]
+        >>> comparison_report(rows, name="x", description="", meta={})["results"]
+        {'variant': ['codec alone', 'rp + codec'], 'bpp': [1.0, 0.9], 'psnr-rgb': [30.0, nan]}
+    """
+    points: dict[tuple, list[dict]] = {}
+    for row in rows:
+        points.setdefault(tuple(row[key] for key in group), []).append(row)
+    skip = {"image", "file", "quality", *group}  # a quality not in ``group`` varies within a point: per_image has it
+    numeric = [
+        k for k in dict.fromkeys(k for r in rows for k in r) if not any(isinstance(r.get(k), str) for r in rows)
+    ]
+    keys = [k for k in numeric if k not in skip]
+    results: dict[str, list] = {key: [point[i] for point in points] for i, key in enumerate(group)}
+    for key in keys:
+        results[key] = [_mean([r[key] for r in members if r.get(key) is not None]) for members in points.values()]
+    report = {"name": name, "description": description, "meta": meta, "results": results}
+    if any("image" in row for row in rows):
+        report["per_image"] = rows
+    return report
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not values:

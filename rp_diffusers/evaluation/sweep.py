@@ -183,6 +183,8 @@ def evaluate(
     set_metrics: Sequence[str] = (),
     workers: int | None = None,
     progress: bool = True,
+    names: Sequence[str] | None = None,
+    on_image: Callable[[str, list[dict]], None] | None = None,
 ) -> EvaluationResult:
     """Encode every image at every quality with a real codec and measure the reconstructions.
 
@@ -200,6 +202,9 @@ def evaluate(
         set_metrics: metrics over the whole set per quality: ``"fid"``, ``"kid"`` (patch-based).
         workers: processes for the codec and metric work (default ``min(4, cpu_count)``; 0 or 1 runs in-process).
             Results do not depend on it.
+        names: one name per image for the records (default: the files' stems, ``image_{i}`` for PIL images).
+        on_image: ``on_image(name, records)`` once an image's records at every quality are final, in image order
+            (as they stream without ``enhance``; after the enhancement otherwise): what a resumable run journals.
 
     Returns:
         EvaluationResult: per-image records sorted by (image, quality), and per-quality means.
@@ -221,12 +226,16 @@ def evaluate(
         isinstance(images, Sequence) and images and not isinstance(images[0], Image.Image)
     ):
         paths = list_images(images)
-        names, originals = [p.stem for p in paths], [load_image(p) for p in paths]
+        default_names = [p.stem for p in paths]
+        originals = [load_image(p) for p in paths]
     else:
         originals = [load_image(image) for image in images]
-        names = [f"image_{i}" for i in range(len(originals))]
+        default_names = [f"image_{i}" for i in range(len(originals))]
     if not originals:
         raise ValueError("no images to evaluate")
+    names = default_names if names is None else [str(n) for n in names]
+    if len(names) != len(originals) or len(set(names)) != len(names):
+        raise ValueError(f"names must be {len(originals)} distinct strings, one per image; got {len(names)}")
 
     from ..metrics import default_metrics
 
@@ -253,17 +262,23 @@ def evaluate(
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     bar = tqdm(total=len(jobs), desc=f"{name or codec}", unit="encode", disable=not progress)
     outputs: list[tuple[dict, np.ndarray | None]] = []
+    streamed = on_image is not None and enhance is None
+
+    def finished(output) -> None:
+        outputs.append(output)
+        bar.update()
+        if streamed and len(outputs) % len(qualities) == 0:  # jobs run image by image, quality by quality
+            on_image(output[0]["image"], [dict(record) for record, _ in outputs[-len(qualities) :]])
+
     if workers <= 1:
         for job in jobs:
-            outputs.append(_run_one(job))
-            bar.update()
+            finished(_run_one(job))
     else:
         with ProcessPoolExecutor(
             max_workers=workers, initializer=_init_worker, initargs=(codec, codec_settings, 1, os.getpid())
         ) as pool:
             for output in pool.map(_run_one, jobs, chunksize=1):  # map keeps job order: deterministic output
-                outputs.append(output)
-                bar.update()
+                finished(output)
     bar.close()
     records = [record for record, _ in outputs]
 
@@ -279,6 +294,9 @@ def evaluate(
                 records[k]["enhance_time"] = seconds
                 records[k].update(measure(originals[jobs[k][0]], image, metrics, result_keys=True))
                 outputs[k] = (records[k], np.asarray(image))
+        if on_image is not None:
+            for i in range(len(originals)):
+                on_image(names[i], [dict(r) for r in records[i * len(qualities) : (i + 1) * len(qualities)]])
 
     result = EvaluationResult(
         name=name or codec,

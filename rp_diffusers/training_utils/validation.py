@@ -58,12 +58,12 @@ def codec_validation(
             of 161 pixels or more per side.
 
     Returns:
-        ``(rows, decoded)``: one row per (quality, setting), ``{"quality", "setting", "bpp", "psnr-rgb",
+        ``(rows, decoded)``: one row per (quality, variant), ``{"quality", "variant", "bpp", "psnr-rgb",
         "ms-ssim-rgb", "ssimulacra2", ..., "lpips", "dists"}`` (the results schema of ``evaluate`` and
         ``compress --json``, CompressAI's keys; means over images; bpp from the real bitstream over the original's
-        pixels), and the decoded images by ``(quality, setting)``.
+        pixels), and the decoded images by ``(quality, variant)``.
     """
-    from ..evaluation import measure
+    from ..evaluation.compare import encode_pair, measure_pair
     from ..evaluation.results import RESULT_KEYS
     from ..metrics import installed_perceptual_metrics
 
@@ -71,29 +71,20 @@ def codec_validation(
         raise ValueError(f"{len(originals)} originals but {len(preprocessed)} pre-processed images")
     metric_models = metric_models or {}
     names = ["psnr", "ms_ssim", *installed_perceptual_metrics(), *metric_models]
+    keep = ("bpp", *(RESULT_KEYS.get(m, m) for m in VALIDATION_METRICS))
     rows, decoded = [], {}
     for quality in qualities:
-        for setting, inputs in (("codec alone", originals), ("rp + codec", preprocessed)):
-            sums: dict[str, list[float]] = {}
-            for original, image in zip(originals, inputs):
-                result = codec.run(image, int(quality))
-                decoded.setdefault((int(quality), setting), []).append(result.reconstruction)
-                values = measure(original, result.reconstruction, names, models=metric_models, result_keys=True)
-                sums.setdefault("bpp", []).append(float(result.bpp))
-                for name, value in values.items():
-                    sums.setdefault(name, []).append(value)
-            means = {name: sum(v) / len(v) for name, v in sums.items()}
-            rows.append(
-                {
-                    "quality": int(quality),
-                    "setting": setting,
-                    **{
-                        k: means[k]
-                        for k in ("bpp", *(RESULT_KEYS.get(m, m) for m in VALIDATION_METRICS))
-                        if k in means
-                    },
-                }
-            )
+        sums: dict[str, dict[str, list[float]]] = {}
+        for original, image in zip(originals, preprocessed):
+            pair = encode_pair(codec, original, image, quality=int(quality), match="quality")
+            scores = measure_pair(original, pair, names, models=metric_models)
+            for (variant, values), result in zip(scores.items(), pair):
+                decoded.setdefault((int(quality), variant), []).append(result.reconstruction)
+                for name, value in {"bpp": float(result.bpp), **values}.items():
+                    sums.setdefault(variant, {}).setdefault(name, []).append(value)
+        for variant, columns in sums.items():
+            means = {name: sum(v) / len(v) for name, v in columns.items()}
+            rows.append({"quality": int(quality), "variant": variant, **{k: means[k] for k in keep if k in means}})
     return rows, decoded
 
 
