@@ -10,6 +10,7 @@ from importlib import import_module
 # name -> module in rp_diffusers.commands; each module defines ``add_parser(subparsers)`` and ``run(args) -> int``.
 COMMANDS = {
     "evaluate": "evaluate",
+    "merge": "merge",
     "bd-rate": "bd_rate",
     "compress": "compress",
     "enhance": "enhance",

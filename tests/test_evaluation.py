@@ -319,7 +319,7 @@ def test_bd_overlap_ignores_points_bd_table_drops():
 
 
 def test_evaluate_model_batches_give_the_one_by_one_results(tmp_path):
-    from rp_diffusers.commands.evaluate import _preprocess_fn
+    from rp_diffusers.commands.evaluate import _preprocess_fn, batch_groups
     from rp_diffusers.pipelines import RPPreprocessPipeline
     from rp_diffusers.pipelines.testing import build_tiny_random_model
 
@@ -328,10 +328,20 @@ def test_evaluate_model_batches_give_the_one_by_one_results(tmp_path):
     rng = np.random.default_rng(0)
     sizes = [(24, 20), (24, 20), (17, 31), (24, 20)]  # mixed sizes: batched per size, returned in input order
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
-    one = [np.asarray(im) for im in _preprocess_fn(pipe, "rp_jpeg_lambda_0p5", 1)(images)]
-    batched = [np.asarray(im) for im in _preprocess_fn(pipe, "rp_jpeg_lambda_0p5", 3)(images)]
+    every = range(len(images))
+
+    def run(adapter, batch_size, todo=every):
+        groups = batch_groups([im.size for im in images], batch_size)
+        return _preprocess_fn(pipe, adapter, groups, images, todo)([images[i] for i in todo])
+
+    assert batch_groups([im.size for im in images], 3) == [[0, 1, 3], [2]]
+    one = [np.asarray(im) for im in run("rp_jpeg_lambda_0p5", 1)]
+    batched = [np.asarray(im) for im in run("rp_jpeg_lambda_0p5", 3)]
     assert [im.shape[:2] for im in batched] == [(h, w) for w, h in sizes]
     for a, b in zip(one, batched):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float batching noise at most one level
-    base = np.asarray(_preprocess_fn(pipe, None, 2)(images[:1])[0])
+    # a subset (a resumed run, a shard) runs its images' whole batches: bit for bit the full run's outputs
+    subset = run("rp_jpeg_lambda_0p5", 3, todo=[3, 2])
+    assert np.array_equal(np.asarray(subset[0]), batched[3]) and np.array_equal(np.asarray(subset[1]), batched[2])
+    base = np.asarray(run(None, 2, todo=[0])[0])
     assert not np.array_equal(base, one[0])  # None = the base model, not the adapter

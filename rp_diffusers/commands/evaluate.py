@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +24,14 @@ def add_parser(subparsers) -> None:
         "every result in the folder is from this run. Other files are never touched.",
     )
     parser.add_argument("--images", nargs="+", default=None, help="image files or folders (default: bundled examples)")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="a Hub image dataset (or a local folder) read with datasets.load_dataset, instead of --images",
+    )
+    parser.add_argument("--split", default="train", help="the --dataset split")
+    parser.add_argument("--image-column", default="image", help="the --dataset column that holds the images")
+    parser.add_argument("--streaming", action="store_true", help="stream --dataset rather than download it whole")
     parser.add_argument("--codec", default="jpeg", help="codec name(s), comma-separated, e.g. jpeg,webp,heic")
     parser.add_argument("--qualities", default=None, help="e.g. 10,30,50 or 10:90:10 (default: the codec's sweep)")
     parser.add_argument(
@@ -62,6 +72,18 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="replace an earlier run's results in --output (and remove those of its results this run does not write)",
     )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="measure only shard I of N (every N-th image from the I-th) and write its curves for `rp-diffusers "
+        "merge`; under `accelerate launch` the processes shard and merge by themselves",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run in --output (same command) from the images it had measured",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
@@ -78,17 +100,8 @@ def _print_curve(data: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..default_model import load_preprocessor
-    from ..evaluation import (
-        EXAMPLES_DIR,
-        MIN_OVERLAP,
-        bd_overlap,
-        bd_table,
-        evaluate,
-        format_bd_table,
-        list_images,
-        parse_metrics,
-        plot_rd,
-    )
+    from ..evaluation import evaluate, parse_metrics
+    from ..evaluation.runs import PARTIAL_DIR, Journal, parse_shard, read_shards, shard_indices
 
     codecs = [c.strip() for c in args.codec.split(",") if c.strip()]
     if not codecs:
@@ -98,20 +111,68 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--codec lists {', '.join(repeated)} more than once; give each codec once")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a number of images >= 1, got {args.limit}; leave it out for all images")
-    images = list_images(args.images or [EXAMPLES_DIR])
-    if args.limit is not None:
-        images = images[: args.limit]
-    metrics = parse_metrics(args.metrics)
-    output = Path(args.output)
-    earlier = [p.name for p in earlier_results(output)]
-    if earlier and not args.overwrite:  # refused before any model loads
-        raise _exists_error(output, earlier)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    pipe = load_preprocessor(args.model, args.device, args.dtype) if args.model else None
+    shard = parse_shard(args.shard) if args.shard else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    distributed = world > 1 and shard is None
+    if args.fid and (shard or distributed or args.resume):
+        raise ValueError(
+            "--fid needs every decoded image in one process: run it without --shard, --resume or accelerate launch"
+        )
+    metrics = parse_metrics(args.metrics)
+    output = Path(args.output)
+    # a killed run's journal: --resume continues it and rewrites whatever of its results it had begun to write
+    resuming = args.resume and (output / PARTIAL_DIR).is_dir()
+    overwrite = args.overwrite or resuming
+    earlier = [p.name for p in earlier_results(output)]
+    if earlier and not overwrite and shard is None:  # refused before anything loads
+        raise _exists_error(output, earlier)
+    images, image_names = _inputs(args)
+
+    state = None
+    if distributed:
+        from accelerate import PartialState
+
+        state = PartialState()
+        shard = (state.process_index, state.num_processes)
+    # Pre-processing batches: same-size images, --batch-size at a time, fixed by the whole list. Each image is
+    # pre-processed in the same batch whether the run is one process, a shard or resumed: the same numbers.
+    groups = batch_groups([_image_size(image) for image in images], args.batch_size)
+    target = output
+    if shard is not None:
+        kept = sorted(i for g in shard_indices(len(groups), *shard) for i in groups[g])  # whole batches
+        if not kept:
+            raise ValueError(
+                f"shard {shard[0]}/{shard[1]} has no image: {len(images)} images make {len(groups)} batches of "
+                f"--batch-size {args.batch_size} for {shard[1]} shards"
+            )
+        local = {i: k for k, i in enumerate(kept)}
+        groups = [[local[i] for i in group] for group in groups if group[0] in local]
+        run_images, run_names = [images[i] for i in kept], [image_names[i] for i in kept]
+        if distributed:
+            target = output / ".shards" / f"shard-{shard[0]}-of-{shard[1]}"
+    else:
+        run_images, run_names = images, image_names
+
+    settings = {  # what a resumed run must share with the run it continues
+        "codecs": codecs,
+        "qualities": args.qualities,
+        "metrics": metrics,
+        "model": args.model,
+        "adapter": args.adapter,
+        "dtype": args.dtype,
+        "enhance": [args.enhance, args.enhance_model, args.enhance_sigma],
+        "images": image_names,
+        "shard": list(shard) if shard else None,
+    }
+    Journal.check(target, args.resume, args.overwrite)  # before the model loads
+
+    device = args.device or (str(state.device) if state is not None else None)
+    pipe = load_preprocessor(args.model, device, args.dtype) if args.model else None
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
-    enhancer = _load_enhancer(args) if args.enhance else None
+    enhancer = _load_enhancer(args, device) if args.enhance else None
 
     # 1. Plan every curve, and so every file this run writes, before measuring anything
     runs = []  # (curve name, codec, preprocess function, enhance function)
@@ -121,11 +182,12 @@ def run(args: argparse.Namespace) -> int:
             from ..adapters import choose_adapter
 
             choice = choose_adapter(pipe, codec, args.adapter)
-            print(f"{codec}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
+            if state is None or state.is_main_process:
+                print(f"{codec}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
             if choice.preprocess:
                 adapter = choice.adapter
-                label = f"[{adapter}]" if adapter else ("[base]" if getattr(pipe.config, "adapters", None) else "")
-                plain.append((f"rp+{codec}{label}", _preprocess_fn(pipe, adapter, args.batch_size)))
+                label = f"[{adapter}]" if adapter else ("[base]" if pipe.available_adapters() else "")
+                plain.append((f"rp+{codec}{label}", partial(_preprocess_fn, pipe, adapter, groups, run_images)))
         for name, preprocess in plain:
             runs.append((name, codec, preprocess, None))
             if enhancer is not None:
@@ -134,46 +196,101 @@ def run(args: argparse.Namespace) -> int:
     if len(names) > 1 and args.anchor and args.anchor not in names:
         raise ValueError(f"--anchor {args.anchor!r} is not one of the curves: {', '.join(names)}")
     files = {name: f"{name.replace('/', '_')}.json" for name in names}
-    writes = [*files.values(), "rd.png", *(["bd_rate.json"] if len(runs) > 1 else [])]
+    writes = [*files.values(), *(() if shard else ("rd.png", *(["bd_rate.json"] if len(runs) > 1 else [])))]
     if len({w.lower() for w in writes}) != len(writes):
         raise ValueError(f"two curves would write the same results file ({', '.join(files.values())})")
-    clashing = [w for w in writes if (output / w).exists()]
-    if clashing and not args.overwrite:
-        raise _exists_error(output, clashing)
+    clashing = [w for w in writes if (target / w).exists()]
+    if clashing and not overwrite and not distributed:
+        raise _exists_error(target, clashing)
 
-    # 2. Measure
+    # 2. Measure, image by image into the journal (target/.partial) that --resume continues from
+    journal = None if args.fid else Journal(target, settings, resume=args.resume, overwrite=args.overwrite)
     curves = []
-    for name, codec, preprocess, enhance in runs:
-        result = evaluate(
-            images,
-            codec,
-            args.qualities,
-            name=name,
-            metrics=metrics,
-            preprocess=preprocess,
-            enhance=enhance,
-            set_metrics=("fid", "kid") if args.fid else (),
-            workers=args.workers,
-            progress=not args.no_progress,
-        )
-        curves.append(result.to_dict())
+    for name, codec, preprocess_for, enhance in runs:
+        kwargs = dict(name=name, metrics=metrics, enhance=enhance, workers=args.workers, progress=not args.no_progress)
+        if journal is None:  # --fid: the set metrics need every decode at once
+            preprocess = preprocess_for(range(len(run_images))) if preprocess_for else None
+            result = evaluate(
+                run_images, codec, args.qualities, preprocess=preprocess, set_metrics=("fid", "kid"), **kwargs
+            )
+            curves.append(result.to_dict())
+            continue
+        done = journal.done(name)
+        todo = [i for i, image_name in enumerate(run_names) if image_name not in done]
+        if not todo and not journal.pieces(name):
+            todo = [len(run_names) - 1]  # killed between the last image and the curve's header: measure it again
+        if todo:
+            if done:
+                print(f"{name}: resuming, {len(run_names) - len(todo)} of {len(run_names)} images already measured")
+            result = evaluate(
+                [run_images[i] for i in todo],
+                codec,
+                args.qualities,
+                names=[run_names[i] for i in todo],
+                preprocess=preprocess_for(todo) if preprocess_for else None,
+                on_image=partial(journal.append, name),
+                **kwargs,
+            )
+            journal.save_meta(name, result.to_dict())
+        curves.append(journal.curve(name, run_names))
 
-    # 3. Write (each file atomically), then remove the earlier run's results this run did not rewrite
+    # 3. Write: a shard's curves, or (one process, or the main process after the others) the run's results
+    if shard is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        for data in curves:
+            data["meta"]["shard"] = {
+                "index": shard[0],
+                "count": shard[1],
+                "curves": names,
+                "anchor": args.anchor,
+                "images": image_names,
+            }
+            write_json(target / files[data["name"]], data, True if distributed else overwrite)
+        journal.remove()
+        if not distributed:
+            print(
+                f"wrote shard {shard[0]}/{shard[1]} ({len(run_names)} images, {len(curves)} curves) to {target}/; "
+                "join the shards with `rp-diffusers merge`"
+            )
+            return 0
+        state.wait_for_everyone()
+        if state.is_main_process:
+            folders = sorted((output / ".shards").glob(f"shard-*-of-{shard[1]}"))
+            curves, _ = read_shards(folders)
+            write_results(output, curves, args.anchor, overwrite, earlier)
+            shutil.rmtree(output / ".shards")
+        state.wait_for_everyone()
+        return 0
+    write_results(output, curves, args.anchor, overwrite, earlier)
+    if journal is not None:
+        journal.remove()
+    return 0
+
+
+def write_results(output: Path, curves: list[dict], anchor: str | None, overwrite: bool, earlier: list[str]) -> None:
+    """Write a run's results (each file atomically): one JSON per curve, ``rd.png`` and, for several curves,
+    ``bd_rate.json`` against ``anchor`` (default: the first curve); then remove the earlier run's results files
+    (``earlier``) this run did not rewrite. ``evaluate`` and ``merge`` write through here."""
+    from ..evaluation import MIN_OVERLAP, bd_overlap, bd_table, format_bd_table, plot_rd
+
+    names = [c["name"] for c in curves]
+    files = {name: f"{name.replace('/', '_')}.json" for name in names}
+    writes = [*files.values(), "rd.png", *(["bd_rate.json"] if len(curves) > 1 else [])]
     output.mkdir(parents=True, exist_ok=True)
     for data in curves:
-        write_json(output / files[data["name"]], data, args.overwrite)
+        write_json(output / files[data["name"]], data, overwrite)
         _print_curve(data)
-    with atomic_path(output / "rd.png", args.overwrite) as temporary:
+    with atomic_path(output / "rd.png", overwrite) as temporary:
         plot_rd(curves, temporary)
     plot = output / "rd.png"
     print(f"\nwrote {len(curves)} results files and {plot} to {output}/")
     if len(curves) > 1:
-        anchor_name = args.anchor or names[0]
-        anchor = curves[names.index(anchor_name)]
-        rows = {c["name"]: bd_table(anchor, c) for c in curves if c is not anchor}
-        overlaps = {c["name"]: bd_overlap(anchor, c) for c in curves if c is not anchor}
+        anchor_name = anchor or names[0]
+        reference = curves[names.index(anchor_name)]
+        rows = {c["name"]: bd_table(reference, c) for c in curves if c is not reference}
+        overlaps = {c["name"]: bd_overlap(reference, c) for c in curves if c is not reference}
         table = {"anchor": anchor_name, "bd_rate": rows, "overlap": overlaps, "min_overlap": MIN_OVERLAP}
-        write_json(output / "bd_rate.json", table, args.overwrite)
+        write_json(output / "bd_rate.json", table, overwrite)
         print()
         print(format_bd_table(rows, anchor_name, overlaps))
     stale = sorted(set(earlier) - set(writes))
@@ -181,7 +298,50 @@ def run(args: argparse.Namespace) -> int:
         (output / name).unlink(missing_ok=True)
     if stale:
         print(f"removed the earlier run's {', '.join(stale)} (not part of this run)")
-    return 0
+
+
+def _inputs(args) -> tuple[list, list[str]]:
+    """The images to measure (paths, or decoded images from --dataset) and their record names, --limit applied.
+
+    Names are the files' stems (``{stem}_{k}`` where two files share one; ``{index:06d}`` for dataset rows with
+    no file name): distinct, so that shards and a resumed run join by name."""
+    from ..evaluation import EXAMPLES_DIR, list_images
+    from ..utils import load_image
+
+    if args.dataset is not None:
+        if args.images:
+            raise ValueError("give --images or --dataset, not both")
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError("--dataset needs the datasets package: pip install datasets") from None
+        rows = datasets.load_dataset(args.dataset, split=args.split, streaming=args.streaming)
+        if args.image_column not in (rows.column_names or [args.image_column]):
+            raise ValueError(f"{args.dataset} has no column {args.image_column!r}; its columns: {rows.column_names}")
+        rows = rows.cast_column(args.image_column, datasets.Image(decode=False))  # our decoder, not theirs
+        images, stems = [], []
+        for index, row in enumerate(rows):
+            if args.limit is not None and index >= args.limit:
+                break
+            cell = row[args.image_column]
+            data = cell.get("bytes") or Path(cell["path"]).read_bytes()
+            images.append(load_image(data))
+            stems.append(Path(cell["path"]).stem if cell.get("path") else f"{index:06d}")
+        if not images:
+            raise ValueError(f"{args.dataset} ({args.split}) holds no images")
+    else:
+        images = list_images(args.images or [EXAMPLES_DIR])
+        if args.limit is not None:
+            images = images[: args.limit]
+        stems = [path.stem for path in images]
+    counts = {stem: stems.count(stem) for stem in stems}
+    names, seen = [], {}
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if counts[stem] == 1 else f"{stem}_{seen[stem]}")
+    if len(set(names)) != len(names):
+        names = [f"{index:06d}" for index in range(len(names))]
+    return images, names
 
 
 def _exists_error(output: Path, names: list[str]) -> FileExistsError:
@@ -225,22 +385,61 @@ def earlier_results(folder: Path) -> list[Path]:
     return found
 
 
-def _preprocess_fn(pipe, adapter: str | None, batch_size: int = 4):
-    """Pre-process with ``adapter`` (``None``: the base model, adapters off), for these calls only, in batches of
-    same-size images (the pipeline groups them; outputs come back in input order)."""
+def batch_groups(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """The pre-processing batches of images of these sizes: same-size images, ``batch_size`` at a time, in order
+    of their first image (``[[0, 1], [2], ...]``). Shards take whole batches."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        by_size.setdefault(tuple(size), []).append(index)
+    groups = [m[k : k + batch_size] for m in by_size.values() for k in range(0, len(m), batch_size)]
+    return sorted(groups, key=lambda group: group[0])
 
-    def preprocess(images):
-        return pipe(list(images), adapter_name=adapter or [], batch_size=batch_size).images
+
+def _image_size(image) -> tuple[int, int]:
+    """The (width, height) ``load_image`` will give, read from the header (EXIF orientation applied)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.size
+    try:
+        with Image.open(image) as opened:
+            width, height = opened.size
+            turned = opened.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap the sides
+    except Exception:  # load_image explains an unreadable file when it gets to it
+        return (0, 0)
+    return (height, width) if turned else (width, height)
+
+
+def _preprocess_fn(pipe, adapter: str | None, groups: list[list[int]], images: list, todo):
+    """The pre-processing of images ``todo`` (positions in ``images``) with ``adapter`` (``None``: the base model,
+    adapters off), for these calls only, batch by batch as ``groups`` says: a batch only partly in ``todo`` is
+    run whole (its other images loaded again), so that every image comes out of the same batch as in a full run.
+    """
+    from ..utils import load_image
+
+    position = {index: k for k, index in enumerate(todo)}
+
+    def preprocess(loaded):
+        outputs = [None] * len(position)
+        for group in groups:
+            if not any(index in position for index in group):
+                continue
+            batch = [loaded[position[i]] if i in position else load_image(images[i]) for i in group]
+            done = pipe(batch, adapter_name=adapter or [], batch_size=len(batch)).images
+            for index, image in zip(group, done):
+                if index in position:
+                    outputs[position[index]] = image
+        return outputs
 
     return preprocess
 
 
-def _load_enhancer(args):
+def _load_enhancer(args, device=None):
     import torch
 
     from ..pipelines.perceptual_decode import enhance_images, load_pipeline
 
-    pipe = load_pipeline(args.enhance_model or "default", getattr(args, "device", None))
+    pipe = load_pipeline(args.enhance_model or "default", device or getattr(args, "device", None))
     pipe.set_progress_bar_config(disable=True)
 
     sigma = args.enhance_sigma

@@ -233,9 +233,12 @@ def evaluate(
         default_names = [f"image_{i}" for i in range(len(originals))]
     if not originals:
         raise ValueError("no images to evaluate")
-    names = default_names if names is None else [str(n) for n in names]
-    if len(names) != len(originals) or len(set(names)) != len(names):
-        raise ValueError(f"names must be {len(originals)} distinct strings, one per image; got {len(names)}")
+    if names is None:
+        names = default_names
+    else:
+        names = [str(n) for n in names]
+        if len(names) != len(originals) or len(set(names)) != len(names):
+            raise ValueError(f"names must be {len(originals)} distinct strings, one per image; got {names[:5]}...")
 
     from ..metrics import default_metrics
 
