@@ -7,6 +7,9 @@ the same quality). Speed: seconds per 768x512 image of the pipeline, next to the
 image in the same run (the ratio is the number to compare across machines), with the machine's load recorded.
 
     python benchmarks/compact_model.py --images ../shared/data/kodak --output benchmarks/results/compact_model.json
+
+``--validation_table`` prints the held-out verdicts recorded in the model folder (the table of training/README.md
+and of the model card), read from each adapter's rp_adapter.json and adapters/base_validation.json.
 """
 
 import argparse
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from rp_diffusers.adapters import adapter_record, saved_adapter_infos, validation_table
 from rp_diffusers.codecs import card_example, get_codec
 from rp_diffusers.default_model import load_preprocessor, resolve_model
 from rp_diffusers.evaluation import (
@@ -34,6 +38,7 @@ from rp_diffusers.pipelines import RPPreprocessPipeline
 from rp_diffusers.utils.image import load_image
 
 DEFAULT_QUALITIES = {"jpeg": "10,20,30,45,60,80", "webp": "10,20,35,50,65,80"}
+BASE_TRAINED_ON = "(stage-1 restoration: MSE + 0.05 (1 - MS-SSIM))"  # the "trained on" cell of the base model
 
 
 def parse_args(argv=None):
@@ -62,6 +67,12 @@ def parse_args(argv=None):
         "--card_only",
         action="store_true",
         help="Only render the model card (--card_dir) from the existing --output JSON; measure nothing.",
+    )
+    parser.add_argument(
+        "--validation_table",
+        action="store_true",
+        help="Only print the model folder's held-out verdicts as a markdown table (training/README.md's); measure "
+        "nothing.",
     )
     parser.add_argument(
         "--card_dir",
@@ -126,6 +137,9 @@ def main(argv=None) -> int:
     qualities = dict(DEFAULT_QUALITIES)
     qualities.update(dict(spec.split("=", 1) for spec in args.qualities))
     folder = resolve_model(args.model)
+    if args.validation_table:
+        print(validation_table(folder, BASE_TRAINED_ON))
+        return 0
     if args.card_only:
         if not args.card_dir:
             raise SystemExit("--card_only needs --card_dir")
@@ -219,28 +233,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _validation_rows(folder: Path) -> str:
-    """Markdown rows of the held-out verdicts recorded in the model folder (base per codec, then each adapter)."""
-    folder = Path(folder)
-    entries = []
-    base = folder / "adapters" / "base_validation.json"
-    if base.is_file():
-        for codec, verdict in sorted(json.loads(base.read_text()).items()):
-            entries.append((f"base + {codec}", "(stage-1 restoration: MSE + 0.05 (1 - MS-SSIM))", verdict))
-    for info_path in sorted((folder / "adapters").glob("*/rp_adapter.json")):
-        info = json.loads(info_path.read_text())
-        if info.get("validation"):
-            v = info["validation"]
-            entries.append((f"{info['adapter_name']} + {v['codec']}", v.get("trained_on") or "-", v))
-    rows = []
-    for name, trained, v in entries:
-        rates = v["bd_rate"]
-        cells = [f"{rates[m]:+.2f}%" for m in ("ssimulacra2", "butteraugli-3norm", "vmaf-neg", "psnr-rgb")]
-        verdict = "**wins (default)**" if v["wins"] else "loses"
-        rows.append(f"| {name} | {trained} | " + " | ".join(cells) + f" | {verdict} |")
-    return "\n".join(rows)
-
-
 def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path) -> Path:
     """Render the project's ``model_card.md`` for the compact model with the measured numbers."""
     from rp_diffusers.utils.hub import render_model_card
@@ -256,11 +248,10 @@ def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path
     stage1 = json.loads(stage1.read_text()) if stage1.is_file() else {}
     speed = report["speed"]
     sizes = report["sizes_bytes"]
+    records = {name: adapter_record(name, info) for name, info in saved_adapter_infos(folder).items()}
     adapters = [
-        {"name": name, "codec": r["codec"], "lam": r["lambda"], "rank": r["rank"]}
-        for name, r in report["adapters"].items()
+        {"name": name, "codec": r["codec"], "lam": r["lambda"], "rank": r["rank"]} for name, r in records.items()
     ]
-    validation_rows = _validation_rows(folder)
     crops = ""
     if (plots_dir / "default_crops_webp.png").is_file():  # written by benchmarks/default_crops.py
         shutil.copy(plots_dir / "default_crops_webp.png", card_dir / "default_crops_webp.png")
@@ -276,9 +267,7 @@ def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path
         "is **the base model before WebP**, and **nothing before JPEG, AVIF, HEIC, HEVC or VVC** (the codec runs "
         "alone and the command says why). The adapters below all lost there; they load and run when asked for by "
         "name (`--adapter`, `adapter_name=`).\n\n"
-        "| configuration | trained on | SSIMULACRA2 | Butteraugli 3-norm | VMAF-NEG | PSNR | held-out verdict |\n"
-        "| --- | --- | --- | --- | --- | --- | --- |\n"
-        f"{validation_rows}{crops}\n\n"
+        f"{validation_table(folder, BASE_TRAINED_ON)}{crops}\n\n"
         "**rp-compact** is the small `RPPreprocessPipeline` that ships inside the `rp-diffusers` package "
         "(`rp_diffusers/assets/default_model`): the offline default of `rp-diffusers compress`, "
         "`evaluate --model default` and the Space. It was trained from scratch on a 2-core CPU with the project's "

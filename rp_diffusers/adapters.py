@@ -8,6 +8,11 @@ function here also accepts the dotted spelling and normalises it.
 Files: :func:`save_rp_adapter` writes ``pytorch_lora_weights.safetensors`` in diffusers' pipeline format (keys
 prefixed ``unet.``, LoraConfig in the safetensors metadata), so ``pipe.load_lora_weights(folder)`` loads it, and
 ``rp_adapter.json`` with the codec, lambda and rank.
+
+``rp_adapter.json`` is the one record of an adapter (codec, lambda, rank, training facts, held-out ``validation``):
+a saved pipeline keeps its adapters as ``adapters/<name>/`` folders and nothing else about them (its
+``model_index.json`` lists none); :meth:`RPLoraLoaderMixin.available_adapters`, :meth:`~RPLoraLoaderMixin.adapter_for`,
+:func:`saved_adapter_infos` and :func:`validation_table` all read these files.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ ACTIVE_ADAPTERS_NAME = "active_adapters.json"
 BASE_VALIDATION_NAME = "base_validation.json"  # adapters/base_validation.json: the base model's verdict per codec
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 DEFAULT_RANK = 8
+RECORD_KEYS = ("codec", "lambda", "rank", "lora_alpha")  # what available_adapters() shows of each rp_adapter.json
 
 _NAME_PATTERN = re.compile(r"^rp_(?P<codec>[A-Za-z0-9][A-Za-z0-9_\-]*?)_lambda_(?P<value>[0-9.pem+\-]+)$")
 
@@ -188,6 +194,126 @@ def read_adapter_info(source: str | os.PathLike, subfolder: str | None = None, *
     return json.loads(path.read_text()) if path is not None else None
 
 
+def adapter_record(name: str, info: dict | None, lora_config=None) -> dict:
+    """The ``{codec, lambda, rank, lora_alpha}`` of adapter ``name``, read from its ``rp_adapter.json`` content.
+
+    Where ``info`` has no codec (a plain LoRA), codec and lambda come from the name (``None`` for other names);
+    rank and alpha missing from ``info`` come from ``lora_config`` (the loaded adapter's ``peft`` config), if given.
+
+    Example:
+        >>> adapter_record("rp_jpeg_lambda_0p5", {"codec": "jpeg", "lambda": 0.5, "rank": 4, "train_steps": 10})
+        {'codec': 'jpeg', 'lambda': 0.5, 'rank': 4}
+    """
+    info = info or {}
+    record = {key: info[key] for key in RECORD_KEYS if key in info}
+    if "codec" not in record:
+        try:
+            record["codec"], record["lambda"] = parse_adapter_name(name)
+        except ValueError:
+            record.update(codec=None, **{"lambda": None})
+    if lora_config is not None:
+        record.setdefault("rank", int(lora_config.r))
+        record.setdefault("lora_alpha", float(lora_config.lora_alpha))
+    return record
+
+
+def saved_adapters_dir(source: str | os.PathLike, **hub_kwargs) -> Path | None:
+    """The local ``adapters/`` folder of a saved pipeline (a folder, or a Hub repo: its ``adapters/`` JSON and
+    safetensors files are downloaded), or ``None`` when it has none (or the repo cannot be reached or is not cached).
+    """
+    if Path(source).exists():
+        folder = Path(source) / ADAPTERS_FOLDER
+        return folder if folder.is_dir() else None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    allowed = {k: hub_kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in hub_kwargs}
+    patterns = [f"{ADAPTERS_FOLDER}/*.json", f"{ADAPTERS_FOLDER}/*/{LORA_WEIGHT_NAME}"]
+    try:
+        root = Path(snapshot_download(str(source), allow_patterns=patterns, **allowed))
+    except (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    ):
+        return None
+    folder = root / ADAPTERS_FOLDER
+    return folder if folder.is_dir() else None
+
+
+def _adapter_dirs(adapters_dir: Path | None) -> dict[str, Path]:
+    """``adapters/<name>/`` folders holding an adapter (its weights or its ``rp_adapter.json``), by name."""
+    if adapters_dir is None:
+        return {}
+    return {
+        path.name: path
+        for path in sorted(adapters_dir.iterdir())
+        if path.is_dir() and any((path / name).is_file() for name in (LORA_WEIGHT_NAME, ADAPTER_INFO_NAME))
+    }
+
+
+def saved_adapter_infos(source: str | os.PathLike, **hub_kwargs) -> dict[str, dict]:
+    """The adapters saved in a pipeline folder or Hub repo, without loading them: name -> its ``rp_adapter.json``.
+
+    Sorted by name; ``{}`` for an adapter folder without ``rp_adapter.json``. This is what ``from_pretrained``
+    loads and what :meth:`RPLoraLoaderMixin.available_adapters` then reports.
+    """
+    infos = {}
+    for name, path in _adapter_dirs(saved_adapters_dir(source, **hub_kwargs)).items():
+        info_path = path / ADAPTER_INFO_NAME
+        infos[name] = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return infos
+
+
+def saved_base_validation(source: str | os.PathLike, **hub_kwargs) -> dict:
+    """The base model's held-out verdicts saved with a pipeline (``adapters/base_validation.json``): codec -> one."""
+    folder = saved_adapters_dir(source, **hub_kwargs)
+    path = folder / BASE_VALIDATION_NAME if folder is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+VALIDATION_TABLE_METRICS = ("ssimulacra2", "butteraugli-3norm", "vmaf-neg", "psnr-rgb")
+
+
+def validation_table(source: str | os.PathLike, base_trained_on: str = "-", **hub_kwargs) -> str:
+    """Markdown table of the held-out verdicts saved with a pipeline: the base model per codec, then each adapter.
+
+    Read from ``adapters/base_validation.json`` and each adapter's ``rp_adapter.json`` (``validation``), the
+    records :meth:`RPLoraLoaderMixin.adapter_for` decides from. ``base_trained_on`` fills the base rows' "trained
+    on" cell. ``python benchmarks/compact_model.py --validation_table`` prints it for the shipped model (the table
+    of ``training/README.md`` and of its model card).
+    """
+    entries = [
+        (f"base + {codec}", base_trained_on, verdict)
+        for codec, verdict in sorted(saved_base_validation(source, **hub_kwargs).items())
+    ]
+    for name, info in saved_adapter_infos(source, **hub_kwargs).items():
+        verdict = info.get("validation")
+        if verdict:
+            label = f"{info.get('adapter_name') or name} + {verdict.get('codec') or info.get('codec')}"
+            entries.append((label, verdict.get("trained_on") or "-", verdict))
+    rows = [
+        "| configuration | trained on | SSIMULACRA2 | Butteraugli 3-norm | VMAF-NEG | PSNR | held-out verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, trained_on, verdict in entries:
+        rates = verdict.get("bd_rate") or {}
+        cells = [
+            f"{rates[m]:+.2f}%" if isinstance(rates.get(m), (int, float)) else "-" for m in VALIDATION_TABLE_METRICS
+        ]
+        outcome = "**wins (default)**" if verdict.get("wins") else "loses"
+        rows.append(f"| {label} | {trained_on} | " + " | ".join(cells) + f" | {outcome} |")
+    return "\n".join(rows)
+
+
 def lora_state_dict_for_unet(
     state_dict: dict[str, torch.Tensor], metadata: dict | None
 ) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -281,16 +407,21 @@ def _validation_summary(record: dict) -> str:
 
 
 class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
-    """diffusers' SD LoRA loader for UNet-only R-P adapters, recording each one's operating point.
+    """diffusers' SD LoRA loader for UNet-only R-P adapters, keeping each one's ``rp_adapter.json`` record.
 
-    For pipelines with a ``unet`` and an ``adapters`` config entry (name -> {codec, lambda, rank, ...}), kept up to
-    date by every method here; :meth:`save_adapters` / :meth:`load_saved_adapters` store them in a pipeline folder.
+    For pipelines with a ``unet``. Each loaded adapter's record is the content of its ``rp_adapter.json`` (kept up
+    to date by every method here, ``{}`` for a LoRA loaded without one): :meth:`available_adapters`,
+    :meth:`adapter_info` and :meth:`adapter_for` read it, :meth:`save_adapters` writes it back as
+    ``adapters/<name>/rp_adapter.json`` and :meth:`load_saved_adapters` reads it from there. The pipeline's config
+    (``model_index.json``) holds no copy.
     """
 
     def available_adapters(self) -> dict[str, dict]:
-        """Adapters loaded on the UNet -> their {codec, lambda, rank, ...} (empty dict where unknown)."""
+        """Adapters loaded on the UNet -> their {codec, lambda, rank, lora_alpha}, from each one's record
+        (:func:`adapter_record`; an empty dict for an adapter added to the UNet outside these methods)."""
         loaded = getattr(self.unet, "peft_config", {})
-        return {name: dict(self.config.adapters.get(name, {})) for name in loaded}
+        infos = getattr(self, "_adapter_info", {})
+        return {name: adapter_record(name, infos[name], loaded[name]) if name in infos else {} for name in loaded}
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None, **kwargs):
         """Load a UNet LoRA (folder, Hub repo, file or state dict) as an adapter and record its operating point.
@@ -357,14 +488,6 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
 
     def _record_adapter(self, name: str, info: dict | None) -> None:
         self._adapter_info = {**getattr(self, "_adapter_info", {}), name: dict(info or {})}
-        record = {k: v for k, v in (info or {}).items() if k in ("codec", "lambda", "rank", "lora_alpha")}
-        if "codec" not in record:
-            try:
-                record["codec"], record["lambda"] = parse_adapter_name(name)
-            except ValueError:
-                record.update(codec=None, **{"lambda": None})
-        record.setdefault("rank", int(self.unet.peft_config[name].r))
-        self.register_to_config(adapters={**self.config.adapters, name: record})
         self._adapter_weights = {**getattr(self, "_adapter_weights", {}), name: 1.0}
 
     def set_adapters(self, adapter_names: list[str] | str, adapter_weights: float | list[float] | None = None):
@@ -498,12 +621,10 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         names = [normalize_adapter_name(name) for name in names]
         super().delete_adapters(names)
-        self.register_to_config(adapters={k: v for k, v in self.config.adapters.items() if k not in names})
         self._adapter_info = {k: v for k, v in getattr(self, "_adapter_info", {}).items() if k not in names}
 
     def unload_lora_weights(self):
         super().unload_lora_weights()
-        self.register_to_config(adapters={})
         self._adapter_weights, self._adapter_info = {}, {}
 
     def _lora_layers(self):
@@ -520,12 +641,28 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
             )
 
     def save_adapters(self, save_directory: str | os.PathLike) -> None:
-        """Write every loaded adapter to ``adapters/<name>/`` and the active selection to ``active_adapters.json``."""
+        """Write every loaded adapter to ``adapters/<name>/`` (weights and ``rp_adapter.json``, its one record) and
+        the active selection to ``active_adapters.json``.
+
+        The folder's ``adapters/`` then holds exactly these adapters: ``from_pretrained`` loads every adapter folder
+        it finds there, so the weights and ``rp_adapter.json`` of an adapter saved there earlier and no longer
+        loaded are removed (other files are left alone).
+        """
         self.check_adapters_saveable()
         folder = Path(save_directory) / ADAPTERS_FOLDER
         names = list(getattr(self.unet, "peft_config", {}))
+        records = self.available_adapters()
+        for stale, path in _adapter_dirs(folder if folder.is_dir() else None).items():
+            if stale in names:
+                continue
+            for file_name in (LORA_WEIGHT_NAME, ADAPTER_INFO_NAME):
+                (path / file_name).unlink(missing_ok=True)
+            if not any(path.iterdir()):
+                path.rmdir()
+        if not names:
+            (folder / ACTIVE_ADAPTERS_NAME).unlink(missing_ok=True)  # it would name adapters no longer there
         for name in names:
-            record = self.config.adapters.get(name, {})
+            record = records[name]
             regenerated = ("adapter_name", "codec", "lambda", "rank", "lora_alpha", "target_modules")
             extra = {k: v for k, v in self.adapter_info(name).items() if k not in regenerated}
             save_rp_adapter(
@@ -546,22 +683,19 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
             (folder / BASE_VALIDATION_NAME).write_text(text + "\n")
 
     def load_saved_adapters(self, source: str | os.PathLike, **hub_kwargs) -> None:
-        """Load the adapters listed in ``config.adapters`` from ``source``'s ``adapters/`` and restore the selection."""
-        saved = dict(self.config.adapters)
-        self.register_to_config(adapters={})
-        for name, record in saved.items():
-            subfolder = f"{ADAPTERS_FOLDER}/{name}"
-            weights = resolve_optional_file(source, LORA_WEIGHT_NAME, subfolder=subfolder, **hub_kwargs)
-            if weights is None:
-                raise ValueError(f"{source} lists adapter {name!r} but has no {subfolder}/{LORA_WEIGHT_NAME}")
-            self.load_lora_weights(str(Path(weights).parent), adapter_name=name)
-            self.register_to_config(adapters={**self.config.adapters, name: record})
-        selection_path = resolve_optional_file(source, ACTIVE_ADAPTERS_NAME, subfolder=ADAPTERS_FOLDER, **hub_kwargs)
-        if selection_path is not None:
-            selection = json.loads(Path(selection_path).read_text())
+        """Load every adapter saved in ``source``'s ``adapters/`` (each ``adapters/<name>/`` folder with its weights
+        and ``rp_adapter.json``, by name), restore the selection and read the base model's verdicts."""
+        folder = saved_adapters_dir(source, **hub_kwargs)
+        for name, path in _adapter_dirs(folder).items():
+            if not (path / LORA_WEIGHT_NAME).is_file():
+                raise ValueError(f"{source} has adapter {name!r} but no {ADAPTERS_FOLDER}/{name}/{LORA_WEIGHT_NAME}")
+            self.load_lora_weights(str(path), adapter_name=name)
+        selection_path = folder / ACTIVE_ADAPTERS_NAME if folder is not None else None
+        if selection_path is not None and selection_path.is_file():
+            selection = json.loads(selection_path.read_text())
             if selection["names"]:
                 self.set_adapters(selection["names"], selection["weights"])
             if not selection["enabled"]:
                 self.disable_adapters()
-        verdicts = resolve_optional_file(source, BASE_VALIDATION_NAME, subfolder=ADAPTERS_FOLDER, **hub_kwargs)
-        self._base_validation = json.loads(Path(verdicts).read_text()) if verdicts is not None else {}
+        verdicts = folder / BASE_VALIDATION_NAME if folder is not None else None
+        self._base_validation = json.loads(verdicts.read_text()) if verdicts is not None and verdicts.is_file() else {}

@@ -1,5 +1,6 @@
 """The compact default model shipped in rp_diffusers/assets/default_model, and its recipe run on tiny settings."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rp_diffusers.adapters import adapter_record, saved_adapter_infos
 from rp_diffusers.default_model import has_default_model, resolve_model
 from rp_diffusers.metrics import psnr
 from rp_diffusers.pipelines import RPPreprocessPipeline
@@ -40,7 +42,10 @@ def test_default_model_is_shipped():
 
 
 def test_default_model_loads_with_its_adapters(pipe):
-    adapters = pipe.config.adapters
+    folder = Path(resolve_model("default"))
+    # each adapter's rp_adapter.json is its one record: model_index.json lists none
+    assert "adapters" not in json.loads((folder / "model_index.json").read_text())
+    adapters = {name: adapter_record(name, info) for name, info in saved_adapter_infos(folder).items()}
     codecs = {record["codec"] for record in adapters.values()}
     assert "jpeg" in codecs and len(codecs) >= 2
     for codec in codecs:
@@ -48,6 +53,7 @@ def test_default_model_loads_with_its_adapters(pipe):
         assert len(lambdas) >= 2, f"{codec} has fewer than two operating points"
     assert all(name.startswith(f"rp_{r['codec']}_lambda_") for name, r in adapters.items())
     assert set(pipe.available_adapters()) == set(adapters)
+    assert pipe.available_adapters() == adapters  # what the pipeline reports is what the files say
 
 
 def test_default_model_keeps_odd_sizes(pipe):
@@ -60,7 +66,7 @@ def test_default_model_keeps_odd_sizes(pipe):
 def test_default_model_adapters_change_output(pipe, val_crop):
     pipe.disable_adapters()
     base = pipe(val_crop, output_type="pt").images
-    for name in pipe.config.adapters:
+    for name in pipe.available_adapters():
         adapted = pipe(val_crop, adapter_name=name, output_type="pt").images
         assert (adapted - base).abs().mean() > 1e-4, f"{name} does not change the output"
     pipe.disable_adapters()
@@ -102,8 +108,9 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         "VAL_QUALITIES": "jpeg=20,40,60,80 webp=20,40,60,80",
     }
     subprocess.run(["bash", "training/compact_recipe.sh"], cwd=REPO, env=env, check=True, capture_output=True)
+    assert "adapters" not in json.loads((dest / "model_index.json").read_text())  # rp_adapter.json: the record
     model = RPPreprocessPipeline.from_pretrained(dest)
-    for name in model.config.adapters:  # every adapter carries its held-out verdict, and the policy obeys it
+    for name in model.available_adapters():  # every adapter carries its held-out verdict, and the policy obeys it
         verdict = model.adapter_info(name)["validation"]
         assert verdict["images"] == "val (2 photographs)" and verdict["qualities"] == [20, 40, 60, 80]
         assert verdict["trained_on"] is None and verdict["headline"] == [
@@ -116,7 +123,7 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         )
     for codec in ("jpeg", "webp"):
         choice = model.adapter_for(codec)
-        names = [n for n in model.config.adapters if n.startswith(f"rp_{codec}_")]
+        names = [n for n in model.available_adapters() if n.startswith(f"rp_{codec}_")]
         winners = [n for n in names if model.adapter_info(n)["validation"]["wins"]]
         base = model.base_validation(codec)
         assert set(base["headline"]) == {"butteraugli-3norm", "vmaf-neg", "ssimulacra2"}  # trained on none of them
@@ -124,12 +131,16 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
             assert choice.preprocess and choice.adapter in winners
         else:
             assert choice.adapter is None and choice.preprocess == base["wins"]
-    assert set(model.config.adapters) == {
-        "rp_jpeg_lambda_1",
-        "rp_jpeg_lambda_2",
-        "rp_webp_lambda_1",
-        "rp_webp_lambda_2",
-    }
+    assert (
+        set(model.available_adapters())
+        == set(saved_adapter_infos(dest))
+        == {
+            "rp_jpeg_lambda_1",
+            "rp_jpeg_lambda_2",
+            "rp_webp_lambda_1",
+            "rp_webp_lambda_2",
+        }
+    )
     assert model.config.residual and type(model.vae).__name__ == "AutoencoderTiny"
     assert list(model.vae.config.block_out_channels) == [8] and model.config.vae_scale_factor == 1
     out = model(np.zeros((21, 19, 3), dtype=np.uint8), output_type="np").images
@@ -141,7 +152,7 @@ def test_default_model_tiled_matches_untiled(pipe, val_dir):
     52 dB PSNR between the two (max difference 0.048); this 400x300 crop must stay above 45 dB."""
     image = load_image(Path(val_dir) / "barbara.png").crop((0, 0, 400, 300))
     pipe.enable_adapters()
-    pipe.set_adapters([next(iter(pipe.config.adapters))])
+    pipe.set_adapters([next(iter(pipe.available_adapters()))])
     whole = pipe(image, output_type="pt").images
     pipe.enable_tiling(tile_size=256, overlap=64)
     try:
@@ -151,3 +162,23 @@ def test_default_model_tiled_matches_untiled(pipe, val_dir):
         pipe.disable_adapters()
     assert tiled.shape == whole.shape == (1, 3, 300, 400)
     assert float(psnr(whole.clamp(0, 1), tiled.clamp(0, 1))) > 45.0
+
+
+def test_training_readme_validation_table_is_the_generated_one():
+    """training/README.md's table of held-out verdicts is what the command it names prints from the model folder."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/compact_model.py", "--validation_table"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    table = result.stdout.strip()
+    lines = table.splitlines()
+    assert lines[0].startswith("| configuration | trained on |") and len(lines) == 2 + 2 + 4  # 2 codecs, 4 adapters
+    assert "| base + webp |" in table and "| rp_jpeg_lambda_1 + jpeg |" in table
+    readme = (REPO / "training" / "README.md").read_text()
+    assert table in readme, "training/README.md: paste `python benchmarks/compact_model.py --validation_table`"
+    card = (Path(resolve_model("default")) / "README.md").read_text()
+    assert table in card  # the model card renders the same table (benchmarks/compact_model.py --card_dir)

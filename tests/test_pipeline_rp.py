@@ -9,11 +9,14 @@ import torch
 from PIL import Image
 
 from rp_diffusers.adapters import (
+    choose_adapter,
     format_adapter_name,
     normalize_adapter_name,
     parse_adapter_name,
     rp_lora_config,
     save_rp_adapter,
+    saved_adapter_infos,
+    validation_table,
 )
 from rp_diffusers.models.subpixel_upsample import SubpixelUpsample2D
 from rp_diffusers.pipelines import RPPreprocessPipeline, RPPreprocessPipelineOutput
@@ -408,6 +411,122 @@ def test_pipeline_adapter_for_picks_only_validated_winners_else_the_codec_alone(
     reloaded = _pipe(tmp_path / "again")
     assert reloaded.base_validation() == loaded.base_validation()
     assert reloaded.adapter_for("jpeg").preprocess is True and reloaded.adapter_for("webp").preprocess is False
+
+
+def test_pipeline_rp_adapter_json_is_the_one_record_the_policy_follows(lora_pipe, tmp_path):
+    """Metadata changed only in an adapter's rp_adapter.json is what the pipeline reports, decides from and saves."""
+    lora_pipe.drop_text_encoder()
+    lora_pipe.save_pretrained(tmp_path)
+    assert "adapters" not in json.loads((tmp_path / "model_index.json").read_text())  # no second copy
+    assert saved_adapter_infos(tmp_path)[ADAPTER_B]["lambda"] == 2.0
+    path = tmp_path / "adapters" / ADAPTER_B / "rp_adapter.json"
+    info = json.loads(path.read_text())
+    info.update(codec="webp", **{"lambda": 3.0})
+    info["validation"] = {"bd_rate": {"vmaf-neg": -2.0}, "headline": ["vmaf-neg"], "wins": True, "images": "v"}
+    path.write_text(json.dumps(info))
+
+    loaded = _pipe(tmp_path)
+    assert loaded.available_adapters() == {
+        ADAPTER_A: {"codec": "jpeg", "lambda": 0.5, "rank": 4, "lora_alpha": 4.0},
+        ADAPTER_B: {"codec": "webp", "lambda": 3.0, "rank": 4, "lora_alpha": 4.0},
+    }
+    webp = loaded.adapter_for("webp")
+    assert (webp.adapter, webp.preprocess) == (ADAPTER_B, True) and "vmaf-neg -2.0%" in webp.reason
+    jpeg = loaded.adapter_for("jpeg")  # B is no longer a jpeg adapter; A, unvalidated, is not picked
+    assert (jpeg.adapter, jpeg.preprocess) == (None, False) and f"{ADAPTER_A} was not validated" in jpeg.reason
+    assert choose_adapter(loaded, "webp").adapter == ADAPTER_B
+
+    loaded.save_pretrained(tmp_path / "again")  # the edited record is written back, not regenerated from the name
+    again = json.loads((tmp_path / "again" / "adapters" / ADAPTER_B / "rp_adapter.json").read_text())
+    assert (again["codec"], again["lambda"], again["validation"]["wins"]) == ("webp", 3.0, True)
+    assert _pipe(tmp_path / "again").adapter_for("webp").adapter == ADAPTER_B
+
+
+def test_pipeline_old_model_index_adapters_list_is_ignored(lora_pipe, tmp_path):
+    """A folder saved before rp_adapter.json became the one record lists its adapters in model_index.json: that
+    copy is not read (here it is stale: one adapter, another codec); saving again drops it."""
+    lora_pipe.drop_text_encoder()
+    lora_pipe.save_pretrained(tmp_path)
+    index_path = tmp_path / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["adapters"] = {ADAPTER_A: {"codec": "avif", "lambda": 9.0, "rank": 4}}
+    index_path.write_text(json.dumps(index))
+    loaded = _pipe(tmp_path)
+    assert loaded.available_adapters() == lora_pipe.available_adapters()
+    assert loaded.available_adapters()[ADAPTER_A]["codec"] == "jpeg"
+    assert loaded.adapter_for("avif").adapter is None and loaded.adapter_for("jpeg").adapter == ADAPTER_A
+    loaded.save_pretrained(tmp_path / "again")
+    assert "adapters" not in json.loads((tmp_path / "again" / "model_index.json").read_text())
+
+
+def test_pipeline_saved_adapters_are_the_folders_in_adapters(lora_pipe, adapter_dirs, tmp_path):
+    """from_pretrained loads every adapters/<name>/ folder; saving leaves exactly the loaded adapters there."""
+    import shutil
+
+    lora_pipe.drop_text_encoder()
+    lora_pipe.delete_adapters(ADAPTER_B)
+    lora_pipe.save_pretrained(tmp_path)
+    assert set(_pipe(tmp_path).available_adapters()) == {ADAPTER_A}
+    shutil.copytree(adapter_dirs[ADAPTER_B], tmp_path / "adapters" / ADAPTER_B)  # an adapter added by hand
+    (tmp_path / "adapters" / ADAPTER_B / "notes.txt").write_text("the user's file")
+    both = _pipe(tmp_path)
+    assert set(both.available_adapters()) == {ADAPTER_A, ADAPTER_B}
+    assert both.adapter_info(ADAPTER_B)["base_model"] == "tiny"
+
+    both.delete_adapters(ADAPTER_A)
+    both.save_pretrained(tmp_path)  # in place: ADAPTER_A's files go, so it does not come back on loading
+    assert not (tmp_path / "adapters" / ADAPTER_A).exists()
+    assert set(saved_adapter_infos(tmp_path)) == set(_pipe(tmp_path).available_adapters()) == {ADAPTER_B}
+    both.delete_adapters(ADAPTER_B)
+    both.save_pretrained(tmp_path)
+    assert (tmp_path / "adapters" / ADAPTER_B / "notes.txt").read_text() == "the user's file"  # left alone
+    assert not (tmp_path / "adapters" / ADAPTER_B / "rp_adapter.json").exists()
+    assert not (tmp_path / "adapters" / "active_adapters.json").exists()
+    assert _pipe(tmp_path).available_adapters() == {}
+
+    (tmp_path / "adapters" / ADAPTER_B / "rp_adapter.json").write_text(json.dumps({"adapter_name": ADAPTER_B}))
+    with pytest.raises(ValueError, match=f"no adapters/{ADAPTER_B}/pytorch_lora_weights.safetensors"):
+        _pipe(tmp_path)
+
+
+def test_saved_adapter_records_of_a_hub_repo_come_from_its_adapter_files(lora_pipe, tmp_path, monkeypatch):
+    """A Hub repo's adapters are found the same way: its adapters/ JSON and weights files are downloaded."""
+    import huggingface_hub
+
+    lora_pipe.drop_text_encoder()
+    lora_pipe.save_pretrained(tmp_path)
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append((repo_id, allow_patterns, kwargs))
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    infos = saved_adapter_infos("org/rp-model", revision="main")
+    assert list(infos) == [ADAPTER_A, ADAPTER_B] and infos[ADAPTER_A]["base_model"] == "tiny"
+    assert calls == [
+        (
+            "org/rp-model",
+            ["adapters/*.json", "adapters/*/pytorch_lora_weights.safetensors"],
+            {"revision": "main"},
+        )
+    ]
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(tmp_path / "nothing"))
+    assert saved_adapter_infos("org/no-adapters") == {} and validation_table("org/no-adapters").count("\n") == 1
+
+
+def test_validation_table_reads_the_recorded_verdicts(lora_pipe, tmp_path):
+    lora_pipe.drop_text_encoder()
+    lora_pipe.set_base_validation("jpeg", {"bd_rate": {"psnr-rgb": -1.0}, "wins": True})
+    lora_pipe.update_adapter_info(
+        ADAPTER_A,
+        validation={"bd_rate": {"ssimulacra2": 2.5}, "codec": "jpeg", "trained_on": "ms_ssim", "wins": False},
+    )
+    lora_pipe.save_pretrained(tmp_path)
+    assert validation_table(tmp_path, "(stage 1)").splitlines()[2:] == [
+        "| base + jpeg | (stage 1) | - | - | - | -1.00% | **wins (default)** |",
+        f"| {ADAPTER_A} + jpeg | ms_ssim | +2.50% | - | - | - | loses |",
+    ]
 
 
 def test_pipeline_weighted_adapter_mix_lies_between(lora_pipe):

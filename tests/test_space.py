@@ -125,7 +125,7 @@ def test_space_model_from_env_variable(model_dir, monkeypatch, tmp_path):
     model = load_space_model()
     assert model.source == str(model_dir) and model.notes == []
     assert model.is_random and "RANDOM" in model.label  # build_tiny_random_model marks its folder
-    assert model.pipe.available_adapters() == {ADAPTER: {"codec": "jpeg", "lambda": 0.5, "rank": 4}}
+    assert model.pipe.available_adapters() == {ADAPTER: {"codec": "jpeg", "lambda": 0.5, "rank": 4, "lora_alpha": 4.0}}
     unmarked = shutil.copytree(model_dir, tmp_path / "model", ignore=shutil.ignore_patterns(RANDOM_MARKER))
     monkeypatch.setenv(MODEL_ENV, str(unmarked))
     model = load_space_model()

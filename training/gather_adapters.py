@@ -2,8 +2,9 @@
 
     python training/gather_adapters.py --base WORK/base --adapters WORK/rp_jpeg_1 WORK/rp_webp_1 --output DEST
 
-The adapters' rp_adapter.json (training record, validation verdict) is kept as written by training; the selection
-saved with the pipeline is none (adapters off): callers pick per codec with ``pipe.adapter_for(codec)``.
+The adapters' rp_adapter.json (training record, validation verdict) is kept as written by training, plus the base
+model and any surrogate note: it is each adapter's one record (DEST/model_index.json lists no adapters). The
+selection saved with the pipeline is none (adapters off): callers pick per codec with ``pipe.adapter_for(codec)``.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from rp_diffusers.adapters import read_adapter_info
 from rp_diffusers.pipelines import RPPreprocessPipeline
 
 
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
     pipe = RPPreprocessPipeline.from_pretrained(base)
     for folder in args.adapters:
         pipe.load_lora_weights(folder)  # records the folder's rp_adapter.json; save_pretrained writes it back
-        info = json.loads((Path(folder) / "rp_adapter.json").read_text())
+        info = read_adapter_info(folder) or {}
         facts = {"base_model": info.get("base_model") or "stage 1 of training/compact_recipe.sh"}
         if info.get("surrogate") not in (None, info.get("codec")):
             facts["note"] = f"trained through the {info['surrogate']} surrogate as a STAND-IN for {info['codec']}"
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
         config.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     if (base / "stage1_metrics.json").is_file():
         shutil.copy(base / "stage1_metrics.json", dest / "stage1_metrics.json")
-    print(f"saved {dest} with adapters {list(pipe.config.adapters)}")
+    print(f"saved {dest} with adapters {list(pipe.available_adapters())}")
     return 0
 
 

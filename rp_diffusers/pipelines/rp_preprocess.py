@@ -147,7 +147,9 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
         prompt (`str`, defaults to ""): the fixed text prompt.
         residual (`bool`, defaults to False): x0 = input latents + UNet estimate (see ``one_step_map``).
         vae_scale_factor (`int`, *optional*): pixels per latent; read from the VAE when omitted.
-        adapters (`dict`, *optional*): adapter name -> {codec, lambda, rank, ...}; kept up to date by the LoRA methods.
+        adapters (`dict`, *optional*): deprecated and ignored. Folders saved before ``rp_adapter.json`` became an
+            adapter's one record listed their adapters here, in ``model_index.json``; every adapter is now read from
+            its ``adapters/<name>/rp_adapter.json`` (:meth:`available_adapters`), and saving writes no such list.
         add_noise (`bool`, defaults to False): noise the input latents to t* before the UNet call (draws from
             ``generator``); the default feeds clean latents (deterministic, as img2img-turbo).
     """
@@ -181,9 +183,13 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
             prompt=prompt,
             residual=bool(residual),
             vae_scale_factor=int(vae_scale_factor),
-            adapters=dict(adapters or {}),
             add_noise=bool(add_noise),
         )
+        if adapters:  # deprecated: an older model_index.json's copy of the adapters' records, never read
+            logger.warning(
+                "ignoring the `adapters` list of this pipeline's config (model_index.json): each adapter's record is "
+                "its adapters/<name>/rp_adapter.json, read when the adapters load; save the pipeline again to drop it"
+            )
         self._prompt_embeds: torch.Tensor | None = None
         self._adapter_weights: dict[str, float] = {}
         self.enable_tiling()
