@@ -5,7 +5,7 @@ user runs it (the CLI in a fresh process, model loading included) in three ways:
 
 - ``1 process, 1 worker``: the plain baseline, everything in series;
 - ``1 process, 2 workers``: ``evaluate``'s own process pool for the codec and metric work (its default);
-- ``accelerate launch --num_processes 2``: two processes, one shard of the images each, merged by the main one.
+- ``ACCELERATE_USE_CPU=1 accelerate launch --config_file training/configs/cpu_2proc.yaml``: two processes, one shard of the images each, merged by the main one.
 
 It prints images per minute and the ratio to the baseline, checks that every way wrote the same results
 (timings aside), and writes ``benchmarks/results/evaluate_scale.json``. Kodak is only measured here.
@@ -74,10 +74,11 @@ def _sweep(args, codec: str, qualities: str, model: bool, processes: int, worker
         launcher = shutil.which("accelerate")
         if launcher is None:
             raise RuntimeError("accelerate's launcher is not on PATH")
-        command = [launcher, "launch", "--num_processes", str(processes), "--cpu", *command]
+        config = Path(__file__).resolve().parents[1] / "training" / "configs" / "cpu_2proc.yaml"
+        command = [launcher, "launch", "--config_file", str(config), "--num_processes", str(processes), *command]
     else:
         command = [sys.executable, *command]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}  # gloo processes on the CPU
     start = time.perf_counter()
     done = subprocess.run(command, env=environment, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -172,13 +172,24 @@ def test_a_sigkilled_process_resumes(photos, tmp_path):
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not on PATH")
 def test_accelerate_launch_two_processes_gives_the_one_process_results(photos, model_dir, one_run, tmp_path):
     output = tmp_path / "out"
-    command = ["accelerate", "launch", "--num_processes", "2", "--cpu", "-m", "rp_diffusers.cli", "evaluate"]
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "cpu_2proc.yaml"
+    command = ["accelerate", "launch", "--config_file", str(config), "--main_process_port", str(_free_port())]
+    command += ["-m", "rp_diffusers.cli", "evaluate"]
     command += ["--images", str(photos), *SWEEP, "--model", str(model_dir), "--output", str(output), "--no-progress"]
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "merged 2 process shards (5 images)" in done.stdout  # two processes ran, the main one merged
     assert sorted(p.name for p in output.iterdir()) == sorted([*(p.name for p in one_run.iterdir())])
     assert _normalized(output) == _normalized(one_run)  # no .shards left, the same results
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_a_local_imagefolder_dataset_is_the_same_as_its_folder(photos, tmp_path, monkeypatch):

@@ -132,9 +132,17 @@ def run(args: argparse.Namespace) -> int:
 
     state = None
     if distributed:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # CPU processes (gloo) where there is no GPU, or where ACCELERATE_USE_CPU asks for them
+        cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        state = PartialState(cpu=cpu)
+        if state.num_processes != world:
+            raise RuntimeError(
+                f"WORLD_SIZE is {world} but accelerate set up {state.num_processes} process(es): launch with "
+                "`accelerate launch --multi_gpu --num_processes N` (CPU: with ACCELERATE_USE_CPU=1)"
+            )
         shard = (state.process_index, state.num_processes)
     # Pre-processing batches: same-size images, --batch-size at a time, fixed by the whole list. Each image is
     # pre-processed in the same batch whether the run is one process, a shard or resumed: the same numbers.
@@ -257,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         if state.is_main_process:
             folders = sorted((output / ".shards").glob(f"shard-*-of-{shard[1]}"))
             curves, _ = read_shards(folders)
+            print(f"merged {shard[1]} process shards ({len(images)} images)")
             write_results(output, curves, args.anchor, overwrite, earlier)
             shutil.rmtree(output / ".shards")
         state.wait_for_everyone()
