@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -491,23 +492,45 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         self._adapter_weights = {**getattr(self, "_adapter_weights", {}), name: 1.0}
 
     def set_adapters(self, adapter_names: list[str] | str, adapter_weights: float | list[float] | None = None):
-        """Activate adapter(s) with weights (``None``: 1 each); dotted names such as ``rp_jpeg_lambda_0.5`` work."""
+        """Activate adapter(s) with weights (``None``: 1 each); dotted names such as ``rp_jpeg_lambda_0.5`` work.
+
+        Waits for a call that is running on another thread (the selection lives on the UNet's layers)."""
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         names = [normalize_adapter_name(name) for name in names]
         weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
-        super().set_adapters(names, weights)
-        self._adapter_weights = {name: 1.0 if w is None else float(w) for name, w in zip(names, weights)}
+        with self.adapter_lock:
+            super().set_adapters(names, weights)
+            self._adapter_weights = {name: 1.0 if w is None else float(w) for name, w in zip(names, weights)}
+
+    @property
+    def adapter_lock(self) -> threading.RLock:
+        """This pipeline's lock on its adapter selection, held by every call and every ``set_adapters``.
+
+        The selection lives on the UNet's layers while a call runs, so calls from several threads (a Gradio
+        Space, a thread pool) take turns on one pipeline; each still runs with its own adapters.
+        """
+        lock = self.__dict__.get("_rp_adapter_lock")
+        if lock is None:  # dict.setdefault is atomic: two threads that race here get the same lock
+            lock = self.__dict__.setdefault("_rp_adapter_lock", threading.RLock())
+        return lock
 
     @contextmanager
     def scoped_adapters(self, adapter_names: list[str] | str | None, adapter_weights=None):
         """Use ``adapter_names`` (``[]``: none, the base model) inside the block; restore the selection after it.
 
         ``None`` leaves the current selection as it is. The pipeline's ``__call__`` uses this, so that
-        ``pipe(image, adapter_name=...)`` never changes what later calls run.
+        ``pipe(image, adapter_name=...)`` never changes what later calls run. The block holds
+        :attr:`adapter_lock`, so calls on other threads wait rather than change the selection under this one.
         """
-        if adapter_names is None:
-            yield
-            return
+        with self.adapter_lock:
+            if adapter_names is None:
+                yield
+            else:
+                with self._scoped_selection(adapter_names, adapter_weights):
+                    yield
+
+    @contextmanager
+    def _scoped_selection(self, adapter_names: list[str] | str, adapter_weights=None):
         layers = self._lora_layers()
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         if names and not layers:

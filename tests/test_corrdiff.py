@@ -17,10 +17,11 @@ from rp_diffusers.corrdiff import BitstreamError, CorrDiffCodec, CorrDiffConfig,
 from rp_diffusers.corrdiff.bitstream import HEADER_SIZE
 from rp_diffusers.corrdiff.diffusion import build_unet
 from rp_diffusers.corrdiff.entropy import PRECISION, decode_choices, encode_choices
+from rp_diffusers.evaluation import EXAMPLES_DIR
 from rp_diffusers.utils.image import load_image
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "rp_diffusers" / "assets" / "examples" / "canal_urban.png"
+EXAMPLE = EXAMPLES_DIR / "canal_urban.png"
 
 
 def tiny_model(seed: int = 0) -> CorrDiffModel:

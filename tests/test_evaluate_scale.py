@@ -19,6 +19,10 @@ from rp_diffusers.cli import main
 from rp_diffusers.evaluation import EXAMPLES_DIR
 from rp_diffusers.evaluation.runs import PARTIAL_DIR, Journal
 
+# One torch thread in this process, as in the launched ones (OMP_NUM_THREADS=1): float reductions depend on the
+# thread count, so only runs on equal threads can give the same bits.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SWEEP = ["--codec", "jpeg,webp", "--qualities", "30,60", "--metrics", "psnr,ssimulacra2", "--workers", "1"]
 TIMING = ("date", "preprocess_seconds_per_image")
 

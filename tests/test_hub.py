@@ -1,5 +1,7 @@
 """Model-card rendering and Hub staging, offline."""
 
+from pathlib import Path
+
 import yaml
 
 from rp_diffusers.codecs import card_example
@@ -35,3 +37,11 @@ def test_render_model_card_body_has_usage_table_and_plot():
 
 def test_eval_results_skips_nan():
     assert len(eval_results(BD)) == 2
+
+
+def test_repository_model_card_is_the_packaged_template():
+    """The top-level ``model_card.md`` (what a reader of the repository sees) is the template the package renders."""
+    from rp_diffusers.utils.hub import PACKAGED_TEMPLATE
+
+    top_level = Path(__file__).resolve().parents[1] / "model_card.md"
+    assert top_level.read_bytes() == PACKAGED_TEMPLATE.read_bytes(), "copy one onto the other: they must not drift"

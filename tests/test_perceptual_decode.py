@@ -496,7 +496,6 @@ def test_slow_preset_defaults_to_the_codec_surrogate(image_odd):
 # --------------------------------------------------------------------------------------------- calibration script
 def _calibration_script():
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "training" / "calibrate_decode_sigma.py"
     spec = importlib.util.spec_from_file_location("calibrate_decode_sigma", path)
@@ -639,7 +638,9 @@ def test_enhance_runs_offline_with_the_shipped_denoiser_and_its_calibration(tmp_
     from rp_diffusers.pipelines.perceptual_decode import DEFAULT_DECODE_MODEL_DIR
 
     assert (DEFAULT_DECODE_MODEL_DIR / "decode_calibration.json").is_file()
-    source = Image.open(sorted((Path(__file__).parents[1] / "rp_diffusers/assets/examples").glob("*.png"))[0])
+    from rp_diffusers.evaluation import EXAMPLES_DIR
+
+    source = Image.open(sorted(EXAMPLES_DIR.glob("*.png"))[0])
     decoded = get_codec("jpeg").run(source.convert("RGB").crop((0, 0, 96, 64)), 20).reconstruction
     decoded.save(tmp_path / "decoded.jpg", quality=100)
     assert (

@@ -1,6 +1,8 @@
 """RPPreprocessPipeline: loading, the pipeline contract, equivalence with plain diffusers, adapters, tiling."""
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -364,6 +366,42 @@ def test_pipeline_call_adapter_selection_is_scoped_to_the_call(stock_dir, lora_p
     np.testing.assert_array_equal(_np(lora_pipe, image), base)  # still disabled after the call
     with pytest.raises(ValueError, match="adapter_weights needs adapter_name"):
         lora_pipe(image, adapter_weights=0.5)
+
+
+def test_pipeline_concurrent_calls_each_run_their_own_adapters(stock_dir, lora_pipe, monkeypatch):
+    """Threads that call one pipeline with different adapters take turns (``adapter_lock``): each call's output is
+    the one it gets alone. The pause inside each call gives another thread time to change the selection, which
+    it could do without the lock."""
+    image = _image(16, 20)
+    choices = {"a": ADAPTER_A, "b": ADAPTER_B, "base": []}
+    alone = {key: _np(lora_pipe, image, adapter_name=name) for key, name in choices.items()}
+    assert np.abs(alone["a"] - alone["b"]).max() > 0.01
+    run = lora_pipe._run
+
+    def slow_run(*args, **kwargs):
+        time.sleep(0.05)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(lora_pipe, "_run", slow_run)
+    start = threading.Barrier(6)
+    outputs: dict[tuple[str, int], np.ndarray] = {}
+
+    def call(key: str, index: int) -> None:
+        start.wait()
+        outputs[key, index] = _np(lora_pipe, image, adapter_name=choices[key])
+
+    threads = [threading.Thread(target=call, args=(key, i)) for i in range(2) for key in choices]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(outputs) == 6
+    for (key, _), out in outputs.items():
+        np.testing.assert_array_equal(out, alone[key])
+    lora_pipe.set_adapters(ADAPTER_B)  # set_adapters takes the same (re-entrant) lock
+    with lora_pipe.adapter_lock:
+        lora_pipe.set_adapters(ADAPTER_A)
+    assert lora_pipe.get_active_adapters() == [ADAPTER_A]
 
 
 def _with_validation(folder, verdicts: dict) -> None:

@@ -466,3 +466,41 @@ def test_distill_decode_denoiser_trains_a_one_step_student(workspace, tmp_path, 
     assert log["args"]["teacher"] == "teacher"  # a folder name, not this machine's path
     with pytest.raises(ValueError, match="Kodak"):
         script.parse_args(["--train_data_dir", "/data/kodak"])
+
+
+def test_distill_decode_denoiser_resume_and_signal_stop_are_exact(workspace, tmp_path, tiny_edm_teacher):
+    """The script's checkpoints are the runner's: a run resumed from ``checkpoint-2``, or stopped by SIGTERM in its
+    first step and resumed, ends with the student of an uninterrupted run."""
+    script = _load_script("distill_decode_denoiser")
+
+    def run(output, *extra):
+        script.main(script.parse_args(
+            ["--teacher", str(tiny_edm_teacher), "--train_data_dir", str(workspace["data"]), "--cache_dir",
+             str(workspace["root"] / "cache"), "--resolution", "16", "--train_batch_size", "2", "--max_train_steps",
+             "4", "--checkpointing_steps", "2", "--learning_rate", "1e-3", "--output_dir", str(output), *extra]
+        ))  # fmt: skip
+        return output / "student" / "diffusion_pytorch_model.safetensors"
+
+    full = load_file(str(run(tmp_path / "full")))
+    assert [p.name for p in checkpoint_folders(tmp_path / "full")] == ["checkpoint-2", "checkpoint-4"]
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", part / "checkpoint-2")  # what a run killed at step 3 leaves
+    again = load_file(str(run(part, "--resume_from_checkpoint", "latest")))
+    assert json.loads((part / "distill_log.json").read_text())["resumed_from_step"] == 2
+    assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6
+    halfway = load_file(str(tmp_path / "full" / "checkpoint-2" / "model.safetensors"))
+    assert max((full[k] - halfway[k]).abs().max().item() for k in full) > 1e-6  # steps 3-4 moved the student
+
+    signalled, original = tmp_path / "signalled", script.step_generator
+
+    def sigterm_in_first_step(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    with mock.patch.object(script, "step_generator", sigterm_in_first_step):
+        run(signalled)
+    assert [p.name for p in checkpoint_folders(signalled)] == ["checkpoint-1"]
+    assert not (signalled / "student").exists()
+    again = load_file(str(run(signalled, "--resume_from_checkpoint", "latest")))
+    assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6

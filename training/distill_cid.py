@@ -15,7 +15,6 @@ arXiv:2512.15270). Output: a folder `RPPreprocessPipeline` loads.
 
 import argparse
 import copy
-import os
 from pathlib import Path
 
 import torch
@@ -39,7 +38,10 @@ from rp_diffusers.training_utils import (
     PreparedModel,
     add_training_args,
     build_optimizer,
-    checkpoint_due,
+    check_resolution,
+    check_training_args,
+    end_stopped_run,
+    finish_update,
     is_sharded,
     log_images,
     make_accelerator,
@@ -47,16 +49,14 @@ from rp_diffusers.training_utils import (
     make_train_dataloader,
     move_model,
     optimizer_step,
+    push_output_folder,
     register_weight_hooks,
     resume,
-    save_training_state,
     scaled_learning_rate,
     step_generator,
     stop_on_signals,
-    stop_requested,
     train_steps,
     training_batches,
-    validation_due,
 )
 from rp_diffusers.training_utils.sid import fake_score_loss, sid_timesteps, student_sid_loss
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor, tensor_to_pil
@@ -158,11 +158,7 @@ def parse_args(input_args=None):
     add_training_args(parser, "validation", "hub")
     args = parser.parse_args(input_args)
 
-    env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
-    if env_local_rank != -1:
-        args.local_rank = env_local_rank
-    if args.dataset_name is None and args.train_data_dir is None:
-        raise ValueError("pass --dataset_name or --train_data_dir")
+    check_training_args(args)
     if args.sid_t_min < 0 or args.sid_t_max < args.sid_t_min:
         raise ValueError("need 0 <= --sid_t_min <= --sid_t_max")
     return args
@@ -249,10 +245,7 @@ def main(args):
         residual=args.residual,
     )
     pipe.set_progress_bar_config(disable=True)
-    if args.resolution % pipe.pad_multiple:
-        raise ValueError(
-            f"--resolution must be a multiple of {pipe.pad_multiple} for this model, got {args.resolution}"
-        )
+    check_resolution(args.resolution, pipe.pad_multiple)
     prompt_embeds = pipe.prompt_embeds
     uncond_embeds = pipe.encode_prompt("") if args.guidance_scale != 1.0 and args.prompt else None
     pipe.drop_text_encoder()
@@ -330,6 +323,9 @@ def main(args):
             teacher, x, t, prompt_embeds, uncond_embeds, args.guidance_scale, teacher_alphas, teacher_prediction, noise
         )
 
+    def validate(step):
+        log_validation(pipe, args, accelerator, step)
+
     # 6. Training loop: fake-score update, then student update (SiD's alternation)
     stopped = False
     with stop_on_signals(accelerator):
@@ -381,7 +377,6 @@ def main(args):
                 optimizer_step(accelerator, loss_g, student, optimizer_g, lr_g, args.max_grad_norm)
 
             if accelerator.sync_gradients:
-                progress_bar.update(1)
                 global_step += 1
                 logs = {
                     "loss_sid": loss_sid.item(),
@@ -389,19 +384,13 @@ def main(args):
                     "loss_fake": loss_fake.item(),
                     "lr": lr_g.get_last_lr()[0],
                 }
-                accelerator.log(logs, step=global_step)
-                progress_bar.set_postfix(**logs)
-                if checkpoint_due(args, global_step):
-                    save_training_state(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-                if validation_due(accelerator, args, global_step):
-                    log_validation(pipe, args, accelerator, global_step)
-                stopped = stop_requested(accelerator, args, global_step)  # a signal: checkpoint, then stop
+                # logs, checkpoint-{step} (rotated), validation; True on a signal (checkpoint saved, then stop)
+                stopped = finish_update(accelerator, args, global_step, logs, progress_bar, validate)
             if stopped or global_step >= args.max_train_steps:
                 break
 
     if stopped:
-        logger.info(f"stopped by a signal at step {global_step}; continue with --resume_from_checkpoint latest")
-        accelerator.end_training()
+        end_stopped_run(accelerator, global_step)
         return
 
     # 7. Save the one-step pipeline: student LoRA fused into the UNet, then unloaded
@@ -424,18 +413,7 @@ def main(args):
         if args.validation_data_dir:
             log_validation(pipe, args, accelerator, global_step)
         if args.push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = create_repo(
-                args.hub_model_id or Path(args.output_dir).name, exist_ok=True, token=args.hub_token
-            ).repo_id
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=args.output_dir,
-                token=args.hub_token,
-                commit_message="One-step model (stage 1)",
-                ignore_patterns=["checkpoint-*", "logs/*"],
-            )
+            push_output_folder(args, "One-step model (stage 1)")
     accelerator.end_training()
 
 

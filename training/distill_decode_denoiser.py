@@ -38,11 +38,15 @@ from rp_diffusers.pipelines.perceptual_decode import DEFAULT_DECODE_MODEL_DIR
 from rp_diffusers.training_utils import (
     add_training_args,
     build_optimizer,
+    end_stopped_run,
+    finish_update,
     make_accelerator,
     make_lr_schedule,
     make_train_dataloader,
     optimizer_step,
+    resume,
     step_generator,
+    stop_on_signals,
     train_steps,
     training_batches,
 )
@@ -171,7 +175,7 @@ def main(args):
     student, fake, optimizer_g, optimizer_f, train_dataloader, schedule_g, schedule_f = accelerator.prepare(
         student, fake, optimizer_g, optimizer_f, train_dataloader, schedule_g, schedule_f
     )
-    train_steps(args, train_dataloader)
+    update_steps_per_epoch = train_steps(args, train_dataloader)
     fake_parameters = [p for p in fake.parameters() if p.requires_grad]
     log = {"args": {k: v for k, v in vars(args).items() if k != "hub_token"}, "loss": []}
     log["trainable_parameters"] = {"student": sum(p.numel() for p in student_parameters)}
@@ -179,42 +183,49 @@ def main(args):
     log["args"]["train_data_dir"] = Path(args.train_data_dir).name if args.train_data_dir else None
     log["args"]["output_dir"] = Path(args.output_dir).name
 
-    start, global_step = time.perf_counter(), 0
-    progress = tqdm(range(args.max_train_steps), desc="distil", disable=not accelerator.is_local_main_process)
+    # Resume (student, fake score, both optimisers and schedules, RNG states; each batch's draws are keyed by it)
+    global_step, first_epoch, skip_batches = resume(accelerator, args, update_steps_per_epoch)
+    log["resumed_from_step"] = global_step or None  # the losses logged before a resume are in the earlier log
+
+    start, stopped = time.perf_counter(), False
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="distil", disable=not accelerator.is_local_main_process
+    )
     log_sigma = (math.log(args.input_sigma_min), math.log(args.input_sigma_max))
-    for epoch, index, batch in training_batches(accelerator, args, train_dataset, train_dataloader, 0, 0):
-        generator = step_generator(args.seed, accelerator.process_index, epoch, index)
-        clean = batch["pixel_values"].to(device) * 2 - 1  # the model's [-1, 1] pixels
-        count = clean.shape[0]
-        sigma_in = torch.empty(count).uniform_(*log_sigma, generator=generator).exp().view(-1, 1, 1, 1).to(device)
-        noise_in, noise_fake, noise_gen = torch.randn((3, *clean.shape), generator=generator).to(device)
-        x_g = one_step(student, scheduler, clean, sigma_in, noise_in)
-        t_fake, t_gen = sid_timesteps(count, 0, 999, args.sid_timestep_sampling == "sample", generator, device)
-        loss_fake = fake_score_loss(x0_fn(fake), x_g, t_fake, noise_fake, alphas_cumprod, "epsilon")
-        optimizer_step(accelerator, loss_fake, fake, optimizer_f, schedule_f, args.max_grad_norm)
-        loss_sid = student_sid_loss(
-            x0_fn(teacher), x0_fn(fake), fake_parameters, x_g, t_gen, noise_gen, args.sid_alpha
-        )
-        loss_task = task_loss(x_g * 0.5 + 0.5, clean * 0.5 + 0.5)
-        loss_g = loss_sid + args.lambda_task * loss_task
-        optimizer_step(accelerator, loss_g, student, optimizer_g, schedule_g, args.max_grad_norm)
+    batches = training_batches(accelerator, args, train_dataset, train_dataloader, first_epoch, skip_batches)
+    with stop_on_signals(accelerator):
+        for epoch, index, batch in batches:
+            generator = step_generator(args.seed, accelerator.process_index, epoch, index)
+            clean = batch["pixel_values"].to(device) * 2 - 1  # the model's [-1, 1] pixels
+            count = clean.shape[0]
+            sigma_in = torch.empty(count).uniform_(*log_sigma, generator=generator).exp().view(-1, 1, 1, 1).to(device)
+            noise_in, noise_fake, noise_gen = torch.randn((3, *clean.shape), generator=generator).to(device)
+            x_g = one_step(student, scheduler, clean, sigma_in, noise_in)
+            t_fake, t_gen = sid_timesteps(count, 0, 999, args.sid_timestep_sampling == "sample", generator, device)
+            loss_fake = fake_score_loss(x0_fn(fake), x_g, t_fake, noise_fake, alphas_cumprod, "epsilon")
+            optimizer_step(accelerator, loss_fake, fake, optimizer_f, schedule_f, args.max_grad_norm)
+            loss_sid = student_sid_loss(
+                x0_fn(teacher), x0_fn(fake), fake_parameters, x_g, t_gen, noise_gen, args.sid_alpha
+            )
+            loss_task = task_loss(x_g * 0.5 + 0.5, clean * 0.5 + 0.5)
+            loss_g = loss_sid + args.lambda_task * loss_task
+            optimizer_step(accelerator, loss_g, student, optimizer_g, schedule_g, args.max_grad_norm)
 
-        global_step += 1
-        progress.update(1)
-        if global_step % args.log_steps == 0 or global_step == 1:
-            entry = {
-                "step": global_step,
-                "loss_sid": loss_sid.item(),
-                "loss_task": loss_task.item(),
-                "loss_fake": loss_fake.item(),
-                "minutes": (time.perf_counter() - start) / 60,
-            }
-            log["loss"].append(entry)
-            progress.set_postfix(sid=f"{entry['loss_sid']:.4f}", task=f"{entry['loss_task']:.4f}")
-        out_of_time = args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes
-        if global_step >= args.max_train_steps or out_of_time:
-            break
+            global_step += 1
+            losses = {"loss_sid": loss_sid.item(), "loss_task": loss_task.item(), "loss_fake": loss_fake.item()}
+            # trackers and progress bar, checkpoint-{step} (rotated); True on a signal (checkpoint saved, then stop)
+            stopped = finish_update(accelerator, args, global_step, losses, progress)
+            if global_step % args.log_steps == 0 or global_step == 1:
+                entry = {"step": global_step, **losses, "minutes": (time.perf_counter() - start) / 60}
+                log["loss"].append(entry)
+                progress.set_postfix(sid=f"{entry['loss_sid']:.4f}", task=f"{entry['loss_task']:.4f}")
+            out_of_time = args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes
+            if stopped or global_step >= args.max_train_steps or out_of_time:
+                break
 
+    if stopped:
+        end_stopped_run(accelerator, global_step)
+        return
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)

@@ -5,7 +5,9 @@ on a small model that gradient leads the adapter to large colour changes the rea
 pre-editing (``benchmarks/preedit_ceiling.py``) takes small steps on each image's own pixels and does reach the
 objective's gains. This script computes such edits on random training crops (random quality in the range, the
 same objective, the exact DiffJPEG forward), then fits the adapter to map each crop to its edit (MSE), so the
-network learns the edits' common part. The adapter folder is the same as ``finetune_rp.py``'s.
+network learns the edits' common part. The adapter folder is the same as ``finetune_rp.py``'s. It is a plain
+one-process loop over crops held in memory (the edits are computed once, up front), with no checkpoints: a short
+CPU run, not an Accelerate script on ``rp_diffusers.training_utils.runner``.
 
     python training/distill_preedits.py --pretrained_model_name_or_path BASE --train_data_dir photos/ \
         --perceptual_loss "ssimulacra2+3*vif" --output_dir rp_jpeg_preedit

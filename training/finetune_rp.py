@@ -15,7 +15,6 @@ is saved as `pytorch_lora_weights.safetensors` at the top of --output_dir, loada
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -34,8 +33,11 @@ from rp_diffusers.training_utils import (
     PreparedModel,
     add_training_args,
     build_optimizer,
-    checkpoint_due,
+    check_resolution,
+    check_training_args,
     codec_validation,
+    end_stopped_run,
+    finish_update,
     is_sharded,
     load_validation_metric_models,
     log_images,
@@ -44,17 +46,15 @@ from rp_diffusers.training_utils import (
     make_train_dataloader,
     move_model,
     optimizer_step,
+    push_output_folder,
     register_weight_hooks,
     render_training_card,
     resume,
-    save_training_state,
     scaled_learning_rate,
     step_generator,
     stop_on_signals,
-    stop_requested,
     train_steps,
     training_batches,
-    validation_due,
 )
 from rp_diffusers.utils.files import write_json
 from rp_diffusers.utils.image import list_images, load_image
@@ -164,11 +164,7 @@ def parse_args(input_args=None):
     add_training_args(parser, "hub", helps={"push_to_hub": "Upload the adapter folder with a model card."})
     args = parser.parse_args(input_args)
 
-    env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
-    if env_local_rank != -1:
-        args.local_rank = env_local_rank
-    if args.dataset_name is None and args.train_data_dir is None:
-        raise ValueError("pass --dataset_name or --train_data_dir")
+    check_training_args(args)
     if args.quality_range is not None and args.quality_range[0] > args.quality_range[1]:
         raise ValueError(f"--quality_range LO HI needs LO <= HI, got {args.quality_range}")
     return args
@@ -221,10 +217,7 @@ def main(args):
         args.pretrained_model_name_or_path, revision=args.revision, variant=args.variant, cache_dir=args.cache_dir
     )
     pipe.set_progress_bar_config(disable=True)
-    if args.resolution % pipe.pad_multiple:
-        raise ValueError(
-            f"--resolution must be a multiple of {pipe.pad_multiple} for this model, got {args.resolution}"
-        )
+    check_resolution(args.resolution, pipe.pad_multiple)
     if args.timestep is not None:
         pipe.register_to_config(timestep=args.timestep)
     if args.prompt is not None:
@@ -305,7 +298,10 @@ def main(args):
         range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     low, high = (int(math.ceil(args.quality_range[0])), int(math.floor(args.quality_range[1])))
-    validation_rows, validated_step = [], None
+    validation = {"rows": [], "step": None}  # the latest validation, for the final one and the model card
+
+    def validate(step):
+        validation.update(rows=log_validation(pipe, codec, args, accelerator, step, metric_models), step=step)
 
     # 6. Training loop
     stopped = False
@@ -342,7 +338,6 @@ def main(args):
                 optimizer_step(accelerator, terms.loss, unet_prepared, optimizer, lr_scheduler, args.max_grad_norm)
 
             if accelerator.sync_gradients:
-                progress_bar.update(1)
                 global_step += 1
                 logs = {
                     "loss": terms.loss.item(),
@@ -352,21 +347,15 @@ def main(args):
                     "quality": quality,
                     "lr": lr_scheduler.get_last_lr()[0],
                 }
-                accelerator.log(logs, step=global_step)
-                progress_bar.set_postfix(**logs)
-                if checkpoint_due(args, global_step):
-                    save_training_state(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
-                if validation_due(accelerator, args, global_step):
-                    validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
-                    validated_step = global_step
-                stopped = stop_requested(accelerator, args, global_step)  # a signal: checkpoint, then stop
+                # logs, checkpoint-{step} (rotated), validation; True on a signal (checkpoint saved, then stop)
+                stopped = finish_update(accelerator, args, global_step, logs, progress_bar, validate)
             if stopped or global_step >= args.max_train_steps:
                 break
 
     if stopped:
-        logger.info(f"stopped by a signal at step {global_step}; continue with --resume_from_checkpoint latest")
-        accelerator.end_training()
+        end_stopped_run(accelerator, global_step)
         return
+    validation_rows, validated_step = validation["rows"], validation["step"]
 
     # 7. Save the adapter where `pipe.load_lora_weights(output_dir)` finds it; final validation; Hub upload
     accelerator.wait_for_everyone()
@@ -396,8 +385,6 @@ def main(args):
         if args.validation_data_dir and validated_step != global_step:
             validation_rows = log_validation(pipe, codec, args, accelerator, global_step, metric_models)
         if args.push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
             repo_id = args.hub_model_id or Path(args.output_dir).name
             card = render_training_card(
                 repo_id,
@@ -407,14 +394,7 @@ def main(args):
                 training=f"`training/finetune_rp.py`, {global_step} steps; arguments in `args.json`.",
             )
             card.save(Path(args.output_dir) / "README.md")
-            repo_id = create_repo(repo_id, exist_ok=True, token=args.hub_token).repo_id
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=args.output_dir,
-                token=args.hub_token,
-                commit_message=f"Rate-perception adapter {adapter_name}",
-                ignore_patterns=["checkpoint-*", "logs/*"],
-            )
+            push_output_folder(args, f"Rate-perception adapter {adapter_name}")
     accelerator.end_training()
 
 

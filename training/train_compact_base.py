@@ -22,16 +22,13 @@ encoder; ``residual=True``, ``prediction_type="sample"``), the base stage 2 (``t
 
 import argparse
 import json
-import logging
 import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, AutoencoderTiny, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -44,7 +41,8 @@ from rp_diffusers.training_utils import (
     build_optimizer,
     collate_images,
     load_image_dataset,
-    save_args,
+    make_accelerator,
+    optimizer_step,
     step_generator,
 )
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
@@ -272,11 +270,7 @@ def train_phase(accelerator, name, model, params, stream, steps, lr, args, compu
         clean = clean.to(accelerator.device)
         with accelerator.autocast():
             loss, logs = compute_loss(clean, step)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, loss, model, optimizer, lr_scheduler, args.max_grad_norm)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.5f}", **logs)
         accelerator.log({f"{name}/loss": loss.item(), **{f"{name}/{k}": v for k, v in logs.items()}}, step=step)
@@ -286,12 +280,8 @@ def train_phase(accelerator, name, model, params, stream, steps, lr, args, compu
 
 
 def main(args):
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    set_seed(args.seed)
+    accelerator = make_accelerator(args)  # + logging, seed, output_dir/args.json
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_args(vars(args), output_dir)
     vae, unet, scheduler, embeds = build_models(args)
     dataset, column = load_image_dataset(train_data_dir=args.train_data_dir, max_samples=args.max_train_samples)
     files = list_images(args.validation_data_dir)[: args.num_validation_images] if args.validation_data_dir else []

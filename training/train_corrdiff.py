@@ -13,20 +13,19 @@ Phase ``diffusion``: the codec is frozen; the conditional UNet learns the x0 est
     accelerate launch training/train_corrdiff.py --phase diffusion --pretrained_model_name_or_path corrdiff-codec \
       --train_data_dir photos/ --resolution 256 --train_batch_size 8 --max_train_steps 200000 --output_dir corrdiff
 
-Checkpoints (``checkpoint-{step}/``) hold the trained weights and the optimiser state as safetensors plus a JSON
-state (no pickle); ``--resume_from_checkpoint latest`` continues exactly where the run stopped: crops depend on
-(seed, epoch, image index), the epoch order on (seed, epoch), and the noise/qualities of batch k on (seed, rank, k).
+Checkpoints (``checkpoint-{step}/``, ``--checkpoints_total_limit`` keeps the last N) are those of every training
+script (``rp_diffusers.training_utils.runner``): the trained network as ``model.safetensors`` plus Accelerate's
+optimiser, gradient-scaler and RNG states. ``--resume_from_checkpoint latest`` continues exactly where the run
+stopped: crops depend on (seed, epoch, image index), the epoch order on (seed, epoch), and the noise/qualities of
+batch k on (seed, rank, k). SIGTERM / SIGUSR1 save a checkpoint and stop the run (without the final model).
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
-from safetensors.torch import load_file, save_file
 
 from rp_diffusers.corrdiff import CorrDiffConfig, CorrDiffModel, load_model, save_model
 from rp_diffusers.corrdiff.diffusion import build_scheduler, build_unet, diffusion_loss
@@ -34,13 +33,15 @@ from rp_diffusers.training_utils import (
     RandomCropImageDataset,
     add_training_args,
     build_optimizer,
-    checkpoint_step,
     collate_images,
+    end_stopped_run,
+    finish_update,
     load_image_dataset,
     make_accelerator,
-    resolve_resume_checkpoint,
-    rotate_checkpoints,
+    optimizer_step,
+    resume,
     step_generator,
+    stop_on_signals,
 )
 from rp_diffusers.utils.image import list_images
 
@@ -152,40 +153,7 @@ def build_model(args) -> tuple[CorrDiffModel, list[torch.nn.Parameter]]:
     return model, list(model.unet.parameters())
 
 
-# --------------------------------------------------------------------------- checkpoints (safetensors + JSON)
-
-
-def save_checkpoint(folder: Path, module: torch.nn.Module, optimizer, step: int, accelerator) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors")
-    )
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{name}"] = value
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-    meta = {"step": step, "param_groups": state["param_groups"], "scalars": scalars, "scaler": scaler}
-    (folder / "trainer_state.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def load_checkpoint(folder: Path, module: torch.nn.Module, optimizer, accelerator) -> int:
-    module.load_state_dict(load_file(str(folder / "model.safetensors")))
-    meta = json.loads((folder / "trainer_state.json").read_text())
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    state: dict = {}
-    for key, value in [*tensors.items(), *meta["scalars"].items()]:
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    if meta.get("scaler") and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(meta["scaler"])
-    return int(meta["step"])
+# --------------------------------------------------------------------------- data and schedule
 
 
 class _EpochCrops(torch.utils.data.Dataset):
@@ -203,9 +171,8 @@ class _EpochCrops(torch.utils.data.Dataset):
         return self.crops[index]
 
 
-def crop_keys(count: int, args, accelerator, start_step: int, per_epoch: int):
-    """Endless (epoch, index) stream from batch ``start_step`` on: epoch e is a permutation drawn from (seed, e)."""
-    epoch, skip = divmod(start_step, per_epoch)
+def crop_keys(count: int, args, accelerator, epoch: int, skip: int, per_epoch: int):
+    """Endless (epoch, index) stream from batch ``skip`` of ``epoch`` on; epoch e's order is drawn from (seed, e)."""
     while True:
         order = torch.randperm(count, generator=step_generator(args.seed, epoch)).tolist()
         order = order[accelerator.process_index :: accelerator.num_processes][: per_epoch * args.train_batch_size]
@@ -223,10 +190,13 @@ def learning_rate(args, step: int) -> float:
 # --------------------------------------------------------------------------- losses of the two phases
 
 
-def codec_loss(model, pixels: torch.Tensor, generator: torch.Generator, lmbda: float) -> tuple[torch.Tensor, dict]:
-    """Rate-distortion loss of a batch with one random quality per sample."""
+def codec_loss(
+    model, pixels: torch.Tensor, generator: torch.Generator, lmbda: float, config=None
+) -> tuple[torch.Tensor, dict]:
+    """Rate-distortion loss of a batch with one random quality per sample. ``model`` may be the DDP/FSDP-wrapped
+    module, which hides the model's ``config``: pass it then."""
     b, _, h, w = pixels.shape
-    cfg = model.config
+    cfg = model.config if config is None else config
     quality = torch.randint(0, len(cfg.gains), (b,), generator=generator)
     noise_y = torch.rand((b, cfg.latent_channels, h // 16, w // 16), generator=generator) - 0.5
     noise_z = torch.rand((b, cfg.hyper_channels, h // 64, w // 64), generator=generator) - 0.5
@@ -268,62 +238,55 @@ def main(args):
     if per_epoch == 0:
         raise ValueError(f"{len(train_dataset)} images are fewer than one batch; lower --train_batch_size")
 
-    # 3. Resume
-    global_step = 0
-    checkpoint = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        global_step = load_checkpoint(checkpoint, accelerator.unwrap_model(trained_prepared), optimizer, accelerator)
-        assert global_step == checkpoint_step(checkpoint), f"{checkpoint} holds step {global_step}"
-        logger.info(f"resumed from {checkpoint} at step {global_step}")
-    elif args.resume_from_checkpoint:
-        logger.info("no checkpoint to resume from; starting a new run")
+    # 3. Resume (weights, optimiser and RNG states; the crops and draws of each batch are keyed by its step)
+    global_step, first_epoch, skip_batches = resume(accelerator, args, per_epoch)
 
     # 4. Loop
     if accelerator.is_main_process and accelerator.trackers == [] and args.report_to != "none":
         accelerator.init_trackers(f"corrdiff-{args.phase}", config={k: str(v) for k, v in vars(args).items()})
     trained_prepared.train()
     running: dict[str, float] = {}
-    keys = crop_keys(len(train_dataset), args, accelerator, global_step, per_epoch)
+    keys = crop_keys(len(train_dataset), args, accelerator, first_epoch, skip_batches, per_epoch)
     loader = torch.utils.data.DataLoader(_EpochCrops(train_dataset), batch_size=args.train_batch_size, sampler=keys,
                                          collate_fn=collate_images, num_workers=args.dataloader_num_workers)  # fmt: skip
-    start_time = time.monotonic()
-    for batch in loader:  # one pass over an endless stream of crops: ends at max_train_steps or the time limit
-        if global_step >= args.max_train_steps:
-            break
-        pixels = batch["pixel_values"].to(accelerator.device)
-        generator = step_generator(args.seed, accelerator.process_index, global_step)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, global_step)
-        with accelerator.autocast():
-            if args.phase == "codec":
-                loss, logs = codec_loss(model_call, pixels, generator, args.lmbda)
-            else:
-                quality = torch.randint(0, len(model.config.gains), (pixels.shape[0],), generator=generator)
-                x_e2e = hard_e2e(model, pixels, quality.to(pixels.device))
-                loss = diffusion_loss(model.unet, scheduler, pixels, x_e2e, generator)
-                logs = {"psnr_e2e": float(-10 * torch.log10(F.mse_loss(x_e2e, pixels)))}
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, args.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        global_step += 1
-        for key, value in {"loss": float(loss.detach()), **logs, "steps": 1}.items():
-            running[key] = running.get(key, 0.0) + value
-        if global_step % args.logging_steps == 0:
-            count = running.pop("steps")
-            means = {k: v / count for k, v in running.items()}
-            logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
-            accelerator.log(means, step=global_step)
-            running = {}
-        if global_step % args.checkpointing_steps == 0 and accelerator.is_main_process:
-            rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
-            folder = Path(args.output_dir, f"checkpoint-{global_step}")
-            save_checkpoint(folder, accelerator.unwrap_model(trained_prepared), optimizer, global_step, accelerator)
-            logger.info(f"saved {folder}")
-        if args.max_train_minutes and time.monotonic() - start_time > 60 * args.max_train_minutes:
-            logger.info(f"stopping at step {global_step}: --max_train_minutes {args.max_train_minutes} reached")
-            break
+    start_time, stopped = time.monotonic(), False
+    with stop_on_signals(accelerator):
+        for batch in loader:  # one pass over an endless stream of crops: ends at max_train_steps or the time limit
+            if global_step >= args.max_train_steps:
+                break
+            pixels = batch["pixel_values"].to(accelerator.device)
+            generator = step_generator(args.seed, accelerator.process_index, global_step)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args, global_step)
+            with accelerator.autocast():
+                if args.phase == "codec":
+                    loss, logs = codec_loss(model_call, pixels, generator, args.lmbda, config=model.config)
+                else:
+                    quality = torch.randint(0, len(model.config.gains), (pixels.shape[0],), generator=generator)
+                    x_e2e = hard_e2e(model, pixels, quality.to(pixels.device))
+                    loss = diffusion_loss(model.unet, scheduler, pixels, x_e2e, generator)
+                    logs = {"psnr_e2e": float(-10 * torch.log10(F.mse_loss(x_e2e, pixels)))}
+            optimizer_step(accelerator, loss, trained_prepared, optimizer, None, args.max_grad_norm)
+            global_step += 1
+            for key, value in {"loss": float(loss.detach()), **logs, "steps": 1}.items():
+                running[key] = running.get(key, 0.0) + value
+            if global_step % args.logging_steps == 0:
+                count = running.pop("steps")
+                means = {k: v / count for k, v in running.items()}
+                logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+                accelerator.log(means, step=global_step)
+                running = {}
+            # checkpoint-{step} (rotated to --checkpoints_total_limit); True on a signal (checkpoint saved, then stop)
+            stopped = finish_update(accelerator, args, global_step)
+            if stopped:
+                break
+            if args.max_train_minutes and time.monotonic() - start_time > 60 * args.max_train_minutes:
+                logger.info(f"stopping at step {global_step}: --max_train_minutes {args.max_train_minutes} reached")
+                break
+
+    if stopped:
+        end_stopped_run(accelerator, global_step)
+        return
 
     # 5. Integer tables and the final model
     accelerator.wait_for_everyone()

@@ -24,6 +24,11 @@ The output folder is a ``PerceptualDecodePipeline`` (unet + EDM scheduler) that 
 weights are EMA weights, stored in float16 safetensors. ``train_log.json`` holds the loss and the validation
 denoising PSNR per noise level.
 
+This is a plain one-process torch loop, not ``rp_diffusers.training_utils.runner`` (the scaffold of the Accelerate
+scripts): the photographs stay in memory (on a GPU, on the device, where the crops are cut), the weights it
+saves are an EMA, and the schedule may follow wall time. It writes no resumable checkpoint: ``--save_steps``
+saves the pipeline so far, and a stopped run starts again.
+
 Example (about an hour on 2 CPU cores):
     python training/train_decode_denoiser.py --data ../shared/data/train-clean ../shared/data/train-sunhays80 \\
         --validation_data ../shared/data/val-set14 --output_dir denoiser --max_steps 8000

@@ -6,6 +6,10 @@ same data settings reuse them. The proxy (``rp_diffusers.surrogates.proxy_model.
 with Accelerate to reproduce the real decode (loss: mean over samples of log MSE, i.e. minus the mean PSNR) and
 the real file size (squared error of log bits). Validation runs the real codec on centre crops of a different
 folder (never Kodak, the test set). The result is ``proxy_{codec}.safetensors`` + ``proxy_{codec}.json``.
+Checkpoints, resume and logging are those of every training script (``rp_diffusers.training_utils.runner``):
+``checkpoint-{step}`` every ``--checkpointing_steps`` (the last ``--checkpoints_total_limit`` kept),
+``--resume_from_checkpoint latest`` continues exactly (batch order keyed by epoch), SIGTERM / SIGUSR1 save a
+checkpoint and stop.
 
 Example:
     accelerate launch training/train_surrogate.py --codec heic --train_data_dir photos/ --validation_data_dir val/ \\
@@ -17,21 +21,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
+import math
 import os
 import random
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -43,6 +43,16 @@ from rp_diffusers.surrogates.proxy import (
     training_quality_range,
 )
 from rp_diffusers.surrogates.proxy_model import CodecProxyNet
+from rp_diffusers.training_utils import (
+    end_stopped_run,
+    finish_update,
+    make_accelerator,
+    make_lr_schedule,
+    optimizer_step,
+    resume,
+    stop_on_signals,
+    training_batches,
+)
 from rp_diffusers.utils.image import list_images, load_image
 
 logger = get_logger(__name__)
@@ -247,13 +257,20 @@ class PairsInMemory(torch.utils.data.Dataset):
 
 
 class SameShapeBatchSampler(torch.utils.data.Sampler):
-    """Shuffled batches whose crops share one shape (crops come in a few shapes), re-shuffled every epoch."""
+    """Shuffled batches whose crops share one shape (crops come in a few shapes), re-shuffled every epoch.
+
+    Each pass over the data moves ``epoch`` on by one and draws its order from ``seed + epoch``; ``set_epoch(e)``
+    (at the start of epoch e) makes the next pass the (e + 1)-th, so a resumed run draws the order of its epoch.
+    """
 
     def __init__(self, shapes: list[tuple[int, int]], batch_size: int, seed: int):
         self.groups: dict[tuple[int, int], list[int]] = {}
         for index, shape in enumerate(shapes):
             self.groups.setdefault(shape, []).append(index)
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def _batches(self, epoch: int) -> list[list[int]]:
         rng = random.Random(self.seed + epoch)
@@ -286,16 +303,10 @@ def validation_set(args: argparse.Namespace) -> list[Image.Image]:
 
 def main(args: argparse.Namespace) -> Path | None:
     """Build or reuse the pairs, train, validate, save ``proxy_{codec}.safetensors`` + ``.json``; return the path."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    set_seed(args.seed)  # seeds python's random too (the distortion windows)
+    accelerator = make_accelerator(args)  # + logging, seed (python's random too: the windows), output_dir/args.json
     codec = get_codec(args.codec, **json.loads(args.codec_settings))
     default_range = training_quality_range(codec)
     quality_range = (
@@ -304,7 +315,6 @@ def main(args: argparse.Namespace) -> Path | None:
     )
     sets = [False, True] if args.num_full_images > 0 else [False]
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         for full in sets:  # the other processes wait and then read the cache
             build_pairs(args, codec, quality_range, full)
     accelerator.wait_for_everyone()
@@ -318,26 +328,14 @@ def main(args: argparse.Namespace) -> Path | None:
     net = CodecProxyNet(channels=channels, matrix=matrix)
     net.fit_rate_normalisation([image.float() / 255.0 for image in data.images[:512]])
     optimizer = torch.optim.AdamW(net.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
-    scheduler = get_scheduler(
-        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
-    )
+    scheduler = make_lr_schedule(args, optimizer, accelerator)
     shapes = [tuple(image.shape[-2:]) for image in data.images]
-    loader = torch.utils.data.DataLoader(
-        data, batch_sampler=SameShapeBatchSampler(shapes, args.train_batch_size, args.seed)
-    )
+    batch_sampler = SameShapeBatchSampler(shapes, args.train_batch_size, args.seed)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=batch_sampler)
     net, optimizer, loader, scheduler = accelerator.prepare(net, optimizer, loader, scheduler)
 
-    global_step = 0
-    if args.resume_from_checkpoint:
-        name = args.resume_from_checkpoint
-        if name == "latest":
-            found = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            name = str(found[-1]) if found else None
-        if name is None:
-            logger.info("no checkpoint found: starting from scratch")
-        else:
-            accelerator.load_state(name)
-            global_step = int(Path(name).name.split("-")[1])
+    # Resume (exact: weights, optimiser, schedule, RNG states; the batch order is keyed by epoch)
+    global_step, first_epoch, skip_batches = resume(accelerator, args, len(loader))
     if accelerator.is_main_process:
         accelerator.init_trackers("train_surrogate", config={k: str(v) for k, v in vars(args).items()})
     val_images = validation_set(args) if accelerator.is_main_process else []
@@ -354,11 +352,24 @@ def main(args: argparse.Namespace) -> Path | None:
             logger.info(f"step {step} val q={quality}: {report[str(quality)]}")
         return report
 
-    progress = tqdm(range(global_step, args.max_train_steps), disable=not accelerator.is_local_main_process)
-    start = time.perf_counter()
-    while global_step < args.max_train_steps:
+    def validate_during_training(step: int) -> None:
+        if val_images and step < args.max_train_steps:  # the last step is validated with the saved proxy
+            validate(step)
+
+    def start_epoch(epoch: int) -> None:
+        batch_sampler.set_epoch(epoch)  # also under multi-GPU, where Accelerate wraps the sampler
         net.train()
-        for image, decoded, quality, bits in loader:
+
+    progress = tqdm(range(global_step, args.max_train_steps), disable=not accelerator.is_local_main_process)
+    start, stopped = time.perf_counter(), False
+    num_epochs = math.ceil(args.max_train_steps / len(loader))
+    with stop_on_signals(accelerator):
+        batches = training_batches(
+            accelerator, args, data, loader, first_epoch, skip_batches, start_epoch, num_epochs=num_epochs
+        )
+        for _epoch, _index, (image, decoded, quality, bits) in batches:
+            if global_step >= args.max_train_steps:
+                break
             image, decoded = image.float() / 255.0, decoded.float() / 255.0
             q_norm = (quality - lo) / (hi - lo)
             top, left, height, width = window = _window(image.shape[-2:], args.distortion_crop)
@@ -369,27 +380,18 @@ def main(args: argparse.Namespace) -> Path | None:
             loss_d = torch.log(mse + 1e-6).mean()
             loss_r = (torch.log(bits_pred) - torch.log(bits.float())).square().mean()
             loss = loss_d + args.rate_weight * loss_r
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(net.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+            optimizer_step(accelerator, loss, net, optimizer, scheduler, args.max_grad_norm)
             global_step += 1
-            progress.update(1)
             psnr = (-10 * torch.log10(mse.detach() + 1e-10)).mean().item()
             logs = {"psnr": psnr, "log_bits_rmse": loss_r.detach().sqrt().item(), "lr": scheduler.get_last_lr()[0]}
-            progress.set_postfix(**logs)
-            accelerator.log(logs, step=global_step)
-            if accelerator.is_main_process and global_step % args.checkpointing_steps == 0:
-                _rotate_checkpoints(output_dir, args.checkpoints_total_limit - 1)
-                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
-            last = global_step >= args.max_train_steps
-            if accelerator.is_main_process and val_images and global_step % args.validation_steps == 0 and not last:
-                validate(global_step)
-            if global_step >= args.max_train_steps:
+            # logs, checkpoint-{step} (rotated), validation; True on a signal (checkpoint saved, then stop)
+            stopped = finish_update(accelerator, args, global_step, logs, progress, validate_during_training)
+            if stopped or global_step >= args.max_train_steps:
                 break
     train_seconds = time.perf_counter() - start
+    if stopped:
+        end_stopped_run(accelerator, global_step)
+        return None
 
     accelerator.wait_for_everyone()
     path = output_dir / f"proxy_{args.codec}.safetensors"
@@ -417,12 +419,6 @@ def _window(size: tuple[int, int], side: int) -> tuple[int, int, int, int]:
     """A random (top, left, height, width) window of at most side x side inside ``size``."""
     height, width = min(side, size[0]), min(side, size[1])
     return random.randint(0, size[0] - height), random.randint(0, size[1] - width), height, width
-
-
-def _rotate_checkpoints(output_dir: Path, keep: int) -> None:
-    found = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    for old in found[: max(0, len(found) - max(keep, 0))]:
-        shutil.rmtree(old)
 
 
 if __name__ == "__main__":

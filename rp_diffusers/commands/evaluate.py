@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     overwrite = args.overwrite or resuming
     earlier = [p.name for p in earlier_results(output)]
     if earlier and not overwrite and shard is None:  # refused before anything loads
-        raise _exists_error(output, earlier)
+        raise exists_error(output, earlier)
     images, image_names = _inputs(args)
 
     state = None
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"two curves would write the same results file ({', '.join(files.values())})")
     clashing = [w for w in writes if (target / w).exists()]
     if clashing and not overwrite and not distributed:
-        raise _exists_error(target, clashing)
+        raise exists_error(target, clashing)
 
     # 2. Measure, image by image into the journal (target/.partial) that --resume continues from
     journal = None if args.fid else Journal(target, settings, resume=args.resume, overwrite=args.overwrite)
@@ -353,7 +353,7 @@ def _inputs(args) -> tuple[list, list[str]]:
     return images, names
 
 
-def _exists_error(output: Path, names: list[str]) -> FileExistsError:
+def exists_error(output: Path, names: list[str]) -> FileExistsError:
     return FileExistsError(
         f"{output} already holds results ({', '.join(names)}); pass --overwrite to replace them (results of the "
         "earlier run that this run does not write are removed), or choose another --output"

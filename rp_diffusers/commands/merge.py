@@ -23,14 +23,14 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.runs import read_shards
-    from .evaluate import _exists_error, earlier_results, write_results
+    from .evaluate import earlier_results, exists_error, write_results
 
     output = Path(args.output)
     if any(output.resolve() == Path(folder).resolve() for folder in args.shards):
         raise ValueError("--output must not be one of the shard folders: merge into a folder of its own")
     earlier = [p.name for p in earlier_results(output)]
     if earlier and not args.overwrite:
-        raise _exists_error(output, earlier)
+        raise exists_error(output, earlier)
     curves, plan = read_shards([Path(folder) for folder in args.shards])
     names = [curve["name"] for curve in curves]
     anchor = args.anchor or plan["anchor"]

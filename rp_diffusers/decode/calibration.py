@@ -253,7 +253,7 @@ def calibration_command(model: str, codec: str, preset: str) -> str:
     """The one command that computes (and caches next to the model) a missing calibration."""
     return (
         f"rp-diffusers calibrate-decode --model {model} --codec {codec} --preset {preset} "
-        "--data PHOTOS (held-out photographs, e.g. ../shared/data/val-set14; never the test set)"
+        "--data PHOTOS (a folder of held-out photographs, e.g. Set14; never the test set)"
     )
 
 

@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,9 +33,6 @@ __all__ = ["MATCH_MODES", "VARIANTS", "Comparison", "compare", "encode_pair", "m
 
 MATCH_MODES = ("bpp", "quality", "target_bpp", "bpp_or_more")
 VARIANTS = ("codec alone", "rp + codec")
-
-# The adapter selection of a call lives on the UNet's layers while it runs: concurrent calls take turns.
-_PIPE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -70,15 +66,14 @@ class Comparison:
 def preprocess(pipe, image: Image.Image, adapter_name: str | None = None, adapter_weight: float = 1.0) -> Image.Image:
     """Run the pipeline on one image with one adapter at ``adapter_weight`` in [0, 1] (``None``: base model).
 
-    Thread-safe: the call scopes the adapter selection, but the selection lives on the UNet's layers while the
-    call runs, so concurrent requests take turns.
+    Thread-safe: the call scopes the adapter selection and holds the pipeline's ``adapter_lock`` while it runs, so
+    concurrent requests take turns.
     """
     if not 0.0 <= float(adapter_weight) <= 1.0:
         raise ValueError(f"the adapter strength must lie in [0, 1], got {adapter_weight}")
-    with _PIPE_LOCK:
-        if adapter_name:
-            return pipe(image, adapter_name=adapter_name, adapter_weights=float(adapter_weight)).images[0]
-        return pipe(image, adapter_name=[] if pipe.available_adapters() else None).images[0]
+    if adapter_name:
+        return pipe(image, adapter_name=adapter_name, adapter_weights=float(adapter_weight)).images[0]
+    return pipe(image, adapter_name=[] if pipe.available_adapters() else None).images[0]
 
 
 def _check_match(coder: Codec, match: str, quality: int | None, target_bpp: float | None) -> int | None:

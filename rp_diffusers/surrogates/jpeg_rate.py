@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils.assets import SURROGATE_WEIGHTS_DIR
 from .jpeg_tables import HEADER_BYTES, huffman_lookup
 
-DEFAULT_CALIBRATION = Path(__file__).resolve().parent / "weights" / "jpeg_rate.json"
+DEFAULT_CALIBRATION = SURROGATE_WEIGHTS_DIR / "jpeg_rate.json"
 _POWERS = [1 << k for k in range(16)]
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..utils.assets import SURROGATE_WEIGHTS_DIR
 from .base import CodecSurrogate, SurrogateOutput, register_surrogate
 from .proxy_fidelity import measure_fidelity, proxy_qualities, training_quality_range
 from .proxy_model import CodecProxyNet
 from .proxy_rate import BASE_TERMS, RATE_TERMS, fit_rate_calibration, noise_level, rate_correction
 
 PROXY_CODECS = ("heic", "hevc", "vvc", "webp", "avif")
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = SURROGATE_WEIGHTS_DIR
 
 
 class CodecProxySurrogate(CodecSurrogate):

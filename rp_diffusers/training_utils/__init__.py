@@ -1,9 +1,9 @@
 """Library side of the training scripts in ``training/``: shared flags, data, checkpoints, loop, validation, cards.
 
 The scripts keep only their models, losses, loop bodies and CLI; everything they share lives here and is tested
-here. ``runner`` is their common scaffold (accelerator, checkpoint hooks, data, schedule, resume, batches) and the
-one module that reads the shared flags of :func:`add_training_args` from the parsed ``Namespace``; the rest take
-plain values.
+here. ``runner`` is their common scaffold (accelerator, checkpoint hooks, data, schedule, resume, batches, and the
+tail of each update: logs, checkpoints and their rotation, validation, signals) and the one module that reads the
+shared flags of :func:`add_training_args` from the parsed ``Namespace``; the rest take plain values.
 """
 
 from .args import TRAINING_ARG_GROUPS, TRAINING_ARGS, add_training_args
@@ -30,11 +30,16 @@ from .data import (
 )
 from .loop import PreparedModel, build_optimizer, is_sharded, log_images, move_model
 from .runner import (
+    check_resolution,
+    check_training_args,
     checkpoint_due,
+    end_stopped_run,
+    finish_update,
     make_accelerator,
     make_lr_schedule,
     make_train_dataloader,
     optimizer_step,
+    push_output_folder,
     register_weight_hooks,
     resume,
     scaled_learning_rate,
@@ -59,12 +64,16 @@ __all__ = [
     "VALIDATION_METRICS",
     "add_training_args",
     "build_optimizer",
+    "check_resolution",
+    "check_training_args",
     "checkpoint_due",
     "checkpoint_folders",
     "checkpoint_step",
     "codec_validation",
     "collate_images",
+    "end_stopped_run",
     "epoch_loader",
+    "finish_update",
     "is_sharded",
     "load_image_dataset",
     "load_trainable_weights",
@@ -75,6 +84,7 @@ __all__ = [
     "make_train_dataloader",
     "move_model",
     "optimizer_step",
+    "push_output_folder",
     "random_crop",
     "register_weight_hooks",
     "render_training_card",

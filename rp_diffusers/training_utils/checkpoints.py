@@ -108,7 +108,10 @@ def resume_position(
 def save_training_state(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None) -> Path:
     """Save Accelerate's full state to ``output_dir/checkpoint-{step}`` after rotating old checkpoints.
 
-    Runs on the main process, and on every process under DeepSpeed (which writes its own shards).
+    The one checkpoint writer of the training scripts (``runner.finish_update`` and ``runner.stop_requested`` call
+    it; ``runner.resume`` reads it back): the models (through the hooks of ``runner.register_weight_hooks`` where a
+    script registers them, else Accelerate's ``model.safetensors``), optimisers, schedules, gradient scaler and RNG
+    states. Runs on the main process, and on every process under DeepSpeed (which writes its own shards).
     """
     from accelerate.utils import DistributedType
 
@@ -121,8 +124,11 @@ def save_training_state(accelerator, output_dir: str | os.PathLike, step: int, t
 
 def epoch_loader(accelerator, dataset, dataloader, epoch: int, first_epoch: int, skip_batches: int):
     """Start ``epoch``: set it on the dataset and the dataloader (new crops, new order) and return
-    ``(loader, first_index)``; the first epoch of a resumed run skips the batches it had already consumed."""
-    dataset.set_epoch(epoch)
+    ``(loader, first_index)``; the first epoch of a resumed run skips the batches it had already consumed.
+
+    A dataset whose items do not change with the epoch (no ``set_epoch``) is left as it is."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
     dataloader.set_epoch(epoch)
     if epoch == first_epoch and skip_batches > 0:
         return accelerator.skip_first_batches(dataloader, skip_batches), skip_batches

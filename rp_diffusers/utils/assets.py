@@ -5,3 +5,5 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+# The codec surrogates' fitted files (learned proxies, the JPEG rate calibration).
+SURROGATE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "surrogates" / "weights"

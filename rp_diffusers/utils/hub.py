@@ -15,12 +15,12 @@ from .assets import ASSETS_DIR
 # Weight files that torch.load would unpickle (run code from): never loaded, refused with a message.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
+# The one model-card template; the repository's top-level ``model_card.md`` is the same file (a test checks it).
 PACKAGED_TEMPLATE = ASSETS_DIR / "model_card.md"
 
 
 def _template_path(template: str | os.PathLike | None) -> Path:
-    for candidate in (template, TEMPLATE, PACKAGED_TEMPLATE):
+    for candidate in (template, PACKAGED_TEMPLATE):
         if candidate is not None and Path(candidate).is_file():
             return Path(candidate)
     raise FileNotFoundError("model_card.md template not found; pass template=PATH")
