@@ -6,9 +6,11 @@ Measured per image (every rate is ``8 * len(file) / pixels`` of the original ima
 - ``diffusion-uncorrected``: the plain DDIM sample with the same seed (rate = the same file minus the side stream,
   i.e. what a codec without correction would send);
 - ``jpeg`` / ``heic``: ``rp_diffusers.codecs`` at their sweep qualities.
-Metrics: RGB PSNR and MS-SSIM (``rp_diffusers.metrics``, 8-bit, CompressAI conventions) and a texture-energy
-ratio (mean squared Laplacian of the reconstruction over the original's: 1 = as much fine detail as the
-original, < 1 = blurred), a cheap stand-in for a perceptual metric when LPIPS/DISTS weights are absent.
+Metrics: ``--metrics`` through the project's one measurement (``rp_diffusers.evaluation.sweep.measure``: PSNR,
+MS-SSIM, SSIMULACRA2, Butteraugli, VMAF / VMAF-NEG by default; LPIPS/DISTS where their weights are present) and a
+texture-energy ratio (mean squared Laplacian of the reconstruction over the original's: 1 = as much fine detail
+as the original, < 1 = blurred). A BD-rate table of every CorrDiff curve against each baseline follows, and the
+PSNR difference to JPEG at the end-to-end curve's own rates in 0.2-0.6 bpp (the issue's target: +1 dB).
 The first image's files are also decoded and checked pixel-identical to the encoder's reconstruction.
 
 Kodak is the TEST set: this measures, nothing here tunes anything.
@@ -33,14 +35,16 @@ import torch.nn.functional as F
 
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.corrdiff import CorrDiffCodec
+from rp_diffusers.evaluation.bd_table import bd_overlap, bd_table
 from rp_diffusers.evaluation.plot import plot_rd
 from rp_diffusers.evaluation.results import EvaluationResult
-from rp_diffusers.metrics.psnr import psnr
-from rp_diffusers.metrics.ssim import ms_ssim
-from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
+from rp_diffusers.evaluation.sweep import measure as measure_pair
+from rp_diffusers.evaluation.sweep import usable_metrics
+from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor, tensor_to_pil
 
 DEFAULT_KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
-BASELINE_QUALITIES = {"jpeg": "5,10,20,35,55,80", "heic": "10,20,30,40,50,60"}
+BASELINE_QUALITIES = {"jpeg": "5,8,12,16,20,30,40,55,80", "heic": "10,20,30,40,50,60"}
+DEFAULT_METRICS = "psnr,ms_ssim,ssimulacra2,butteraugli,butteraugli_3norm,vmaf,vmaf_neg"
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +60,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (default: the model's).")
     parser.add_argument("--seed", type=int, default=0, help="Diffusion noise seed.")
     parser.add_argument("--baselines", default="jpeg,heic", help="Comma-separated rp_diffusers codecs to compare.")
+    parser.add_argument("--metrics", default=DEFAULT_METRICS, help="Comma-separated rp_diffusers metrics.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy CPU).")
     parser.add_argument("--output", default="benchmarks/results/corrdiff.json", help="JSON output path.")
     parser.add_argument("--plot", default="benchmarks/results/corrdiff.png", help="R-D plot path (PNG/SVG).")
@@ -69,12 +74,15 @@ def texture_ratio(reference: torch.Tensor, test: torch.Tensor) -> float:
     return float(energy[1] / energy[0])
 
 
+METRICS: list[str] = DEFAULT_METRICS.split(",")  # set by main from --metrics
+
+
 def measure(reference: torch.Tensor, test: torch.Tensor) -> dict[str, float]:
-    return {
-        "psnr-rgb": float(psnr(reference, test)[0]),
-        "ms-ssim-rgb": float(ms_ssim(reference, test)[0]),
-        "texture-ratio": texture_ratio(reference, test),
-    }
+    """The project's metrics of one pair ((1, 3, H, W) in [0, 1]; the test is rounded to 8 bits as a decoder's
+    output), keyed as CompressAI's results files, plus the texture-energy ratio."""
+    original, decoded = tensor_to_pil(reference)[0], tensor_to_pil(test)[0]
+    values = measure_pair(original, decoded, METRICS, result_keys=True)
+    return {**values, "texture-ratio": texture_ratio(reference, pil_to_tensor(decoded))}
 
 
 def corrdiff_results(args, images) -> tuple[list[EvaluationResult], dict]:
@@ -132,6 +140,38 @@ def baseline_results(args, images) -> list[EvaluationResult]:
     return results
 
 
+def compare_to_baselines(corrdiff: list[EvaluationResult], baselines: list[EvaluationResult]) -> dict:
+    """BD-rate (with the curves' overlap) of each CorrDiff curve against each baseline, and the end-to-end curve's
+    PSNR minus each baseline's at the same bpp, for its points in 0.2-0.6 bpp. Returns the tables and their lines."""
+    out: dict = {"bd_rate": {}, "overlap": {}, "psnr_gain_db_0.2-0.6bpp": {}, "lines": []}
+
+    def results(curve: EvaluationResult) -> dict:  # the metrics only, as bd_table reads a results file
+        return {"results": {k: v for k, v in curve.averaged().items() if k not in ("texture-ratio", "side-bpp")}}
+
+    for base in baselines:
+        anchor = base.averaged()
+        for curve in corrdiff:
+            if len(curve.qualities()) < 4:
+                continue
+            key = f"{curve.name} vs {base.name}"
+            out["bd_rate"][key] = bd_table(results(base), results(curve))
+            out["overlap"][key] = bd_overlap(results(base), results(curve))
+            cells = [f"{m} {v:+.1f}% ({100 * out['overlap'][key].get(m, float('nan')):.0f}%)"
+                     for m, v in out["bd_rate"][key].items()]  # fmt: skip
+            out["lines"].append(f"BD-rate {key}: " + ", ".join(cells))
+        e2e = next((c.averaged() for c in corrdiff if c.name == "corrdiff-e2e"), None)
+        if e2e is not None:
+            gains = [
+                {"bpp": b, "psnr-rgb": p, "gain_db": p - at_rate(anchor, b, "psnr-rgb")}
+                for b, p in zip(e2e["bpp"], e2e["psnr-rgb"])
+                if 0.2 <= b <= 0.6
+            ]
+            out["psnr_gain_db_0.2-0.6bpp"][base.name] = gains
+            listed = ", ".join(f"{g['bpp']:.3f} bpp {g['gain_db']:+.2f} dB" for g in gains)
+            out["lines"].append(f"corrdiff-e2e PSNR minus {base.name} at the same bpp (0.2-0.6 bpp): {listed}")
+    return out
+
+
 def at_rate(curve: dict, bpp: float, key: str) -> float:
     """Linear interpolation of a mean curve at ``bpp`` (nan outside its range)."""
     points = sorted(zip(curve["bpp"], curve[key]))
@@ -142,6 +182,7 @@ def at_rate(curve: dict, bpp: float, key: str) -> float:
 def main(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
+    METRICS[:] = usable_metrics([m for m in args.metrics.split(",") if m])
     files = list_images(args.images)
     files = files[: args.limit] if args.limit else files
     images = []
@@ -162,21 +203,26 @@ def main(args: argparse.Namespace) -> dict:
             print(f"{curve['name']:24s} {quality:3.0f} {r['bpp'][i]:7.4f} {side:7.4f} {r['psnr-rgb'][i]:6.2f} "
                   f"{r['ms-ssim-rgb'][i]:8.4f} {r['texture-ratio'][i]:8.3f}  {same_rate}")  # fmt: skip
     print(f"decoded files pixel-identical to the encoder's reconstruction: {checks}")
+    comparisons = compare_to_baselines(corrdiff, baselines)
+    for line in comparisons.pop("lines"):
+        print(line)
     main_curve = next((c for c in curves if c["name"].startswith("corrdiff-dw")), curves[0])
     output = {
         **main_curve,
         "name": "corrdiff",
         "curves": curves,
         "meta": {
-            "command": " ".join(sys.argv), "model": args.model, "images": args.images, "num_images": len(images), "seed": args.seed,
-            "decode_checks": checks, "seconds": time.perf_counter() - start, "torch": torch.__version__,
+            "command": " ".join(sys.argv), "model": Path(args.model).name, "images": Path(args.images).name, "num_images": len(images), "seed": args.seed,
+            "decode_checks": checks, "metrics": METRICS, "against_baselines": comparisons, "seconds": time.perf_counter() - start, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         },
     }  # fmt: skip
     path = Path(args.output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(output, indent=2) + "\n")
-    plot_rd(curves, args.plot, metrics=["psnr-rgb", "ms-ssim-rgb", "texture-ratio"])
+    shown = [k for k in ("psnr-rgb", "ssimulacra2", "butteraugli-3norm", "vmaf-neg", "ms-ssim-rgb", "texture-ratio")
+             if all(k in c["results"] for c in curves)]  # fmt: skip
+    plot_rd(curves, args.plot, metrics=shown)
     print(f"wrote {path} and {args.plot}")
     return output
 

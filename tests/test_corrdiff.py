@@ -1,5 +1,7 @@
+
 """Tests of CorrDiff (arXiv:2404.04916): integer entropy tables, bit-exact bitstreams, correction, training resume."""
 
+import json
 import os
 import subprocess
 import sys
@@ -230,6 +232,62 @@ def test_bitstream_rejects_a_file_from_another_model(model, image):
     data = CorrDiffCodec(model=tiny_model(seed=1), num_inference_steps=0).compress(image, quality=1)
     with pytest.raises(BitstreamError, match="load the model that wrote it"):
         CorrDiffCodec(model=model).decompress(data)
+
+
+def test_gdn_weights_below_their_bound_still_learn_upwards():
+    """GDN's lower bound passes the gradients that would raise a weight stuck under it (Balle's
+    reparametrisation); a plain clamp would freeze the off-diagonal gammas that start at the bound."""
+    from rp_diffusers.corrdiff.models import GDN, _LowerBound
+
+    x = torch.tensor([0.5, -1.0, -1.0], requires_grad=True)
+    (_LowerBound.apply(x, 0.0) * torch.tensor([1.0, 1.0, -1.0])).sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0, -1.0]  # above: passes; below and pushed down: 0; below, pushed up: passes
+    torch.manual_seed(0)
+    gdn = GDN(4)
+    with torch.no_grad():
+        gdn.gamma.fill_(-1e-3)  # every gamma under its bound, as after an Adam step that pushed them down
+    optimizer = torch.optim.Adam([gdn.gamma], lr=1e-3)  # Adam: the bound's small gradient still makes lr steps
+    x = torch.randn(8, 4, 6, 6)
+    for _ in range(3):  # a larger output needs a smaller normaliser: descent raises no gamma ...
+        optimizer.zero_grad()
+        (-gdn(x).square().mean()).backward()
+        optimizer.step()
+    assert gdn.gamma.max() < 0
+    for _ in range(3):  # ... a smaller output needs a larger one: every gamma comes back above the bound
+        optimizer.zero_grad()
+        gdn(x).square().mean().backward()
+        optimizer.step()
+    assert gdn.gamma.min() > 0
+
+
+def test_diagnose_benchmark_separates_transform_and_quantiser(tmp_path):
+    """``benchmarks/corrdiff_diagnose.py`` on a saved run: one row per gain, rates growing with the gain, and the
+    quantiser's loss shrinking as the gain (finer quantisation) grows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("diagnose", REPO / "benchmarks" / "corrdiff_diagnose.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    torch.manual_seed(0)
+    config = CorrDiffConfig(channels=8, latent_channels=8, hyper_channels=8, gains=(1.0, 8.0, 64.0))
+    run = tmp_path / "run"
+    model = CorrDiffModel(config)
+    with torch.no_grad():
+        model.g_a[-1].weight.mul_(30)  # latents of a few units, so that rounding at gain 1 costs something
+    model.update()
+    CorrDiffCodec(model=model).save_pretrained(run)
+    (run / "args.json").write_text(json.dumps({"channels": 8, "latent_channels": 8, "hyper_channels": 8,
+                                               "gains": "1.0,8.0,64.0"}))  # fmt: skip
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    load_image(EXAMPLE).crop((0, 0, 128, 128)).save(photos / "a.png")
+    report = diagnose.main(diagnose.parse_args(["--run", str(run), "--images", str(photos)]))
+    rows = report["checkpoints"]["final"]
+    assert [row["gain"] for row in rows] == [1.0, 8.0, 64.0]
+    assert rows[0]["bpp"] < rows[1]["bpp"] < rows[2]["bpp"]
+    assert abs(rows[2]["quantiser-loss-db"]) < 0.1 * abs(rows[0]["quantiser-loss-db"])
+    with pytest.raises(SystemExit):
+        diagnose.parse_args(["--run", str(run), "--images", "/data/kodak"])
 
 
 def test_get_codec_corrdiff_loads_a_saved_model(saved, image):

@@ -40,7 +40,8 @@ def test_eval_results_skips_nan():
 
 
 def test_repository_model_card_is_the_packaged_template():
-    """The top-level ``model_card.md`` (what a reader of the repository sees) is the template the package renders."""
+    """The top-level ``model_card.md`` (what a reader of the repository sees) is the template the package renders
+    (the packaged path is a link to it; a copy that drifted would fail here)."""
     from rp_diffusers.utils.hub import PACKAGED_TEMPLATE
 
     top_level = Path(__file__).resolve().parents[1] / "model_card.md"

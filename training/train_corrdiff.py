@@ -26,6 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 from accelerate.logging import get_logger
+from tqdm.auto import tqdm
 
 from rp_diffusers.corrdiff import CorrDiffConfig, CorrDiffModel, load_model, save_model
 from rp_diffusers.corrdiff.diffusion import build_scheduler, build_unet, diffusion_loss
@@ -43,7 +44,7 @@ from rp_diffusers.training_utils import (
     step_generator,
     stop_on_signals,
 )
-from rp_diffusers.utils.image import list_images
+from rp_diffusers.utils.image import list_images, load_image
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -106,6 +107,12 @@ def parse_args(input_args=None):
     # outputs
     add_training_args(parser, "outputs", defaults={"report_to": "none"}, required=["output_dir"])
     parser.add_argument("--logging_steps", type=int, default=20, help="Print the running losses every N steps.")
+    parser.add_argument(
+        "--cache_images",
+        action="store_true",
+        help="Decode the --train_data_dir photographs once and keep them in memory (a few hundred photographs: "
+        "about 3.5 MB each; saves a PNG decode per crop, close to half of a small model's step on a CPU).",
+    )
     args = parser.parse_args(input_args)
     if args.resolution % CorrDiffConfig.pad_multiple:
         parser.error(f"--resolution must be a multiple of {CorrDiffConfig.pad_multiple}")
@@ -122,8 +129,10 @@ def image_entries(args) -> tuple[list | object, str | None]:
     if args.train_data_dir is None:
         return load_image_dataset(args.dataset_name, None, args.image_column, args.dataset_config_name,
                                   args.cache_dir, max_samples=args.max_train_samples)  # fmt: skip
-    files = list_images(args.train_data_dir, recursive=True)
-    return [{"path": str(p)} for p in files[: args.max_train_samples]], None
+    files = list_images(args.train_data_dir, recursive=True)[: args.max_train_samples]
+    if args.cache_images:
+        return [load_image(p) for p in tqdm(files, desc="decoding photographs", leave=False)], None
+    return [{"path": str(p)} for p in files], None
 
 
 def build_model(args) -> tuple[CorrDiffModel, list[torch.nn.Parameter]]:

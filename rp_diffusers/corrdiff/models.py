@@ -59,8 +59,32 @@ class CorrDiffConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+class _LowerBound(torch.autograd.Function):
+    """``max(x, bound)`` whose gradient still reaches an ``x`` below the bound when descent would raise it.
+
+    A plain ``clamp_min`` has zero gradient below its bound: a GDN weight that one optimiser step pushes under it
+    stays there for good (Balle's GDN reparametrisation passes those gradients, as this does).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return x.clamp_min(bound)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        passes = (x >= ctx.bound) | (grad < 0)
+        return grad * passes, None
+
+
 class GDN(nn.Module):
-    """Generalized divisive normalization (Balle et al. 2016); ``inverse=True`` gives IGDN."""
+    """Generalized divisive normalization (Balle et al. 2016); ``inverse=True`` gives IGDN.
+
+    ``beta`` and ``gamma`` are stored as square roots with Balle's lower bounds (:class:`_LowerBound`): the
+    off-diagonal ``gamma`` start at their bound, and half of them would otherwise stop learning at the first step.
+    """
 
     def __init__(self, channels: int, inverse: bool = False, pedestal: float = 2**-36):
         super().__init__()
@@ -69,8 +93,8 @@ class GDN(nn.Module):
         self.gamma = nn.Parameter(torch.sqrt(0.1 * torch.eye(channels) + pedestal))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        beta = self.beta.clamp_min(math.sqrt(1e-6 + self.pedestal)) ** 2 - self.pedestal
-        gamma = self.gamma.clamp_min(math.sqrt(self.pedestal)) ** 2 - self.pedestal
+        beta = _LowerBound.apply(self.beta, math.sqrt(1e-6 + self.pedestal)) ** 2 - self.pedestal
+        gamma = _LowerBound.apply(self.gamma, math.sqrt(self.pedestal)) ** 2 - self.pedestal
         norm = nn.functional.conv2d(x * x, gamma[:, :, None, None], beta)
         return x * torch.sqrt(norm) if self.inverse else x * torch.rsqrt(norm)
 

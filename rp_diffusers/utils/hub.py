@@ -15,7 +15,8 @@ from .assets import ASSETS_DIR
 # Weight files that torch.load would unpickle (run code from): never loaded, refused with a message.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
-# The one model-card template; the repository's top-level ``model_card.md`` is the same file (a test checks it).
+# The one model-card template: in a checkout, a link to the repository's top-level ``model_card.md``; a built
+# wheel holds the file itself.
 PACKAGED_TEMPLATE = ASSETS_DIR / "model_card.md"
 
 
