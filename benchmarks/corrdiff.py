@@ -64,6 +64,13 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy CPU).")
     parser.add_argument("--output", default="benchmarks/results/corrdiff.json", help="JSON output path.")
     parser.add_argument("--plot", default="benchmarks/results/corrdiff.png", help="R-D plot path (PNG/SVG).")
+    parser.add_argument(
+        "--crops",
+        default="benchmarks/results/corrdiff_crops.png",
+        help="Side-by-side crops (original, JPEG, CorrDiff end-to-end at about the same bpp) ('' skips them).",
+    )
+    parser.add_argument("--crops_image", default="kodim23.png", help="The image of the crop figure.")
+    parser.add_argument("--crops_quality", type=int, default=1, help="CorrDiff quality of the crop figure.")
     return parser.parse_args(input_args)
 
 
@@ -172,6 +179,50 @@ def compare_to_baselines(corrdiff: list[EvaluationResult], baselines: list[Evalu
     return out
 
 
+CROP_LABELS = {
+    "psnr-rgb": "PSNR {:.2f} dB",
+    "ssimulacra2": "SSIMULACRA2 {:.1f}",
+    "butteraugli-3norm": "Butteraugli-3n {:.2f}",
+}
+
+
+def crop_figure(args, images, output: Path) -> dict:
+    """Original, JPEG at the lowest quality whose file is at least as large, and CorrDiff's end-to-end decode at
+    ``--crops_quality``; a 256x192 centre crop of each, zoomed twice, with bpp and whole-image metrics below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    name, image, reference = next(((n, i, r) for n, i, r in images if n == args.crops_image), images[0])
+    ours = CorrDiffCodec.from_pretrained(args.model, num_inference_steps=0).run(image, args.crops_quality)
+    jpeg = get_codec("jpeg")
+    alone = next((r for q in range(1, 96) if (r := jpeg.run(image, q)).bpp >= ours.bpp), jpeg.run(image, 95))
+    panels = {"original": (image, {"bpp": 24.0})}
+    for label, result in ((f"JPEG q{alone.quality}", alone), (f"CorrDiff e2e q{args.crops_quality}", ours)):
+        panels[label] = (
+            result.reconstruction,
+            {"bpp": result.bpp, **measure(reference, pil_to_tensor(result.reconstruction))},
+        )
+    w, h = image.size
+    box = ((w - 256) // 2, (h - 192) // 2, (w - 256) // 2 + 256, (h - 192) // 2 + 192)
+    fig, axes = plt.subplots(1, 3, figsize=(15.4, 4.9), dpi=100)
+    for ax, (label, (picture, values)) in zip(axes, panels.items()):
+        ax.imshow(picture.crop(box).resize((512, 384), Image.NEAREST))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        lines = [label, "24 bpp (lossless)" if label == "original" else f"{values['bpp']:.3f} bpp"]
+        lines += [CROP_LABELS[k].format(v) for k, v in values.items() if k in CROP_LABELS]
+        ax.set_xlabel("\n".join(lines), fontsize=9)
+    fig.suptitle(f"{name}, crop {box}, metrics on the whole image", fontsize=10)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, bbox_inches="tight")
+    plt.close(fig)
+    return {"image": name, "box": list(box), **{k: v[1] for k, v in panels.items()}}
+
+
 def at_rate(curve: dict, bpp: float, key: str) -> float:
     """Linear interpolation of a mean curve at ``bpp`` (nan outside its range)."""
     points = sorted(zip(curve["bpp"], curve[key]))
@@ -193,19 +244,21 @@ def main(args: argparse.Namespace) -> dict:
     corrdiff, checks = corrdiff_results(args, images)
     baselines = baseline_results(args, images)
     curves = [curve.to_dict() for curve in corrdiff + baselines]
-    print(f"{'method':24s} {'q':>3s} {'bpp':>7s} {'side':>7s} {'PSNR':>6s} {'MS-SSIM':>8s} {'texture':>8s}  "
-          + "  ".join(f"{b.name} PSNR@bpp" for b in baselines))  # fmt: skip
+    keys = [k for k in curves[0]["results"] if k not in ("quality", "bpp", "encoding_time", "side-bpp")]
+    print(f"{'method':24s} {'q':>3s} {'bpp':>7s} {'side':>7s} " + " ".join(f"{k[:12]:>12s}" for k in keys)
+          + "  " + "  ".join(f"{b.name} PSNR@bpp" for b in baselines))  # fmt: skip
     for curve in curves:
         r = curve["results"]
         for i, quality in enumerate(r["quality"]):
             side = r.get("side-bpp", [0.0] * len(r["bpp"]))[i]
             same_rate = "  ".join(f"{at_rate(b.averaged(), r['bpp'][i], 'psnr-rgb'):17.2f}" for b in baselines)
-            print(f"{curve['name']:24s} {quality:3.0f} {r['bpp'][i]:7.4f} {side:7.4f} {r['psnr-rgb'][i]:6.2f} "
-                  f"{r['ms-ssim-rgb'][i]:8.4f} {r['texture-ratio'][i]:8.3f}  {same_rate}")  # fmt: skip
+            values = " ".join(f"{r[k][i]:12.4f}" if k in r else f"{'-':>12s}" for k in keys)
+            print(f"{curve['name']:24s} {quality:3.0f} {r['bpp'][i]:7.4f} {side:7.4f} {values}  {same_rate}")
     print(f"decoded files pixel-identical to the encoder's reconstruction: {checks}")
     comparisons = compare_to_baselines(corrdiff, baselines)
     for line in comparisons.pop("lines"):
         print(line)
+    crops = crop_figure(args, images, Path(args.crops)) if args.crops else None
     main_curve = next((c for c in curves if c["name"].startswith("corrdiff-dw")), curves[0])
     output = {
         **main_curve,
@@ -213,7 +266,7 @@ def main(args: argparse.Namespace) -> dict:
         "curves": curves,
         "meta": {
             "command": " ".join(sys.argv), "model": Path(args.model).name, "images": Path(args.images).name, "num_images": len(images), "seed": args.seed,
-            "decode_checks": checks, "metrics": METRICS, "against_baselines": comparisons, "seconds": time.perf_counter() - start, "torch": torch.__version__,
+            "decode_checks": checks, "metrics": METRICS, "against_baselines": comparisons, "crops": crops, "seconds": time.perf_counter() - start, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         },
     }  # fmt: skip
@@ -223,7 +276,7 @@ def main(args: argparse.Namespace) -> dict:
     shown = [k for k in ("psnr-rgb", "ssimulacra2", "butteraugli-3norm", "vmaf-neg", "ms-ssim-rgb", "texture-ratio")
              if all(k in c["results"] for c in curves)]  # fmt: skip
     plot_rd(curves, args.plot, metrics=shown)
-    print(f"wrote {path} and {args.plot}")
+    print(f"wrote {path} and {args.plot}" + (f" and {args.crops}" if args.crops else ""))
     return output
 
 

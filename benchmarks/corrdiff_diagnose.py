@@ -39,7 +39,9 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run", required=True, help="Output folder of train_corrdiff.py --phase codec.")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="Held-out photographs (not the test set).")
     parser.add_argument("--limit", type=int, default=None, help="Use only the first N images.")
-    parser.add_argument("--steps", default=None, help="Comma-separated checkpoint steps (default: all, and final).")
+    parser.add_argument(
+        "--steps", default=None, help="Comma-separated checkpoint steps and/or 'final' (default: all)."
+    )
     parser.add_argument("--output", default=None, help="JSON output path.")
     args = parser.parse_args(input_args)
     if "kodak" in args.images.lower():
@@ -107,8 +109,8 @@ def main(args: argparse.Namespace) -> dict:
     )
     folders = checkpoint_folders(run) + ([run] if (run / "codec.safetensors").is_file() else [])
     if args.steps:
-        wanted = {f"checkpoint-{s}" for s in args.steps.split(",")}
-        folders = [f for f in folders if f.name in wanted]
+        wanted = {s if s == "final" else f"checkpoint-{s}" for s in args.steps.split(",")}
+        folders = [f for f in folders if (f.name if f != run else "final") in wanted]
     images = load_images(args.images, args.limit)
     report = {"run": run.name, "images": Path(args.images).name, "num_images": len(images), "checkpoints": {}}
     print(

@@ -27,7 +27,7 @@ from rp_diffusers.utils import load_image
 
 CODECS = [
     name for name in available_codecs() if name != "corrdiff"
-]  # CorrDiff needs a trained model: test_corrdiff.py
+]  # CorrDiff (a learned codec, seconds per image) is tested in test_corrdiff.py
 FFMPEG_CODECS = [name for name in ("hevc", "vvc") if name in CODECS]
 PILLOW_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF", "jxl": "JXL", "heic": "HEIF"}
 # Highest quality that every codec can code on a detailed crop (ffmpeg's libvvenc wrapper caps a picture at

@@ -1,4 +1,3 @@
-
 """Tests of CorrDiff (arXiv:2404.04916): integer entropy tables, bit-exact bitstreams, correction, training resume."""
 
 import json
@@ -296,7 +295,23 @@ def test_get_codec_corrdiff_loads_a_saved_model(saved, image):
     result = codec.run(image)
     assert result.reconstruction.size == image.size and result.extension == ".crdf"
     assert result.settings["num_inference_steps"] == 0
-    with pytest.raises(ValueError, match="needs a trained model"):
+
+
+def test_get_codec_corrdiff_without_a_model_uses_the_shipped_one(image, monkeypatch, tmp_path):
+    """The package ships an end-to-end CorrDiff codec: ``get_codec("corrdiff")`` codes and decodes with it (in a
+    second reader too); without its files the error says what to do."""
+    from rp_diffusers.corrdiff import codec as codec_module
+
+    codec = get_codec("corrdiff")
+    assert (codec_module.DEFAULT_MODEL_DIR / "codec.safetensors").stat().st_size < 10 * 2**20
+    assert codec.model.unet is None and codec.settings["model"] is None
+    result = codec.run(image, codec.default_quality)
+    assert result.reconstruction.size == image.size and result.settings["model"] == "default"
+    assert get_codec("corrdiff").decode(result.data).tobytes() == result.reconstruction.tobytes()
+    low, high = (codec.run(image, q) for q in codec.quality_range)
+    assert low.bpp < high.bpp
+    monkeypatch.setattr(codec_module, "DEFAULT_MODEL_DIR", tmp_path / "missing")
+    with pytest.raises(ValueError, match="shipped CorrDiff model is missing"):
         get_codec("corrdiff")
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..codecs.base import Codec, CodecError
 from ..codecs.registry import register_codec
+from ..utils.assets import ASSETS_DIR
 from ..utils.image import load_image, pil_to_tensor, tensor_to_pil
 from ..utils.tiling import crop_to_size, pad_to_multiple
 from . import bitstream
@@ -25,6 +26,9 @@ from .diffusion import corrected_sample
 from .entropy import SYMBOL_LIMIT, decode_choices, encode_choices
 from .loading import load_model, save_model
 from .models import CorrDiffConfig, CorrDiffModel
+
+# The model ``get_codec("corrdiff")`` uses when no ``model`` is given: trained here (see its README.md).
+DEFAULT_MODEL_DIR = ASSETS_DIR / "corrdiff_model"
 
 
 @dataclass
@@ -49,7 +53,9 @@ class CorrDiffCodec(Codec):
     and a diffusion decoder corrected by encoder-chosen per-block weights sent as side information.
 
     Args:
-        model: a folder or Hub repo id written by ``save_pretrained``, or a ``CorrDiffModel``.
+        model: a folder or Hub repo id written by ``save_pretrained``, or a ``CorrDiffModel``; ``None``: the
+            model shipped with the package (``DEFAULT_MODEL_DIR``, an end-to-end codec trained on this project's
+            photographs; see its model card).
         distortion_weight: in [0, 1]; ``None`` uses the model's config (1 = choose corrections by MSE alone).
         seed: seed of the diffusion noise (stored in the header).
         num_inference_steps: DDIM steps; 0 sends no side information and decodes ``x_e2e``.
@@ -76,8 +82,13 @@ class CorrDiffCodec(Codec):
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         source = self.settings["model"]
-        if source is None:
-            raise ValueError("corrdiff needs a trained model: get_codec('corrdiff', model='folder or org/name')")
+        if source is None:  # the model shipped with the package
+            if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+                raise ValueError(
+                    f"the shipped CorrDiff model is missing from {DEFAULT_MODEL_DIR} (reinstall rp-diffusers), or "
+                    "pass a trained one: get_codec('corrdiff', model='folder or org/name')"
+                )
+            source = str(DEFAULT_MODEL_DIR)
         self.model = source if isinstance(source, CorrDiffModel) else load_model(source, self.settings["device"])
         self.model.eval()
         config = self.model.config
@@ -124,7 +135,9 @@ class CorrDiffCodec(Codec):
         config = self.model.config
         source = self.settings["model"]
         return {
-            "model": source if isinstance(source, str) else self.model.table_hash().hex(),
+            "model": (
+                "default" if source is None else source if isinstance(source, str) else self.model.table_hash().hex()
+            ),
             "gain": config.gains[quality],
             "num_inference_steps": self._steps(),
             "block_size": config.block_size,
