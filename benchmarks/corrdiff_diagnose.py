@@ -13,7 +13,7 @@ the quality: more bits cannot help, and the R-D curve is flat. Then the cure is 
 capacity), not in the rate term or the gains.
 
 Example:
-    python benchmarks/corrdiff_diagnose.py --run /tmp/cd_run/codec --output benchmarks/results/corrdiff_diagnose.json
+    python benchmarks/corrdiff_diagnose.py --run corrdiff --limit 6 --output benchmarks/results/corrdiff_diagnose.json
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -66,7 +67,10 @@ def model_at(run: Path, folder: Path, config: CorrDiffConfig) -> CorrDiffModel:
     model = CorrDiffModel(config)
     name = "model.safetensors" if folder.name.startswith("checkpoint-") else "codec.safetensors"
     state = load_file(str(folder / name))
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("unet.")}, strict=False)
+    missing, _ = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("unet.")}, strict=False)
+    missing = [k for k in missing if not k.startswith("unet.")]
+    if missing:
+        raise SystemExit(f"{folder} holds no phase-1 codec ({len(missing)} weights missing, e.g. {missing[0]})")
     return model.eval()
 
 
@@ -98,21 +102,33 @@ def diagnose(model: CorrDiffModel, images: list[torch.Tensor]) -> list[dict]:
     return rows
 
 
+def command_line() -> str:
+    """This run's command, with folder names instead of this machine's paths."""
+    words = sys.argv[1:]
+    named = [Path(w).name if i and words[i - 1] in ("--run", "--images") else w for i, w in enumerate(words)]
+    return " ".join(["python benchmarks/corrdiff_diagnose.py", *named])
+
+
 def main(args: argparse.Namespace) -> dict:
     run = Path(args.run)
-    saved = json.loads((run / "args.json").read_text())
-    config = CorrDiffConfig(
-        channels=saved["channels"],
-        latent_channels=saved["latent_channels"],
-        hyper_channels=saved["hyper_channels"],
-        gains=tuple(float(g) for g in saved["gains"].split(",")),
-    )
+    if (run / "config.json").is_file():  # a finished run: its own config
+        saved = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if not k.startswith("_")}
+        config = CorrDiffConfig.from_dict(saved)
+    else:  # a run still in progress: its flags
+        saved = json.loads((run / "args.json").read_text())
+        config = CorrDiffConfig(
+            channels=saved["channels"],
+            latent_channels=saved["latent_channels"],
+            hyper_channels=saved["hyper_channels"],
+            gains=tuple(float(g) for g in saved["gains"].split(",")),
+        )
     folders = checkpoint_folders(run) + ([run] if (run / "codec.safetensors").is_file() else [])
     if args.steps:
         wanted = {s if s == "final" else f"checkpoint-{s}" for s in args.steps.split(",")}
         folders = [f for f in folders if (f.name if f != run else "final") in wanted]
     images = load_images(args.images, args.limit)
-    report = {"run": run.name, "images": Path(args.images).name, "num_images": len(images), "checkpoints": {}}
+    report = {"run": run.name, "images": Path(args.images).name, "num_images": len(images),
+              "command": command_line(), "checkpoints": {}}  # fmt: skip
     print(
         f"{'checkpoint':>16} {'q':>2} {'gain':>6} {'bpp':>7} {'PSNR quantised':>15} {'PSNR transform':>15} {'gap':>6}"
     )

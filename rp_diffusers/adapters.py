@@ -21,6 +21,7 @@ import json
 import os
 import re
 import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
 from .utils.hub import PICKLE_SUFFIXES, resolve_optional_file
+
+# One re-entrant lock per UNet (weakly keyed: it goes with the UNet), for ``RPLoraLoaderMixin.adapter_lock``.
+_ADAPTER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ADAPTER_LOCKS_GUARD = threading.Lock()
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_INFO_NAME = "rp_adapter.json"
@@ -504,14 +509,17 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
 
     @property
     def adapter_lock(self) -> threading.RLock:
-        """This pipeline's lock on its adapter selection, held by every call and every ``set_adapters``.
+        """The lock on the adapter selection of this pipeline's UNet, held by every call and every ``set_adapters``.
 
         The selection lives on the UNet's layers while a call runs, so calls from several threads (a Gradio
-        Space, a thread pool) take turns on one pipeline; each still runs with its own adapters.
+        Space, a thread pool) take turns, also on pipelines that share one UNet (``components=``); each call
+        still runs with its own adapters. The lock is kept outside the pipeline, which stays copyable and
+        picklable.
         """
-        lock = self.__dict__.get("_rp_adapter_lock")
-        if lock is None:  # dict.setdefault is atomic: two threads that race here get the same lock
-            lock = self.__dict__.setdefault("_rp_adapter_lock", threading.RLock())
+        with _ADAPTER_LOCKS_GUARD:
+            lock = _ADAPTER_LOCKS.get(self.unet)
+            if lock is None:
+                lock = _ADAPTER_LOCKS[self.unet] = threading.RLock()
         return lock
 
     @contextmanager

@@ -306,7 +306,7 @@ def test_get_codec_corrdiff_without_a_model_uses_the_shipped_one(image, monkeypa
     assert (codec_module.DEFAULT_MODEL_DIR / "codec.safetensors").stat().st_size < 10 * 2**20
     assert codec.model.unet is None and codec.settings["model"] is None
     result = codec.run(image, codec.default_quality)
-    assert result.reconstruction.size == image.size and result.settings["model"] == "default"
+    assert result.reconstruction.size == image.size and result.settings["model"].startswith("default:")
     assert get_codec("corrdiff").decode(result.data).tobytes() == result.reconstruction.tobytes()
     low, high = (codec.run(image, q) for q in codec.quality_range)
     assert low.bpp < high.bpp
@@ -341,14 +341,14 @@ def test_train_corrdiff_resume_is_exact(tmp_path):
         Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(data / f"train_{i}.png")
     common = [
         "--phase", "codec", "--train_data_dir", str(data), "--resolution", "64", "--train_batch_size", "2",
-        "--max_train_steps", "4", "--checkpointing_steps", "2", "--channels", "8", "--latent_channels", "8",
+        "--max_train_steps", "4", "--checkpointing_steps", "3", "--channels", "8", "--latent_channels", "8",
         "--hyper_channels", "8", "--learning_rate", "1e-3", "--logging_steps", "100",
     ]  # fmt: skip
     train.main(train.parse_args([*common, "--output_dir", str(tmp_path / "a")]))
     (tmp_path / "b").mkdir()
-    os.rename(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")  # as if run b stopped at step 2
+    os.rename(tmp_path / "a" / "checkpoint-3", tmp_path / "b" / "checkpoint-3")  # run b stopped mid-epoch
     train.main(train.parse_args([*common, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"]))
     a, b = load_file(str(tmp_path / "a" / "codec.safetensors")), load_file(str(tmp_path / "b" / "codec.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    halfway = load_file(str(tmp_path / "b" / "checkpoint-2" / "model.safetensors"))
-    assert not torch.equal(a["g_a.0.weight"], halfway["g_a.0.weight"])  # steps 3-4 changed the weights
+    halfway = load_file(str(tmp_path / "b" / "checkpoint-3" / "model.safetensors"))
+    assert not torch.equal(a["g_a.0.weight"], halfway["g_a.0.weight"])  # step 4 changed the weights

@@ -1,5 +1,6 @@
 """RPPreprocessPipeline: loading, the pipeline contract, equivalence with plain diffusers, adapters, tiling."""
 
+import copy
 import json
 import threading
 import time
@@ -390,7 +391,7 @@ def test_pipeline_concurrent_calls_each_run_their_own_adapters(stock_dir, lora_p
         start.wait()
         outputs[key, index] = _np(lora_pipe, image, adapter_name=choices[key])
 
-    threads = [threading.Thread(target=call, args=(key, i)) for i in range(2) for key in choices]
+    threads = [threading.Thread(target=call, args=(key, i), daemon=True) for i in range(2) for key in choices]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -402,6 +403,10 @@ def test_pipeline_concurrent_calls_each_run_their_own_adapters(stock_dir, lora_p
     with lora_pipe.adapter_lock:
         lora_pipe.set_adapters(ADAPTER_A)
     assert lora_pipe.get_active_adapters() == [ADAPTER_A]
+    copied = copy.deepcopy(lora_pipe)  # the lock lives outside the pipeline: a used pipeline still copies
+    assert copied.adapter_lock is not lora_pipe.adapter_lock  # its own UNet, its own lock
+    sharing = RPPreprocessPipeline(**lora_pipe.components)
+    assert sharing.adapter_lock is lora_pipe.adapter_lock  # one UNet, one lock
 
 
 def _with_validation(folder, verdicts: dict) -> None:

@@ -102,6 +102,8 @@ def parse_args(input_args=None):
         raise ValueError("need 0 < --sid_sigma_min < --sid_sigma_max")
     if args.lora_rank < 0:
         raise ValueError(f"--lora_rank must be >= 0 (0 = full training), got {args.lora_rank}")
+    if args.gradient_accumulation_steps != 1:
+        raise ValueError("--gradient_accumulation_steps must be 1: each batch makes one update of both networks")
     return args
 
 
@@ -185,7 +187,7 @@ def main(args):
 
     # Resume (student, fake score, both optimisers and schedules, RNG states; each batch's draws are keyed by it)
     global_step, first_epoch, skip_batches = resume(accelerator, args, update_steps_per_epoch)
-    log["resumed_from_step"] = global_step or None  # the losses logged before a resume are in the earlier log
+    log["resumed_from_step"] = global_step or None  # this log holds the losses from there on
 
     start, stopped = time.perf_counter(), False
     progress = tqdm(

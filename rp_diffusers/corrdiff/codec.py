@@ -136,7 +136,11 @@ class CorrDiffCodec(Codec):
         source = self.settings["model"]
         return {
             "model": (
-                "default" if source is None else source if isinstance(source, str) else self.model.table_hash().hex()
+                f"default:{self.model.table_hash().hex()}"
+                if source is None
+                else source
+                if isinstance(source, str)
+                else self.model.table_hash().hex()
             ),
             "gain": config.gains[quality],
             "num_inference_steps": self._steps(),
