@@ -40,6 +40,7 @@ from rp_diffusers.training_utils import (
     build_optimizer,
     check_resolution,
     check_training_args,
+    end_run,
     end_stopped_run,
     finish_update,
     is_sharded,
@@ -414,7 +415,7 @@ def main(args):
             log_validation(pipe, args, accelerator, global_step)
         if args.push_to_hub:
             push_output_folder(args, "One-step model (stage 1)")
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 if __name__ == "__main__":

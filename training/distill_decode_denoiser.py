@@ -38,6 +38,7 @@ from rp_diffusers.pipelines.perceptual_decode import DEFAULT_DECODE_MODEL_DIR
 from rp_diffusers.training_utils import (
     add_training_args,
     build_optimizer,
+    end_run,
     end_stopped_run,
     finish_update,
     make_accelerator,
@@ -240,7 +241,7 @@ def main(args):
         log.update(steps=global_step, minutes=(time.perf_counter() - start) / 60)
         write_json(output_dir / "distill_log.json", log)
         print(json.dumps({"steps": global_step, "minutes": round(log["minutes"], 2)}))
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from rp_diffusers.training_utils import (
     check_resolution,
     check_training_args,
     codec_validation,
+    end_run,
     end_stopped_run,
     finish_update,
     is_sharded,
@@ -395,7 +396,7 @@ def main(args):
             )
             card.save(Path(args.output_dir) / "README.md")
             push_output_folder(args, f"Rate-perception adapter {adapter_name}")
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from rp_diffusers.training_utils import (
     RandomCropImageDataset,
     build_optimizer,
     collate_images,
+    end_run,
     load_image_dataset,
     make_accelerator,
     optimizer_step,
@@ -346,7 +347,7 @@ def main(args):
         # An exact autoencoder scores an infinite 8-bit PSNR: write it as a string (JSON has no Infinity)
         metrics = {k: "inf (8-bit identical)" if v == math.inf else v for k, v in metrics.items()}
         (output_dir / "stage1_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 if __name__ == "__main__":

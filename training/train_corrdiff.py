@@ -35,6 +35,7 @@ from rp_diffusers.training_utils import (
     add_training_args,
     build_optimizer,
     collate_images,
+    end_run,
     end_stopped_run,
     finish_update,
     load_image_dataset,
@@ -307,7 +308,7 @@ def main(args):
             model.update()  # phase 2 keeps the tables it loaded: the codec is frozen
         save_model(model, args.output_dir)
         logger.info(f"saved the CorrDiff model to {args.output_dir} (table hash {model.table_hash().hex()})")
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 if __name__ == "__main__":

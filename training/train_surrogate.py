@@ -44,6 +44,7 @@ from rp_diffusers.surrogates.proxy import (
 )
 from rp_diffusers.surrogates.proxy_model import CodecProxyNet
 from rp_diffusers.training_utils import (
+    end_run,
     end_stopped_run,
     finish_update,
     make_accelerator,
@@ -411,7 +412,7 @@ def main(args: argparse.Namespace) -> Path | None:
             "steps": global_step,
         }
         surrogate.save_pretrained(output_dir, training=training, fidelity={"val-set14": report})
-    accelerator.end_training()
+    end_run(accelerator)
     return path
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,6 +52,7 @@ __all__ = [
     "check_resolution",
     "check_training_args",
     "checkpoint_due",
+    "end_run",
     "end_stopped_run",
     "finish_update",
     "make_accelerator",
@@ -257,10 +259,25 @@ def finish_update(accelerator, args, global_step: int, logs=None, progress_bar=N
     return stop_requested(accelerator, args, global_step)
 
 
+def end_run(accelerator) -> None:
+    """The last call of every training script: trackers finish, the process group is destroyed (Accelerate's
+    ``end_training``), then, in a distributed run, a short pause without the GIL.
+
+    The pause is for Gloo: its worker threads free the last collectives' tensors after those complete, and that
+    takes the GIL. A script that returned at once could drop its DDP model (whose reducer holds the process group)
+    while a worker waits for the GIL, and the process group's destructor, which joins those workers with the GIL
+    held, would then wait for ever (torch issue 56297; seen here as a process that never exits).
+    """
+    distributed = accelerator.num_processes > 1 or torch.distributed.is_initialized()
+    accelerator.end_training()
+    if distributed:
+        time.sleep(0.5)
+
+
 def end_stopped_run(accelerator, global_step: int) -> None:
     """Close a run that a signal stopped at ``global_step`` (its checkpoint is saved; the final model is not)."""
     logger.info(f"stopped by a signal at step {global_step}; continue with --resume_from_checkpoint latest")
-    accelerator.end_training()
+    end_run(accelerator)
 
 
 def optimizer_step(accelerator, loss, model, optimizer, lr_schedule, max_grad_norm: float) -> None:
