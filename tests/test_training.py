@@ -504,3 +504,19 @@ def test_distill_decode_denoiser_resume_and_signal_stop_are_exact(workspace, tmp
     assert not (signalled / "student").exists()
     again = load_file(str(run(signalled, "--resume_from_checkpoint", "latest")))
     assert max((full[k] - again[k]).abs().max().item() for k in full) <= 1e-6
+
+
+def test_resume_refuses_an_old_corrdiff_checkpoint_with_a_clear_message(tmp_path):
+    """Checkpoints written by train_corrdiff.py before it used the runner (trainer_state.json) are refused by name,
+    not by an Accelerate error about missing files."""
+    from argparse import Namespace
+
+    from accelerate import Accelerator
+
+    from rp_diffusers.training_utils import resume
+
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    args = Namespace(output_dir=str(tmp_path), resume_from_checkpoint="latest")
+    with pytest.raises(ValueError, match="older train_corrdiff.py"):
+        resume(Accelerator(cpu=True), args, 1)

@@ -188,6 +188,11 @@ def resume(accelerator, args, update_steps_per_epoch: int) -> tuple[int, int, in
         logger.info("no checkpoint to resume from; starting a new run")
     if checkpoint is None:
         return 0, 0, 0
+    if (Path(checkpoint) / "trainer_state.json").is_file():  # train_corrdiff.py's checkpoints before the runner
+        raise ValueError(
+            f"{checkpoint} is a checkpoint of an older train_corrdiff.py (trainer_state.json), which this version "
+            "cannot resume: start the run again, or continue from its weights with --pretrained_model_name_or_path"
+        )
     logger.info(f"resuming from {checkpoint}")
     accelerator.load_state(str(checkpoint))
     global_step = checkpoint_step(checkpoint)
