@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from rp_diffusers.corrdiff import CorrDiffConfig, CorrDiffModel
+from rp_diffusers.corrdiff import CorrDiffConfig, CorrDiffModel, load_model
 from rp_diffusers.training_utils.checkpoints import checkpoint_folders
 from rp_diffusers.utils.files import write_json
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
@@ -114,8 +114,9 @@ def main(args: argparse.Namespace) -> dict:
     if (run / "config.json").is_file():  # a finished run: its own config
         saved = {k: v for k, v in json.loads((run / "config.json").read_text()).items() if not k.startswith("_")}
         config = CorrDiffConfig.from_dict(saved)
+    elif (saved := json.loads((run / "args.json").read_text())).get("pretrained_model_name_or_path"):
+        config = load_model(saved["pretrained_model_name_or_path"]).config  # a run started from a model: its config
     else:  # a run still in progress: its flags
-        saved = json.loads((run / "args.json").read_text())
         config = CorrDiffConfig(
             channels=saved["channels"],
             latent_channels=saved["latent_channels"],
