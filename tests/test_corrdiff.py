@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rp_diffusers.codecs import CodecError, get_codec
 from rp_diffusers.corrdiff import BitstreamError, CorrDiffCodec, CorrDiffConfig, CorrDiffModel
@@ -287,6 +287,16 @@ def test_diagnose_benchmark_separates_transform_and_quantiser(tmp_path):
     assert abs(rows[2]["quantiser-loss-db"]) < 0.1 * abs(rows[0]["quantiser-loss-db"])
     with pytest.raises(SystemExit):
         diagnose.parse_args(["--run", str(run), "--images", "/data/kodak"])
+    # a run in progress that started from a model (--pretrained_model_name_or_path): its flags keep the default
+    # widths, so the widths come from that model's config
+    started = tmp_path / "continued"
+    (started / "checkpoint-5").mkdir(parents=True)
+    save_file(model.state_dict(), str(started / "checkpoint-5" / "model.safetensors"))
+    (started / "args.json").write_text(json.dumps({"pretrained_model_name_or_path": str(run), "channels": 128,
+                                                   "latent_channels": 192, "hyper_channels": 128,
+                                                   "gains": "0.5,1.0"}))  # fmt: skip
+    continued = diagnose.main(diagnose.parse_args(["--run", str(started), "--images", str(photos)]))
+    assert continued["checkpoints"]["checkpoint-5"] == rows
 
 
 def test_get_codec_corrdiff_loads_a_saved_model(saved, image):
