@@ -37,7 +37,7 @@ from rp_diffusers.codecs import get_codec
 from rp_diffusers.corrdiff import CorrDiffCodec
 from rp_diffusers.evaluation.bd_table import bd_overlap, bd_table
 from rp_diffusers.evaluation.plot import plot_rd
-from rp_diffusers.evaluation.results import EvaluationResult
+from rp_diffusers.evaluation.results import EvaluationResult, higher_is_better
 from rp_diffusers.evaluation.sweep import measure as measure_pair
 from rp_diffusers.evaluation.sweep import usable_metrics
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor, tensor_to_pil
@@ -67,7 +67,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--crops",
         default="benchmarks/results/corrdiff_crops.png",
-        help="Side-by-side crops (original, JPEG, CorrDiff end-to-end at about the same bpp) ('' skips them).",
+        help="Side-by-side crops (original, JPEG, CorrDiff end-to-end at about the same bpp, and the uncorrected and "
+        "corrected diffusion decoders of the same file when the model has one) ('' skips them).",
     )
     parser.add_argument("--crops_image", default="kodim23.png", help="The image of the crop figure.")
     parser.add_argument("--crops_quality", type=int, default=1, help="CorrDiff quality of the crop figure.")
@@ -179,6 +180,71 @@ def compare_to_baselines(corrdiff: list[EvaluationResult], baselines: list[Evalu
     return out
 
 
+DECODER_METRICS = ("psnr-rgb", "ssimulacra2", "butteraugli", "butteraugli-3norm", "vmaf", "vmaf-neg", "ms-ssim-rgb")
+
+
+def compare_decoders(corrdiff: list[EvaluationResult]) -> dict:
+    """The three decoders of the same bitstreams: each corrected curve (``corrdiff-dw{w}``) against the end-to-end
+    decoder and the uncorrected diffusion sample, at equal total bits.
+
+    Per diffusion quality: the corrected file's total bpp (its side information included, also shown alone) and,
+    per metric, the corrected value minus the other decoder's, interpolated on that decoder's mean curve at the
+    corrected file's bpp (``nan`` outside its range; the uncorrected curve then also gets its value from the same
+    y and z streams, which has fewer bits and so favours it). BD-rates where both curves have 4+ points. The issue's
+    targets, per distortion weight: corrected beats uncorrected in PSNR, and beats e2e in SSIMULACRA2 and
+    Butteraugli (max-norm and 3-norm), at every diffusion quality."""
+    by_name = {c.name: c.averaged() for c in corrdiff}
+    e2e, plain = by_name.get("corrdiff-e2e"), by_name.get("diffusion-uncorrected")
+    out: dict = {"per_quality": {}, "bd_rate": {}, "targets": {}, "lines": []}
+    if e2e is None or plain is None:
+        return out
+    for curve in [c for c in corrdiff if c.name.startswith("corrdiff-dw")]:
+        mean = by_name[curve.name]
+        keys = [k for k in DECODER_METRICS if k in mean and k in e2e and k in plain]
+        rows = []
+        for i, quality in enumerate(mean["quality"]):
+            bpp = mean["bpp"][i]
+            row = {"quality": quality, "bpp": bpp, "side-bpp": mean["side-bpp"][i]}
+            for key in keys:
+                sign = 1.0 if higher_is_better(key) else -1.0  # positive = the corrected decoder is better
+                same_streams = plain[key][plain["quality"].index(quality)]
+                at_plain = at_rate(plain, bpp, key)
+                row[key] = {
+                    "corrected": mean[key][i],
+                    "vs_e2e": sign * (mean[key][i] - at_rate(e2e, bpp, key)),
+                    "vs_uncorrected": sign * (mean[key][i] - (same_streams if np.isnan(at_plain) else at_plain)),
+                }
+            rows.append(row)
+        out["per_quality"][curve.name] = rows
+
+        def always(key: str, other: str) -> bool | None:
+            values = [r[key][other] for r in rows if key in r]
+            return None if not values or any(np.isnan(values)) else all(v > 0 for v in values)
+
+        targets = {
+            "psnr_above_uncorrected": always("psnr-rgb", "vs_uncorrected"),
+            "ssimulacra2_above_e2e": always("ssimulacra2", "vs_e2e"),
+            "butteraugli_below_e2e": always("butteraugli", "vs_e2e"),
+            "butteraugli_3norm_below_e2e": always("butteraugli-3norm", "vs_e2e"),
+        }
+        out["targets"][curve.name] = targets
+        for other, anchor in (("corrdiff-e2e", e2e), ("diffusion-uncorrected", plain)):
+            if len(mean["quality"]) >= 4 and len(anchor["quality"]) >= 4:
+                metrics = {k: v for k, v in anchor.items() if k in keys or k == "bpp"}
+                tested = {k: v for k, v in mean.items() if k in keys or k == "bpp"}
+                out["bd_rate"][f"{curve.name} vs {other}"] = bd_table({"results": metrics}, {"results": tested})
+        for row in rows:
+            cells = [f"{k} {row[k]['vs_e2e']:+.3f}/{row[k]['vs_uncorrected']:+.3f}" for k in keys if k in row]
+            out["lines"].append(
+                f"{curve.name} q{row['quality']:.0f} ({row['bpp']:.4f} bpp, side {row['side-bpp']:.5f}), better than "
+                "e2e/uncorrected by (positive = better): " + ", ".join(cells)
+            )
+        out["lines"].append(f"{curve.name} targets: {targets}")
+    for key, table in out["bd_rate"].items():
+        out["lines"].append(f"BD-rate {key}: " + ", ".join(f"{m} {v:+.1f}%" for m, v in table.items()))
+    return out
+
+
 CROP_LABELS = {
     "psnr-rgb": "PSNR {:.2f} dB",
     "ssimulacra2": "SSIMULACRA2 {:.1f}",
@@ -187,8 +253,10 @@ CROP_LABELS = {
 
 
 def crop_figure(args, images, output: Path) -> dict:
-    """Original, JPEG at the lowest quality whose file is at least as large, and CorrDiff's end-to-end decode at
-    ``--crops_quality``; a 256x192 centre crop of each, zoomed twice, with bpp and whole-image metrics below."""
+    """Original, JPEG at the lowest quality whose file is at least as large, CorrDiff's end-to-end decode at
+    ``--crops_quality`` and, when the model has a diffusion decoder, its uncorrected sample and the corrected one at
+    each of the first two ``--distortion_weights`` (same y and z streams); a 256x192 centre crop of each, zoomed
+    twice, with bpp and whole-image metrics below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,16 +267,35 @@ def crop_figure(args, images, output: Path) -> dict:
     ours = CorrDiffCodec.from_pretrained(args.model, num_inference_steps=0).run(image, args.crops_quality)
     jpeg = get_codec("jpeg")
     alone = next((r for q in range(1, 96) if (r := jpeg.run(image, q)).bpp >= ours.bpp), jpeg.run(image, 95))
+    pixels = image.width * image.height
     panels = {"original": (image, {"bpp": 24.0})}
     for label, result in ((f"JPEG q{alone.quality}", alone), (f"CorrDiff e2e q{args.crops_quality}", ours)):
-        panels[label] = (
-            result.reconstruction,
-            {"bpp": result.bpp, **measure(reference, pil_to_tensor(result.reconstruction))},
+        panels[label] = (result.reconstruction, {"bpp": result.bpp})
+    weights = [float(w) for w in args.distortion_weights.split(",") if w][:2] if args.diffusion_qualities else []
+    for weight in weights:
+        codec = CorrDiffCodec.from_pretrained(args.model, distortion_weight=weight, seed=args.seed,
+                                              num_inference_steps=args.num_inference_steps)  # fmt: skip
+        if codec.model.unet is None:
+            break
+        encoding = codec.encode_details(image, args.crops_quality)
+        if "uncorrected diffusion" not in panels:
+            side = encoding.bits["side"]
+            panels["uncorrected diffusion"] = (
+                tensor_to_pil(encoding.uncorrected)[0], {"bpp": (8 * len(encoding.data) - side) / pixels}
+            )
+        panels[f"corrected, distortion weight {weight:g}"] = (
+            tensor_to_pil(encoding.reconstruction)[0], {"bpp": 8 * len(encoding.data) / pixels}
         )
+    for label, (picture, values) in list(panels.items())[1:]:
+        values.update(measure(reference, pil_to_tensor(picture)))
     w, h = image.size
     box = ((w - 256) // 2, (h - 192) // 2, (w - 256) // 2 + 256, (h - 192) // 2 + 192)
-    fig, axes = plt.subplots(1, 3, figsize=(15.4, 4.9), dpi=100)
-    for ax, (label, (picture, values)) in zip(axes, panels.items()):
+    rows = 1 if len(panels) <= 3 else 2
+    cols = -(-len(panels) // rows)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.1 * cols, 4.9 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (label, (picture, values)) in zip(axes.flat, panels.items()):
         ax.imshow(picture.crop(box).resize((512, 384), Image.NEAREST))
         ax.set_xticks([])
         ax.set_yticks([])
@@ -258,6 +345,9 @@ def main(args: argparse.Namespace) -> dict:
     comparisons = compare_to_baselines(corrdiff, baselines)
     for line in comparisons.pop("lines"):
         print(line)
+    decoders = compare_decoders(corrdiff)
+    for line in decoders.pop("lines"):
+        print(line)
     crops = crop_figure(args, images, Path(args.crops)) if args.crops else None
     main_curve = next((c for c in curves if c["name"].startswith("corrdiff-dw")), curves[0])
     output = {
@@ -266,7 +356,7 @@ def main(args: argparse.Namespace) -> dict:
         "curves": curves,
         "meta": {
             "command": " ".join(sys.argv), "model": Path(args.model).name, "images": Path(args.images).name, "num_images": len(images), "seed": args.seed,
-            "decode_checks": checks, "metrics": METRICS, "against_baselines": comparisons, "crops": crops, "seconds": time.perf_counter() - start, "torch": torch.__version__,
+            "decode_checks": checks, "metrics": METRICS, "against_baselines": comparisons, "decoders": decoders, "crops": crops, "seconds": time.perf_counter() - start, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         },
     }  # fmt: skip

@@ -18,6 +18,7 @@ from rp_diffusers.corrdiff import BitstreamError, CorrDiffCodec, CorrDiffConfig,
 from rp_diffusers.corrdiff.bitstream import HEADER_SIZE
 from rp_diffusers.corrdiff.diffusion import build_unet
 from rp_diffusers.corrdiff.entropy import PRECISION, decode_choices, encode_choices
+from rp_diffusers.corrdiff.loading import save_model
 from rp_diffusers.evaluation import EXAMPLES_DIR
 from rp_diffusers.utils.image import load_image
 
@@ -362,3 +363,114 @@ def test_train_corrdiff_resume_is_exact(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     halfway = load_file(str(tmp_path / "b" / "checkpoint-3" / "model.safetensors"))
     assert not torch.equal(a["g_a.0.weight"], halfway["g_a.0.weight"])  # step 4 changed the weights
+
+
+def test_diffusion_loss_draws_only_the_given_timesteps(model, monkeypatch):
+    from rp_diffusers.corrdiff.diffusion import build_scheduler, diffusion_loss, sampling_timesteps
+
+    assert sampling_timesteps(4).tolist() == [999, 749, 499, 249]  # what corrected_sample visits
+    scheduler, drawn = build_scheduler(), []
+    add_noise = scheduler.add_noise
+    monkeypatch.setattr(scheduler, "add_noise", lambda x, n, t: drawn.extend(t.tolist()) or add_noise(x, n, t))
+    pixels = torch.rand(4, 3, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(8):
+        diffusion_loss(model.unet, scheduler, pixels, pixels, generator, sampling_timesteps(2))
+    assert set(drawn) == {999, 499}
+    drawn.clear()
+    diffusion_loss(model.unet, scheduler, pixels, pixels, generator)
+    assert len(set(drawn)) == 4 and not set(drawn) <= {999, 749, 499, 249}  # uniform over the 1000
+
+
+@pytest.mark.slow
+def test_train_corrdiff_phase_diffusion_gives_a_codec_with_its_decoder(saved, image, tmp_path):
+    """Phase 2 on a saved phase-1 model: the codec is frozen (same tables), the UNet is trained and saved, and the
+    result codes and decodes with the corrected diffusion decoder."""
+    pytest.importorskip("accelerate")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_corrdiff", REPO / "training" / "train_corrdiff.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    data = tmp_path / "photos"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(data / f"photo_{i}.png")
+    phase1 = tiny_model()
+    phase1.unet = None
+    save_model(phase1, tmp_path / "phase1")
+    with pytest.raises(ValueError, match="already has a UNet"):  # the saved model's UNet is (16, 32), patch 2
+        train.build_model(train.parse_args([
+            "--phase", "diffusion", "--pretrained_model_name_or_path", str(saved), "--train_data_dir", str(data),
+            "--output_dir", str(tmp_path / "x"), "--unet_patch_size", "4",
+        ]))  # fmt: skip
+    out = tmp_path / "phase2"
+    train.main(train.parse_args([
+        "--phase", "diffusion", "--pretrained_model_name_or_path", str(tmp_path / "phase1"), "--train_data_dir", str(data),
+        "--resolution", "64", "--train_batch_size", "2", "--max_train_steps", "2", "--unet_block_out_channels", "8,16",
+        "--unet_patch_size", "4", "--timestep_sampling", "inference", "--num_inference_steps", "2",
+        "--block_size", "32", "--logging_steps", "100", "--output_dir", str(out),
+    ]))  # fmt: skip
+    codec = get_codec("corrdiff", model=str(out), distortion_weight=1.0)
+    before = CorrDiffCodec.from_pretrained(tmp_path / "phase1")
+    assert codec.model.table_hash() == before.model.table_hash()  # phase 2 leaves the codec as it was
+    assert codec.model.unet.config.in_channels == 6 * 16 and codec.model.config.num_inference_steps == 2
+    assert not torch.equal(codec.model.unet.conv_in.weight, build_unet((8, 16), 1, 4).conv_in.weight)
+    encoding = codec.encode_details(image, quality=1)
+    assert encoding.bits["side"] > 0
+    decoded = np.asarray(codec.decompress(encoding.data))
+    assert np.array_equal(decoded, np.round(encoding.reconstruction[0].permute(1, 2, 0).numpy() * 255))
+
+
+@pytest.mark.slow
+def test_benchmark_compares_the_three_decoders_of_the_same_files(tmp_path):
+    """``benchmarks/corrdiff.py`` on a tiny model: e2e, uncorrected and corrected curves of the same bitstreams, the
+    decoder table (corrected minus each other decoder at equal total bits, signed so that positive is better), the
+    issue's targets, BD-rates between decoders, decoded files identical to the encoder's, and a six-panel figure."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("corrdiff_bench", REPO / "benchmarks" / "corrdiff.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    config = CorrDiffConfig(channels=16, latent_channels=16, hyper_channels=8, gains=(4.0, 8.0, 16.0, 32.0),
+                            block_size=64, num_inference_steps=2)  # fmt: skip
+    tiny = CorrDiffModel(config)
+    tiny.unet = build_unet((8, 16), 1, 4)
+    tiny.update()
+    save_model(tiny, tmp_path / "model")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, example in enumerate(sorted(EXAMPLES_DIR.glob("*.png"))[:2]):
+        load_image(example).crop((0, 0, 256, 192)).save(photos / f"photo{i}.png")
+    out = tmp_path / "results"
+    result = bench.main(bench.parse_args([
+        "--model", str(tmp_path / "model"), "--images", str(photos), "--diffusion_qualities", "0,1,2,3",
+        "--distortion_weights", "1.0,0.0", "--baselines", "jpeg", "--metrics", "psnr,ssimulacra2",
+        "--output", str(out / "c.json"), "--plot", str(out / "c.png"), "--crops", str(out / "crops.png"),
+        "--crops_image", "photo0.png", "--crops_quality", "1", "--threads", "1",
+    ]))  # fmt: skip
+    names = [c["name"] for c in result["curves"]]
+    assert names == ["corrdiff-e2e", "corrdiff-dw1.0", "diffusion-uncorrected", "corrdiff-dw0.0", "jpeg"]
+    assert all(result["meta"]["decode_checks"].values()) and len(result["meta"]["decode_checks"]) == 8
+    decoders = result["meta"]["decoders"]
+    rows = decoders["per_quality"]["corrdiff-dw1.0"]
+    assert [r["quality"] for r in rows] == [0, 1, 2, 3] and all(r["side-bpp"] > 0 for r in rows)
+    curves = {c["name"]: c["results"] for c in result["curves"]}
+    for i, row in enumerate(rows):  # vs uncorrected: interpolated at the corrected bpp, or the same streams' value
+        corrected = curves["corrdiff-dw1.0"]["psnr-rgb"][i]
+        assert row["psnr-rgb"]["corrected"] == corrected
+        same_streams = corrected - curves["diffusion-uncorrected"]["psnr-rgb"][i]
+        # more bits for the uncorrected decoder (interpolated at the corrected file's bpp) can only lower the gain
+        assert row["psnr-rgb"]["vs_uncorrected"] <= same_streams + 1e-9 or i == len(rows) - 1
+    assert set(decoders["targets"]["corrdiff-dw0.0"]) == {
+        "psnr_above_uncorrected", "ssimulacra2_above_e2e", "butteraugli_below_e2e", "butteraugli_3norm_below_e2e"
+    }  # fmt: skip
+    assert set(decoders["bd_rate"]) == {f"corrdiff-dw{w} vs {o}" for w in ("1.0", "0.0")
+                                        for o in ("corrdiff-e2e", "diffusion-uncorrected")}  # fmt: skip
+    panels = [k for k in result["meta"]["crops"] if k not in ("image", "box")]
+    assert panels[0] == "original" and panels[1].startswith("JPEG q") and panels[2:] == [
+        "CorrDiff e2e q1", "uncorrected diffusion", "corrected, distortion weight 1", "corrected, distortion weight 0"
+    ]  # fmt: skip
+    assert Image.open(out / "crops.png").size[1] > 700  # two rows of panels

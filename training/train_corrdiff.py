@@ -21,6 +21,7 @@ batch k on (seed, rank, k). SIGTERM / SIGUSR1 save a checkpoint and stop the run
 """
 
 import argparse
+import math
 import time
 
 import torch
@@ -29,7 +30,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from rp_diffusers.corrdiff import CorrDiffConfig, CorrDiffModel, load_model, save_model
-from rp_diffusers.corrdiff.diffusion import build_scheduler, build_unet, diffusion_loss
+from rp_diffusers.corrdiff.diffusion import build_scheduler, build_unet, diffusion_loss, sampling_timesteps
 from rp_diffusers.training_utils import (
     RandomCropImageDataset,
     add_training_args,
@@ -71,15 +72,29 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--lmbda", type=float, default=0.013, help="Rate-distortion lambda at gain 1.")
     # model (phase diffusion)
-    parser.add_argument("--unet_block_out_channels", type=str, default="64,128,128", help="UNet widths per level.")
-    parser.add_argument("--unet_layers_per_block", type=int, default=1, help="ResNet blocks per UNet level.")
+    parser.add_argument(
+        "--unet_block_out_channels",
+        type=str,
+        default=None,
+        help="UNet widths per level (default 64,128,128). These three --unet_* flags shape a new UNet; when the "
+        "--pretrained_model_name_or_path model already has one, its training continues and they must match it.",
+    )
+    parser.add_argument("--unet_layers_per_block", type=int, default=None, help="ResNet blocks per UNet level (1).")
     parser.add_argument(
         "--unet_patch_size",
         type=int,
-        default=2,
-        help="Pixel-unshuffle factor of the UNet input (2: the UNet runs at half resolution).",
+        default=None,
+        help="Pixel-unshuffle factor of the UNet input (default 2: the UNet runs at half resolution; 4: a quarter).",
     )
     parser.add_argument("--num_inference_steps", type=int, default=4, help="DDIM steps stored in the config.")
+    parser.add_argument(
+        "--timestep_sampling",
+        choices=["uniform", "inference"],
+        default="uniform",
+        help="Phase diffusion: 'uniform' draws every training timestep of the 1000; 'inference' only the "
+        "--num_inference_steps DDIM timesteps the decoder is sampled at (4: 999, 749, 499, 249), for a "
+        "few-step decoder on a small budget (it is then tied to that number of steps).",
+    )
     parser.add_argument("--block_size", type=int, default=64, help="Correction block side stored in the config.")
     parser.add_argument("--distortion_weight", type=float, default=0.5, help="Default distortion weight (config).")
     # data
@@ -156,9 +171,29 @@ def build_model(args) -> tuple[CorrDiffModel, list[torch.nn.Parameter]]:
     model.requires_grad_(False)
     model.config.num_inference_steps, model.config.block_size = args.num_inference_steps, args.block_size
     model.config.distortion_weight = args.distortion_weight
+    asked = {
+        "block_out_channels": None if args.unet_block_out_channels is None
+        else tuple(int(c) for c in args.unet_block_out_channels.split(",")),
+        "layers_per_block": args.unet_layers_per_block,
+        "patch_size": args.unet_patch_size,
+    }  # fmt: skip
     if model.unet is None:
-        widths = tuple(int(c) for c in args.unet_block_out_channels.split(","))
-        model.unet = build_unet(widths, args.unet_layers_per_block, args.unet_patch_size)
+        defaults = {"block_out_channels": (64, 128, 128), "layers_per_block": 1, "patch_size": 2}
+        model.unet = build_unet(**{k: defaults[k] if v is None else v for k, v in asked.items()})
+    else:  # continue the model's own UNet: a --unet_* flag that reshapes it is an error, not silently ignored
+        config = model.unet.config
+        has = {
+            "block_out_channels": tuple(config.block_out_channels),
+            "layers_per_block": config.layers_per_block,
+            "patch_size": math.isqrt(config.in_channels // 6),
+        }
+        wrong = {k: (v, has[k]) for k, v in asked.items() if v is not None and v != has[k]}
+        if wrong:
+            raise ValueError(
+                f"{args.pretrained_model_name_or_path} already has a UNet, whose training continues; the --unet_* "
+                f"flags differ from it ({', '.join(f'{k}: asked {a}, has {h}' for k, (a, h) in wrong.items())}): drop "
+                "them, or start from a phase-1 model without a UNet"
+            )
     model.unet.requires_grad_(True)
     return model, list(model.unet.parameters())
 
@@ -238,6 +273,7 @@ def main(args):
     else:
         model.unet = trained_prepared
     scheduler = build_scheduler()
+    train_timesteps = sampling_timesteps(args.num_inference_steps) if args.timestep_sampling == "inference" else None
 
     # 2. Data: crops depend on (seed, epoch, index); the order of epoch e on (seed, e)
     dataset, image_column = image_entries(args)
@@ -274,7 +310,7 @@ def main(args):
                 else:
                     quality = torch.randint(0, len(model.config.gains), (pixels.shape[0],), generator=generator)
                     x_e2e = hard_e2e(model, pixels, quality.to(pixels.device))
-                    loss = diffusion_loss(model.unet, scheduler, pixels, x_e2e, generator)
+                    loss = diffusion_loss(model.unet, scheduler, pixels, x_e2e, generator, train_timesteps)
                     logs = {"psnr_e2e": float(-10 * torch.log10(F.mse_loss(x_e2e, pixels)))}
             optimizer_step(accelerator, loss, trained_prepared, optimizer, None, args.max_grad_norm)
             global_step += 1

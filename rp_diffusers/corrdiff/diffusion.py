@@ -73,11 +73,32 @@ def predict_x0(unet: UNet2DModel, x_t: torch.Tensor, timesteps: torch.Tensor, co
     return cond + (F.pixel_shuffle(out, patch) if patch > 1 else out)
 
 
-def diffusion_loss(unet, scheduler, image: torch.Tensor, x_e2e: torch.Tensor, generator: torch.Generator):
-    """Phase-2 loss: MSE of the x0 estimate at a uniformly drawn timestep. Images in [0, 1], (B, 3, H, W)."""
+def sampling_timesteps(num_steps: int) -> torch.Tensor:
+    """The timesteps a ``num_steps`` DDIM run of :func:`corrected_sample` visits (e.g. 4: 999, 749, 499, 249)."""
+    scheduler = build_scheduler()
+    scheduler.set_timesteps(num_steps)
+    return scheduler.timesteps.clone()
+
+
+def diffusion_loss(
+    unet,
+    scheduler,
+    image: torch.Tensor,
+    x_e2e: torch.Tensor,
+    generator: torch.Generator,
+    timesteps: torch.Tensor | None = None,
+):
+    """Phase-2 loss: MSE of the x0 estimate at a drawn timestep. Images in [0, 1], (B, 3, H, W).
+
+    ``timesteps``: draw each sample's timestep from these (e.g. :func:`sampling_timesteps`: a few-step decoder
+    trained only where it is sampled); ``None`` draws uniformly from all of the scheduler's training timesteps.
+    """
     x0, cond = image * 2 - 1, x_e2e.detach() * 2 - 1
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    steps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    if timesteps is None:
+        steps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    else:
+        steps = timesteps[torch.randint(0, len(timesteps), (x0.shape[0],), generator=generator)].long()
     x_t = scheduler.add_noise(x0, noise, steps.to(x0.device))
     return F.mse_loss(predict_x0(unet, x_t, steps.to(x0.device), cond), x0)
 
