@@ -217,7 +217,7 @@ def compare_decoders(corrdiff: list[EvaluationResult]) -> dict:
             rows.append(row)
         out["per_quality"][curve.name] = rows
 
-        def always(key: str, other: str) -> bool | None:
+        def always(key: str, other: str, rows: list = rows) -> bool | None:
             values = [r[key][other] for r in rows if key in r]
             return None if not values or any(np.isnan(values)) else all(v > 0 for v in values)
 
@@ -281,19 +281,21 @@ def crop_figure(args, images, output: Path) -> dict:
         if "uncorrected diffusion" not in panels:
             side = encoding.bits["side"]
             panels["uncorrected diffusion"] = (
-                tensor_to_pil(encoding.uncorrected)[0], {"bpp": (8 * len(encoding.data) - side) / pixels}
+                tensor_to_pil(encoding.uncorrected)[0],
+                {"bpp": (8 * len(encoding.data) - side) / pixels},
             )
         panels[f"corrected, distortion weight {weight:g}"] = (
-            tensor_to_pil(encoding.reconstruction)[0], {"bpp": 8 * len(encoding.data) / pixels}
+            tensor_to_pil(encoding.reconstruction)[0],
+            {"bpp": 8 * len(encoding.data) / pixels},
         )
-    for label, (picture, values) in list(panels.items())[1:]:
+    for picture, values in list(panels.values())[1:]:
         values.update(measure(reference, pil_to_tensor(picture)))
     w, h = image.size
     box = ((w - 256) // 2, (h - 192) // 2, (w - 256) // 2 + 256, (h - 192) // 2 + 192)
     rows = 1 if len(panels) <= 3 else 2
     cols = -(-len(panels) // rows)
     fig, axes = plt.subplots(rows, cols, figsize=(5.1 * cols, 4.9 * rows), dpi=100, squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (label, (picture, values)) in zip(axes.flat, panels.items()):
         ax.imshow(picture.crop(box).resize((512, 384), Image.NEAREST))
