@@ -15,6 +15,10 @@ The GPU column is an ESTIMATE, not a measurement: bf16 weights + LoRA/Adam state
 fitted over the measured crop sizes as fixed + per-pixel parts and evaluated at 512 x 512, batch 4 (SDPA attention
 is linear in memory), + 1.5 GiB of CUDA context and allocator slack.
 
+The learned proxies and DiffJPEG are also timed alone (forward + backward on the same crop and batch, float32, and
+with ``--surrogate-precisions fp32 bf16`` also under the step's bf16 autocast, which CPUs run far slower than
+float32), as a fraction of the no-checkpointing step measured in the same worker.
+
 Example:
     python benchmarks/training.py --output benchmarks/results/training.json
     python benchmarks/training.py --resolutions 64 128 --steps 1  # a loaded 2-core machine
@@ -54,6 +58,20 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS, help="Settings to run.")
     parser.add_argument("--target-resolution", type=int, default=512, help="Resolution of the GPU estimate.")
     parser.add_argument("--target-batch-size", type=int, default=4, help="Batch size of the GPU estimate.")
+    parser.add_argument(
+        "--surrogates",
+        nargs="*",
+        default=["jpeg", "avif", "heic", "hevc", "vvc", "webp"],
+        help="Surrogates whose own forward + backward is timed on the step's crop, beside the step (the flag alone: none).",
+    )
+    parser.add_argument(
+        "--surrogate-precisions",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16"],
+        help="Precisions of the surrogate timing (bf16: under the step's autocast).",
+    )
+    parser.add_argument("--surrogate-repeats", type=int, default=3, help="Timed surrogate calls after a warm-up.")
     parser.add_argument("--output", type=str, default="benchmarks/results/training.json", help="JSON output path.")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(input_args)
@@ -146,19 +164,53 @@ def worker(setting: str, args: argparse.Namespace) -> dict:
         loss = step()
         times.append(time.perf_counter() - start)
     peak = _peak() if exact_peak else _rss()
+    step_seconds = sorted(times)[len(times) // 2]
+    surrogate_costs = {  # timed once per crop size, in the baseline setting's worker
+        f"{name} {kind}": surrogate_seconds(
+            name, image, args.threads, autocast=kind == "bf16", repeats=args.surrogate_repeats
+        )
+        for name in (args.surrogates if setting == SETTINGS[0] else [])
+        for kind in args.surrogate_precisions
+    }
     return {
         "setting": setting,
         "resolution": args.resolution,
         "batch_size": args.batch_size,
-        "step_seconds": sorted(times)[len(times) // 2],
+        "step_seconds": step_seconds,
         "step_seconds_all": times,
         "resident_after_load_gib": resident_after_load / GIB,
         "step_memory_gib": max(0, peak - resident_after_load) / GIB,
         "peak_exact": exact_peak,
         "loss": loss,
         "surrogate": surrogate_name,
+        "surrogate_seconds": surrogate_costs,
+        "surrogate_fraction_of_step": {k: v / step_seconds for k, v in surrogate_costs.items()},
         **counts,
     }
+
+
+def surrogate_seconds(name: str, image, threads: int, autocast: bool, repeats: int = 3) -> float:
+    """Median seconds of one forward + backward of surrogate ``name`` (its default quality; DiffJPEG at 40, as in
+    the step) on ``image`` (the step's crop and batch), in float32 or under the step's bf16 autocast, after one
+    warm-up call."""
+    import torch
+
+    from rp_diffusers.surrogates import get_surrogate
+
+    torch.set_num_threads(threads)
+    surrogate = get_surrogate(name)
+    quality = 40.0 if name == "jpeg" else surrogate.default_quality
+    times = []
+    for i in range(repeats + 1):
+        x = image.detach().clone().requires_grad_(True)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = surrogate(x, quality)
+            loss = out.reconstruction.float().square().mean() + out.bits.float().mean()
+        loss.backward()
+        if i:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def memory_fit(rows: list[dict]) -> tuple[float, float]:
@@ -230,6 +282,27 @@ def main(args: argparse.Namespace) -> dict:
             f"{row['step_memory_gib']:.2f} | {row['memory_ratio_to_baseline']:.2f} | "
             f"{row['resident_after_load_gib']:.2f} | {row['gpu_estimate_gib']:.1f} |"
         )
+    costs = [r for r in rows if r["surrogate_seconds"]]
+    if costs:
+        print(
+            "\nSurrogate forward + backward on the same crop and batch, against the no-checkpointing step (CPU): "
+            "fp32, and under the step's bf16 autocast"
+        )
+        kinds = args.surrogate_precisions
+        print(
+            "| surrogate | crop | "
+            + " | ".join(f"{k} ms | x step" for k in kinds)
+            + " |\n|"
+            + " --- |" * (2 + 2 * len(kinds))
+        )
+        for row in costs:
+            for name in args.surrogates:
+                cells = [
+                    f"{row['surrogate_seconds'][f'{name} {kind}'] * 1e3:.0f} | "
+                    f"{row['surrogate_fraction_of_step'][f'{name} {kind}']:.2%}"
+                    for kind in args.surrogate_precisions
+                ]
+                print(f"| {name} | {row['resolution']} | " + " | ".join(cells) + " |")
     report = {
         "name": "training-stage2-step",
         "description": __doc__.split("\n")[0],
