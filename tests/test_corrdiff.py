@@ -380,6 +380,30 @@ def test_diffusion_loss_draws_only_the_given_timesteps(model, monkeypatch):
     drawn.clear()
     diffusion_loss(model.unet, scheduler, pixels, pixels, generator)
     assert len(set(drawn)) == 4 and not set(drawn) <= {999, 749, 499, 249}  # uniform over the 1000
+    drawn.clear()
+    for _ in range(8):
+        diffusion_loss(model.unet, scheduler, pixels, pixels, generator, 99)  # a decoder of strength 0.1
+    assert max(drawn) <= 99 and len(set(drawn)) > 4
+
+
+def test_strength_starts_from_the_noised_e2e_reconstruction(image):
+    from rp_diffusers.corrdiff.diffusion import sampling_timesteps
+
+    assert sampling_timesteps(4, 0.1).tolist() == [99, 74, 49, 24]
+    assert sampling_timesteps(4, 0.08).tolist() == [79, 59, 39, 19]
+    assert sampling_timesteps(3, 1.0).tolist() == [999, 666, 332]  # diffusers trailing spacing
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="strength"):
+            sampling_timesteps(4, bad)
+    weak, full = tiny_model(), tiny_model()
+    weak.config.strength = 0.1
+    encodings = [CorrDiffCodec(model=m).encode_details(image, quality=1) for m in (weak, full)]
+    assert torch.equal(encodings[0].x_e2e, encodings[1].x_e2e)
+    assert not torch.equal(encodings[0].uncorrected, encodings[1].uncorrected)  # the strength is the model's
+    # from t = 99 the sample stays near x_e2e; from pure noise an untrained UNet lands far from it
+    assert mse(encodings[0].uncorrected, encodings[0].x_e2e) < mse(encodings[1].uncorrected, encodings[1].x_e2e)
+    decoded = np.asarray(CorrDiffCodec(model=weak).decompress(encodings[0].data))
+    assert np.array_equal(decoded, np.round(encodings[0].reconstruction[0].permute(1, 2, 0).numpy() * 255))
 
 
 @pytest.mark.slow

@@ -92,8 +92,16 @@ def parse_args(input_args=None):
         choices=["uniform", "inference"],
         default="uniform",
         help="Phase diffusion: 'uniform' draws every training timestep of the 1000; 'inference' only the "
-        "--num_inference_steps DDIM timesteps the decoder is sampled at (4: 999, 749, 499, 249), for a "
-        "few-step decoder on a small budget (it is then tied to that number of steps).",
+        "--num_inference_steps DDIM timesteps the decoder is sampled at (4 at strength 1: 999, 749, 499, 249), "
+        "for a few-step decoder on a small budget (it is then tied to that number of steps).",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="Phase diffusion: the decoder's strength, stored in the config (default 1: from pure noise at t = 999; "
+        "0.1 with 4 steps starts from x_e2e noised to t = 99 and runs t = 99, 74, 49, 24). Training draws its "
+        "timesteps from that range only.",
     )
     parser.add_argument("--block_size", type=int, default=64, help="Correction block side stored in the config.")
     parser.add_argument("--distortion_weight", type=float, default=0.5, help="Default distortion weight (config).")
@@ -132,6 +140,8 @@ def parse_args(input_args=None):
     args = parser.parse_args(input_args)
     if args.resolution % CorrDiffConfig.pad_multiple:
         parser.error(f"--resolution must be a multiple of {CorrDiffConfig.pad_multiple}")
+    if args.strength is not None and not 0.0 < args.strength <= 1.0:
+        parser.error(f"--strength must lie in (0, 1], got {args.strength}")
     if args.phase == "diffusion" and args.pretrained_model_name_or_path is None:
         parser.error("--phase diffusion needs --pretrained_model_name_or_path (the phase-1 output)")
     if args.dataset_name is None and args.train_data_dir is None:
@@ -171,6 +181,8 @@ def build_model(args) -> tuple[CorrDiffModel, list[torch.nn.Parameter]]:
     model.requires_grad_(False)
     model.config.num_inference_steps, model.config.block_size = args.num_inference_steps, args.block_size
     model.config.distortion_weight = args.distortion_weight
+    if args.strength is not None:
+        model.config.strength = args.strength
     asked = {
         "block_out_channels": None if args.unet_block_out_channels is None
         else tuple(int(c) for c in args.unet_block_out_channels.split(",")),
@@ -273,7 +285,10 @@ def main(args):
     else:
         model.unet = trained_prepared
     scheduler = build_scheduler()
-    train_timesteps = sampling_timesteps(args.num_inference_steps) if args.timestep_sampling == "inference" else None
+    train_timesteps = None  # phase diffusion: the timesteps its decoder visits, or all of them up to its start
+    if args.phase == "diffusion":
+        visited = sampling_timesteps(args.num_inference_steps, model.config.strength)
+        train_timesteps = visited if args.timestep_sampling == "inference" else int(visited[0])
 
     # 2. Data: crops depend on (seed, epoch, index); the order of epoch e on (seed, e)
     dataset, image_column = image_entries(args)

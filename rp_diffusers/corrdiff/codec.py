@@ -145,6 +145,7 @@ class CorrDiffCodec(Codec):
             "gain": config.gains[quality],
             "num_inference_steps": self._steps(),
             "block_size": config.block_size,
+            "strength": config.strength,
             "codebook": list(config.codebook),
             "distortion_weight": self._distortion_weight(),
             "seed": int(self.settings["seed"]),
@@ -155,7 +156,7 @@ class CorrDiffCodec(Codec):
         config = self.model.config
         return (
             f"CorrDiff (model {self.model.table_hash().hex()}, N={config.channels}, M={config.latent_channels}, "
-            f"{self._steps()} DDIM steps, {config.block_size}px blocks, codebook {list(config.codebook)}, "
+            f"{self._steps()} DDIM steps at strength {config.strength:g}, {config.block_size}px blocks, codebook {list(config.codebook)}, "
             f"distortion_weight {self._distortion_weight()})"
         )
 
@@ -191,7 +192,7 @@ class CorrDiffCodec(Codec):
         if steps > 0:
             result = corrected_sample(
                 model.unet, x_e2e, int(self.settings["seed"]), steps, config.block_size, config.codebook, size,
-                target=x, distortion_weight=self._distortion_weight(),
+                target=x, distortion_weight=self._distortion_weight(), strength=config.strength,
             )  # fmt: skip
             reconstruction, uncorrected, choices = result.image, result.uncorrected, result.choices
             encode_choices(side_coder, choices.cpu().numpy(), len(config.codebook))
@@ -260,7 +261,7 @@ class CorrDiffCodec(Codec):
                 raise BitstreamError(f"corrupt CorrDiff side information ({error})") from error
             image = corrected_sample(
                 model.unet, x_e2e, header.seed, header.num_steps, header.block_size, config.codebook, size,
-                choices=choices,
+                choices=choices, strength=config.strength,
             ).image  # fmt: skip
         return tensor_to_pil(crop_to_size(image, size))[0]
 

@@ -73,11 +73,22 @@ def predict_x0(unet: UNet2DModel, x_t: torch.Tensor, timesteps: torch.Tensor, co
     return cond + (F.pixel_shuffle(out, patch) if patch > 1 else out)
 
 
-def sampling_timesteps(num_steps: int) -> torch.Tensor:
-    """The timesteps a ``num_steps`` DDIM run of :func:`corrected_sample` visits (e.g. 4: 999, 749, 499, 249)."""
+def sampling_scheduler(num_steps: int, strength: float = 1.0) -> DDIMScheduler:
+    """The DDIM scheduler of a ``num_steps`` run at ``strength``: its schedule has ``round(num_steps / strength)``
+    steps, of which the run takes the last ``num_steps`` (diffusers' img2img convention; see :func:`corrected_sample`)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must lie in (0, 1], got {strength}")
+    if num_steps < 1:
+        raise ValueError("num_inference_steps must be at least 1")
     scheduler = build_scheduler()
-    scheduler.set_timesteps(num_steps)
-    return scheduler.timesteps.clone()
+    scheduler.set_timesteps(min(max(num_steps, round(num_steps / strength)), scheduler.config.num_train_timesteps))
+    return scheduler
+
+
+def sampling_timesteps(num_steps: int, strength: float = 1.0) -> torch.Tensor:
+    """The timesteps a ``num_steps`` DDIM run of :func:`corrected_sample` visits: 4 steps at strength 1: 999, 749,
+    499, 249 (from pure noise); at strength 0.1: 99, 74, 49, 24 (from x_e2e noised to t = 99)."""
+    return sampling_scheduler(num_steps, strength).timesteps[-num_steps:].clone()
 
 
 def diffusion_loss(
@@ -86,17 +97,19 @@ def diffusion_loss(
     image: torch.Tensor,
     x_e2e: torch.Tensor,
     generator: torch.Generator,
-    timesteps: torch.Tensor | None = None,
+    timesteps: torch.Tensor | int | None = None,
 ):
     """Phase-2 loss: MSE of the x0 estimate at a drawn timestep. Images in [0, 1], (B, 3, H, W).
 
     ``timesteps``: draw each sample's timestep from these (e.g. :func:`sampling_timesteps`: a few-step decoder
-    trained only where it is sampled); ``None`` draws uniformly from all of the scheduler's training timesteps.
+    trained only where it is sampled); ``None`` draws uniformly from all of the scheduler's training timesteps;
+    an int ``t`` draws uniformly from 0 to ``t`` (the range a decoder of strength < 1 visits).
     """
     x0, cond = image * 2 - 1, x_e2e.detach() * 2 - 1
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    if timesteps is None:
-        steps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+    if timesteps is None or isinstance(timesteps, int):
+        high = scheduler.config.num_train_timesteps if timesteps is None else int(timesteps) + 1
+        steps = torch.randint(0, high, (x0.shape[0],), generator=generator)
     else:
         steps = timesteps[torch.randint(0, len(timesteps), (x0.shape[0],), generator=generator)].long()
     x_t = scheduler.add_noise(x0, noise, steps.to(x0.device))
@@ -182,11 +195,18 @@ def _to_8bit(image: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _trajectory(unet, scheduler, x_e2e, noise, policy: Callable, codebook, block) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run DDIM from ``noise``; ``policy(step, x0_diff, last)`` gives each step's block choices."""
+def _trajectory(
+    unet, scheduler, timesteps, x_e2e, noise, policy: Callable, codebook, block
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run DDIM over ``timesteps`` from ``noise`` (pure noise at t = 999, else added to x_e2e at the first
+    timestep); ``policy(step, x0_diff, last)`` gives each step's block choices."""
     cond = x_e2e * 2 - 1
-    x_t, choices = noise, []
-    timesteps = scheduler.timesteps
+    start = int(timesteps[0])
+    if start >= scheduler.config.num_train_timesteps - 1:
+        x_t = noise
+    else:
+        x_t = scheduler.add_noise(cond, noise, torch.tensor([start], device=cond.device))
+    choices = []
     for step, t in enumerate(timesteps):
         t_batch = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
         x0_diff = (predict_x0(unet, x_t, t_batch, cond) + 1) / 2
@@ -212,6 +232,7 @@ def corrected_sample(
     target: torch.Tensor | None = None,
     choices: torch.Tensor | None = None,
     distortion_weight: float = 1.0,
+    strength: float = 1.0,
 ) -> CorrectionResult:
     """Sample the diffusion decoder with block-wise correction toward ``x_e2e``.
 
@@ -226,6 +247,8 @@ def corrected_sample(
         target: encoder side: the original (1, 3, H, W) in [0, 1] (padded like ``x_e2e``).
         choices: decoder side: (num_steps, ceil(h / block), ceil(w / block)) codebook indexes.
         distortion_weight: in [0, 1]; 1 chooses by MSE alone, lower values add the realism proxy.
+        strength: in (0, 1]; 1 starts from pure noise; below 1 the run starts from ``x_e2e`` noised to the first
+            of its timesteps (:func:`sampling_timesteps`), as diffusers' img2img pipelines do.
 
     Returns:
         ``CorrectionResult``; with ``target`` it also holds the uncorrected sample and both objectives.
@@ -234,12 +257,12 @@ def corrected_sample(
         raise ValueError("pass exactly one of `target` (encoder) or `choices` (decoder)")
     if not 0.0 <= distortion_weight <= 1.0:
         raise ValueError(f"distortion_weight must lie in [0, 1], got {distortion_weight}")
-    scheduler = build_scheduler()
-    scheduler.set_timesteps(num_steps)
+    scheduler = sampling_scheduler(num_steps, strength)
+    timesteps = scheduler.timesteps[-num_steps:]
     book = torch.tensor(codebook, dtype=torch.float64)
     generator = torch.Generator("cpu").manual_seed(int(seed))
     noise = torch.randn(x_e2e.shape, generator=generator, dtype=torch.float32).to(x_e2e.device)
-    run = lambda policy: _trajectory(unet, scheduler, x_e2e, noise, policy, book, block_size)  # noqa: E731
+    run = lambda policy: _trajectory(unet, scheduler, timesteps, x_e2e, noise, policy, book, block_size)  # noqa: E731
     if choices is not None:
         image, _ = run(lambda step, x0, last: choices[step].to(x0.device))
         return CorrectionResult(image=image, choices=choices)

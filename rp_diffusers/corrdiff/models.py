@@ -38,6 +38,14 @@ class CorrDiffConfig:
     tail_sigmas: float = field(default=6.0, metadata={"help": "Gaussian rows cover +-tail_sigmas * scale"})
     z_half_range: int = field(default=64, metadata={"help": "factorized rows cover median +- this"})
     num_inference_steps: int = field(default=4, metadata={"help": "DDIM steps of the diffusion decoder"})
+    strength: float = field(
+        default=1.0,
+        metadata={
+            "help": "fraction of the noise schedule the decoder runs: 1 starts from pure noise (t = 999); s < 1 "
+            "starts from x_e2e noised to the first of the last num_inference_steps timesteps of a "
+            "round(num_inference_steps / s)-step schedule (0.1 with 4 steps: t = 99, 74, 49, 24)"
+        },
+    )
     block_size: int = field(default=64, metadata={"help": "side of the blocks with their own correction weight"})
     codebook: tuple[float, ...] = field(
         default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "weights w of x0' = w x0_diff + (1 - w) x_e2e"}
