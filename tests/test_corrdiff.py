@@ -434,12 +434,14 @@ def test_train_corrdiff_phase_diffusion_gives_a_codec_with_its_decoder(saved, im
         "--phase", "diffusion", "--pretrained_model_name_or_path", str(tmp_path / "phase1"), "--train_data_dir", str(data),
         "--resolution", "64", "--train_batch_size", "2", "--max_train_steps", "2", "--unet_block_out_channels", "8,16",
         "--unet_patch_size", "4", "--timestep_sampling", "inference", "--num_inference_steps", "2",
-        "--block_size", "32", "--logging_steps", "100", "--output_dir", str(out),
+        "--block_size", "32", "--logging_steps", "100", "--sigma_data", "0.1", "--strength", "0.1",
+        "--output_dir", str(out),
     ]))  # fmt: skip
     codec = get_codec("corrdiff", model=str(out), distortion_weight=1.0)
     before = CorrDiffCodec.from_pretrained(tmp_path / "phase1")
     assert codec.model.table_hash() == before.model.table_hash()  # phase 2 leaves the codec as it was
     assert codec.model.unet.config.in_channels == 6 * 16 and codec.model.config.num_inference_steps == 2
+    assert (codec.model.config.sigma_data, codec.model.config.strength) == (0.1, 0.1)
     assert not torch.equal(codec.model.unet.conv_in.weight, build_unet((8, 16), 1, 4).conv_in.weight)
     encoding = codec.encode_details(image, quality=1)
     assert encoding.bits["side"] > 0
@@ -498,3 +500,28 @@ def test_benchmark_compares_the_three_decoders_of_the_same_files(tmp_path):
         "CorrDiff e2e q1", "uncorrected diffusion", "corrected, distortion weight 1", "corrected, distortion weight 0"
     ]  # fmt: skip
     assert Image.open(out / "crops.png").size[1] > 700  # two rows of panels
+
+
+def test_edm_preconditioning_starts_from_the_best_linear_estimate(image):
+    """With ``sigma_data`` set and a UNet that outputs 0, the x0 estimate is the Wiener combination of x_e2e and the
+    noisy image; a codec whose config sets it round-trips bit-exactly."""
+    from rp_diffusers.corrdiff.diffusion import build_scheduler, predict_x0
+
+    unet = build_unet((8, 16), 1, 2)
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    torch.nn.init.zeros_(unet.conv_out.bias)
+    cond, x0 = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    a = build_scheduler().alphas_cumprod[24].double()
+    x_t = a.sqrt().float() * x0 + (1 - a).sqrt().float() * torch.randn(1, 3, 32, 32)
+    s2, sd2 = float((1 - a) / a), 0.1**2
+    expected = cond + sd2 / (s2 + sd2) * (x_t / a.sqrt().float() - cond)
+    got = predict_x0(unet, x_t, torch.tensor([24]), cond, sigma_data=0.1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(predict_x0(unet, x_t, torch.tensor([24]), cond), cond)  # the plain residual: 0 -> x_e2e
+    model = tiny_model()
+    model.config.sigma_data, model.config.strength = 0.1, 0.1
+    codec = CorrDiffCodec(model=model)
+    encoding = codec.encode_details(image, quality=1)
+    decoded = np.asarray(codec.decompress(encoding.data))
+    assert np.array_equal(decoded, np.round(encoding.reconstruction[0].permute(1, 2, 0).numpy() * 255))
+    assert "sigma_data" in codec.encoder_settings(1)

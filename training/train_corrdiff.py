@@ -103,6 +103,14 @@ def parse_args(input_args=None):
         "0.1 with 4 steps starts from x_e2e noised to t = 99 and runs t = 99, 74, 49, 24). Training draws its "
         "timesteps from that range only.",
     )
+    parser.add_argument(
+        "--sigma_data",
+        type=float,
+        default=None,
+        help="Phase diffusion, a new UNet: EDM preconditioning of the residual x0 - x_e2e with this standard deviation "
+        "(in [-1, 1] units; 0.1 suits a codec at about 29 dB; stored in the config). Without it the UNet returns the "
+        "residual directly and must learn to pass x_t through, which is slow. A model's existing UNet keeps its own.",
+    )
     parser.add_argument("--block_size", type=int, default=64, help="Correction block side stored in the config.")
     parser.add_argument("--distortion_weight", type=float, default=0.5, help="Default distortion weight (config).")
     # data
@@ -192,6 +200,12 @@ def build_model(args) -> tuple[CorrDiffModel, list[torch.nn.Parameter]]:
     if model.unet is None:
         defaults = {"block_out_channels": (64, 128, 128), "layers_per_block": 1, "patch_size": 2}
         model.unet = build_unet(**{k: defaults[k] if v is None else v for k, v in asked.items()})
+        model.config.sigma_data = args.sigma_data
+    elif args.sigma_data is not None and args.sigma_data != model.config.sigma_data:
+        raise ValueError(
+            f"{args.pretrained_model_name_or_path} already has a UNet trained with sigma_data "
+            f"{model.config.sigma_data}; drop --sigma_data (it continues with its own)"
+        )
     else:  # continue the model's own UNet: a --unet_* flag that reshapes it is an error, not silently ignored
         config = model.unet.config
         has = {
@@ -325,7 +339,9 @@ def main(args):
                 else:
                     quality = torch.randint(0, len(model.config.gains), (pixels.shape[0],), generator=generator)
                     x_e2e = hard_e2e(model, pixels, quality.to(pixels.device))
-                    loss = diffusion_loss(model.unet, scheduler, pixels, x_e2e, generator, train_timesteps)
+                    loss = diffusion_loss(
+                        model.unet, scheduler, pixels, x_e2e, generator, train_timesteps, model.config.sigma_data
+                    )
                     logs = {"psnr_e2e": float(-10 * torch.log10(F.mse_loss(x_e2e, pixels)))}
             optimizer_step(accelerator, loss, trained_prepared, optimizer, None, args.max_grad_norm)
             global_step += 1

@@ -146,6 +146,7 @@ class CorrDiffCodec(Codec):
             "num_inference_steps": self._steps(),
             "block_size": config.block_size,
             "strength": config.strength,
+            "sigma_data": config.sigma_data,
             "codebook": list(config.codebook),
             "distortion_weight": self._distortion_weight(),
             "seed": int(self.settings["seed"]),
@@ -193,6 +194,7 @@ class CorrDiffCodec(Codec):
             result = corrected_sample(
                 model.unet, x_e2e, int(self.settings["seed"]), steps, config.block_size, config.codebook, size,
                 target=x, distortion_weight=self._distortion_weight(), strength=config.strength,
+                sigma_data=config.sigma_data,
             )  # fmt: skip
             reconstruction, uncorrected, choices = result.image, result.uncorrected, result.choices
             encode_choices(side_coder, choices.cpu().numpy(), len(config.codebook))
@@ -261,7 +263,7 @@ class CorrDiffCodec(Codec):
                 raise BitstreamError(f"corrupt CorrDiff side information ({error})") from error
             image = corrected_sample(
                 model.unet, x_e2e, header.seed, header.num_steps, header.block_size, config.codebook, size,
-                choices=choices, strength=config.strength,
+                choices=choices, strength=config.strength, sigma_data=config.sigma_data,
             ).image  # fmt: skip
         return tensor_to_pil(crop_to_size(image, size))[0]
 

@@ -1,7 +1,8 @@
 """Conditional diffusion decoder and DDIM sampling with privileged correction (CorrDiff, our reading).
 
 The decoder is a diffusers ``UNet2DModel`` whose input is ``[x_t, x_e2e]`` (6 channels, pixel space in [-1, 1])
-and whose output is a residual on ``x_e2e``: ``x0_diff = x_e2e + unet([x_t, x_e2e], t)``. Sampling uses
+and whose output is a residual on ``x_e2e``: ``x0_diff = x_e2e + unet([x_t, x_e2e], t)``, or with the config's
+``sigma_data`` set, the EDM-preconditioned residual of :func:`predict_x0`. Sampling uses
 diffusers' ``DDIMScheduler`` (eta = 0, "trailing" timesteps, so a 4-step run starts at t = 999 from pure
 noise drawn by a seeded CPU generator: the seed travels in the file header).
 
@@ -64,13 +65,50 @@ def build_scheduler() -> DDIMScheduler:
     )
 
 
-def predict_x0(unet: UNet2DModel, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """x0 estimate (B, 3, H, W) in model space [-1, 1] from noisy ``x_t`` and the condition ``cond`` = x_e2e."""
+_ALPHAS_CUMPROD: torch.Tensor | None = None
+
+
+def _alphas_cumprod() -> torch.Tensor:
+    global _ALPHAS_CUMPROD
+    if _ALPHAS_CUMPROD is None:
+        _ALPHAS_CUMPROD = build_scheduler().alphas_cumprod.double()
+    return _ALPHAS_CUMPROD
+
+
+def predict_x0(
+    unet: UNet2DModel,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: torch.Tensor,
+    sigma_data: float | None = None,
+) -> torch.Tensor:
+    """x0 estimate (B, 3, H, W) in model space [-1, 1] from noisy ``x_t`` and the condition ``cond`` = x_e2e.
+
+    ``sigma_data`` None: the UNet sees ``[x_t, cond]`` and returns the residual, ``x0 = cond + unet(.)``. A float:
+    EDM preconditioning (Karras et al., NeurIPS 2022) of the residual ``r = x0 - cond``, whose standard deviation
+    is taken as ``sigma_data``: with ``s = sqrt(1 - a_t) / sqrt(a_t)`` and the noisy residual ``r_t = x_t / sqrt(a_t)
+    - cond = r + s noise``, ``x0 = cond + c_skip r_t + c_out unet([c_in r_t, cond])``, ``c_skip = sd^2 / (s^2 +
+    sd^2)``, ``c_out = s sd / sqrt(s^2 + sd^2)``, ``c_in = 1 / sqrt(s^2 + sd^2)``. The skip term alone is the
+    best linear estimate, so the UNet only learns what is left: without it, a UNet must learn to pass x_t
+    through, which it did not in 1,000 CPU steps at low noise.
+    """
     dtype = next(unet.parameters()).dtype
     patch = math.isqrt(unet.config.in_channels // 6)
-    inputs = F.pixel_unshuffle(torch.cat([x_t, cond], 1), patch) if patch > 1 else torch.cat([x_t, cond], 1)
+    if sigma_data is not None:
+        a = _alphas_cumprod().to(x_t.device)[timesteps.long()].view(-1, 1, 1, 1)
+        s = ((1 - a) / a).sqrt()
+        total = (s**2 + sigma_data**2).sqrt()
+        c_skip, c_out, c_in = (sigma_data**2 / total**2).float(), (s * sigma_data / total).float(), (1 / total).float()
+        residual_t = x_t / a.sqrt().float() - cond
+        inputs = torch.cat([c_in * residual_t, cond], 1)
+    else:
+        inputs = torch.cat([x_t, cond], 1)
+    inputs = F.pixel_unshuffle(inputs, patch) if patch > 1 else inputs
     out = unet(inputs.to(dtype), timesteps).sample.float()
-    return cond + (F.pixel_shuffle(out, patch) if patch > 1 else out)
+    out = F.pixel_shuffle(out, patch) if patch > 1 else out
+    if sigma_data is not None:
+        return cond + c_skip * residual_t + c_out * out
+    return cond + out
 
 
 def sampling_scheduler(num_steps: int, strength: float = 1.0) -> DDIMScheduler:
@@ -98,12 +136,14 @@ def diffusion_loss(
     x_e2e: torch.Tensor,
     generator: torch.Generator,
     timesteps: torch.Tensor | int | None = None,
+    sigma_data: float | None = None,
 ):
     """Phase-2 loss: MSE of the x0 estimate at a drawn timestep. Images in [0, 1], (B, 3, H, W).
 
     ``timesteps``: draw each sample's timestep from these (e.g. :func:`sampling_timesteps`: a few-step decoder
     trained only where it is sampled); ``None`` draws uniformly from all of the scheduler's training timesteps;
-    an int ``t`` draws uniformly from 0 to ``t`` (the range a decoder of strength < 1 visits).
+    an int ``t`` draws uniformly from 0 to ``t`` (the range a decoder of strength < 1 visits). ``sigma_data``: the
+    parameterization of :func:`predict_x0`.
     """
     x0, cond = image * 2 - 1, x_e2e.detach() * 2 - 1
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -113,7 +153,7 @@ def diffusion_loss(
     else:
         steps = timesteps[torch.randint(0, len(timesteps), (x0.shape[0],), generator=generator)].long()
     x_t = scheduler.add_noise(x0, noise, steps.to(x0.device))
-    return F.mse_loss(predict_x0(unet, x_t, steps.to(x0.device), cond), x0)
+    return F.mse_loss(predict_x0(unet, x_t, steps.to(x0.device), cond, sigma_data), x0)
 
 
 def _block_sums(values: torch.Tensor, size: tuple[int, int], block: int) -> torch.Tensor:
@@ -196,7 +236,7 @@ def _to_8bit(image: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _trajectory(
-    unet, scheduler, timesteps, x_e2e, noise, policy: Callable, codebook, block
+    unet, scheduler, timesteps, x_e2e, noise, policy: Callable, codebook, block, sigma_data=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run DDIM over ``timesteps`` from ``noise`` (pure noise at t = 999, else added to x_e2e at the first
     timestep); ``policy(step, x0_diff, last)`` gives each step's block choices."""
@@ -209,7 +249,7 @@ def _trajectory(
     choices = []
     for step, t in enumerate(timesteps):
         t_batch = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
-        x0_diff = (predict_x0(unet, x_t, t_batch, cond) + 1) / 2
+        x0_diff = (predict_x0(unet, x_t, t_batch, cond, sigma_data) + 1) / 2
         last = step == len(timesteps) - 1
         chosen = policy(step, x0_diff, last)
         choices.append(chosen)
@@ -233,6 +273,7 @@ def corrected_sample(
     choices: torch.Tensor | None = None,
     distortion_weight: float = 1.0,
     strength: float = 1.0,
+    sigma_data: float | None = None,
 ) -> CorrectionResult:
     """Sample the diffusion decoder with block-wise correction toward ``x_e2e``.
 
@@ -249,6 +290,7 @@ def corrected_sample(
         distortion_weight: in [0, 1]; 1 chooses by MSE alone, lower values add the realism proxy.
         strength: in (0, 1]; 1 starts from pure noise; below 1 the run starts from ``x_e2e`` noised to the first
             of its timesteps (:func:`sampling_timesteps`), as diffusers' img2img pipelines do.
+        sigma_data: the UNet's parameterization (:func:`predict_x0`), from the model's config.
 
     Returns:
         ``CorrectionResult``; with ``target`` it also holds the uncorrected sample and both objectives.
@@ -262,7 +304,10 @@ def corrected_sample(
     book = torch.tensor(codebook, dtype=torch.float64)
     generator = torch.Generator("cpu").manual_seed(int(seed))
     noise = torch.randn(x_e2e.shape, generator=generator, dtype=torch.float32).to(x_e2e.device)
-    run = lambda policy: _trajectory(unet, scheduler, timesteps, x_e2e, noise, policy, book, block_size)  # noqa: E731
+
+    def run(policy):
+        return _trajectory(unet, scheduler, timesteps, x_e2e, noise, policy, book, block_size, sigma_data)
+
     if choices is not None:
         image, _ = run(lambda step, x0, last: choices[step].to(x0.device))
         return CorrectionResult(image=image, choices=choices)

@@ -46,6 +46,13 @@ class CorrDiffConfig:
             "round(num_inference_steps / s)-step schedule (0.1 with 4 steps: t = 99, 74, 49, 24)"
         },
     )
+    sigma_data: float | None = field(
+        default=None,
+        metadata={
+            "help": "None: the UNet returns the residual x0 - x_e2e; a float: EDM preconditioning of that residual, "
+            "with this standard deviation (in [-1, 1] units; see corrdiff.diffusion.predict_x0)"
+        },
+    )
     block_size: int = field(default=64, metadata={"help": "side of the blocks with their own correction weight"})
     codebook: tuple[float, ...] = field(
         default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "weights w of x0' = w x0_diff + (1 - w) x_e2e"}
