@@ -242,7 +242,33 @@ def compare_decoders(corrdiff: list[EvaluationResult]) -> dict:
         out["lines"].append(f"{curve.name} targets: {targets}")
     for key, table in out["bd_rate"].items():
         out["lines"].append(f"BD-rate {key}: " + ", ".join(f"{m} {v:+.1f}%" for m, v in table.items()))
+    out["markdown"] = decoder_tables(corrdiff)
+    out["lines"].append(out["markdown"])
     return out
+
+
+def decoder_tables(corrdiff: list[EvaluationResult]) -> str:
+    """One markdown table per metric: at each diffusion quality, the end-to-end, uncorrected and corrected decoders of
+    the same files (the bpp of each in brackets: the corrected ones include their side information)."""
+    by_name = {c.name: c.averaged() for c in corrdiff}
+    names = ["corrdiff-e2e", "diffusion-uncorrected"] + [n for n in by_name if n.startswith("corrdiff-dw")]
+    if "diffusion-uncorrected" not in by_name:
+        return ""
+    qualities = by_name["diffusion-uncorrected"]["quality"]
+    labels = {"corrdiff-e2e": "e2e", "diffusion-uncorrected": "uncorrected"}
+    tables = []
+    for key in [k for k in DECODER_METRICS if all(k in by_name[n] for n in names)]:
+        lines = [f"{key} | " + " | ".join(labels.get(n, n.replace("corrdiff-dw", "corrected dw ")) for n in names)]
+        lines.append("| --- " * (len(names) + 1) + "|")
+        for quality in qualities:
+            cells = []
+            for name in names:
+                mean = by_name[name]
+                i = mean["quality"].index(quality)
+                cells.append(f"{mean[key][i]:.3f} ({mean['bpp'][i]:.4f})")
+            lines.append(f"q{quality:.0f} | " + " | ".join(cells))
+        tables.append("\n".join(f"| {line} |" if not line.startswith("|") else line for line in lines))
+    return "\n\n".join(tables)
 
 
 CROP_LABELS = {

@@ -493,6 +493,10 @@ def test_benchmark_compares_the_three_decoders_of_the_same_files(tmp_path):
     assert set(decoders["targets"]["corrdiff-dw0.0"]) == {
         "psnr_above_uncorrected", "ssimulacra2_above_e2e", "butteraugli_below_e2e", "butteraugli_3norm_below_e2e"
     }  # fmt: skip
+    assert (
+        decoders["markdown"].count("| q0 | ") == 2
+        and "| psnr-rgb | e2e | uncorrected | corrected dw 1.0 |" in (decoders["markdown"])
+    )  # one table per metric (PSNR and SSIMULACRA2 here)
     assert set(decoders["bd_rate"]) == {f"corrdiff-dw{w} vs {o}" for w in ("1.0", "0.0")
                                         for o in ("corrdiff-e2e", "diffusion-uncorrected")}  # fmt: skip
     panels = [k for k in result["meta"]["crops"] if k not in ("image", "box")]
