@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.corrdiff import CorrDiffCodec
@@ -57,7 +58,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--diffusion_qualities", default="0,2,4", help="Qualities run with the diffusion decoder ('' skips it)."
     )
     parser.add_argument("--distortion_weights", default="1.0,0.0", help="Distortion weights of the corrected runs.")
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="DDIM steps (default: the model's).")
+    parser.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="DDIM steps (default: the model's config, also where its diffusion decoder is off by default).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Diffusion noise seed.")
     parser.add_argument("--baselines", default="jpeg,heic", help="Comma-separated rp_diffusers codecs to compare.")
     parser.add_argument("--metrics", default=DEFAULT_METRICS, help="Comma-separated rp_diffusers metrics.")
@@ -97,19 +103,22 @@ def corrdiff_results(args, images) -> tuple[list[EvaluationResult], dict]:
     e2e = CorrDiffCodec.from_pretrained(args.model, num_inference_steps=0)
     qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else list(e2e.sweep_qualities)
     curves = {"e2e": EvaluationResult("corrdiff-e2e", f"{e2e.description}; end-to-end decoder only")}
-    for name, image, reference in images:
+    for name, image, reference in tqdm(images, desc="corrdiff e2e", leave=False):
         for quality in qualities:
             result = e2e.run(image, quality)
             row = {"image": name, "quality": quality, "bpp": result.bpp, "encoding_time": result.encode_seconds}
             curves["e2e"].records.append({**row, **measure(reference, pil_to_tensor(result.reconstruction))})
     checks = {}
     weights = [float(w) for w in args.distortion_weights.split(",") if w] if args.diffusion_qualities else []
+    steps = args.num_inference_steps or e2e.model.config.num_inference_steps  # also where it is off by default
+    if weights and (e2e.model.unet is None or steps == 0):
+        raise ValueError(f"{args.model} has no diffusion decoder: pass --diffusion_qualities ''")
     for weight_index, weight in enumerate(weights):
         codec = CorrDiffCodec(model=e2e.model, distortion_weight=weight, seed=args.seed,
-                              num_inference_steps=args.num_inference_steps)  # fmt: skip
+                              num_inference_steps=steps)  # fmt: skip
         corrected = curves.setdefault(f"dw{weight}", EvaluationResult(f"corrdiff-dw{weight}", codec.description))
         plain = curves.setdefault("plain", EvaluationResult("diffusion-uncorrected", "same seed, no correction"))
-        for index, (name, image, reference) in enumerate(images):
+        for index, (name, image, reference) in enumerate(tqdm(images, desc=f"diffusion, dw {weight}", leave=False)):
             for quality in [int(q) for q in args.diffusion_qualities.split(",") if q]:
                 start = time.perf_counter()
                 encoding = codec.encode_details(image, quality)
@@ -134,7 +143,7 @@ def baseline_results(args, images) -> list[EvaluationResult]:
     for name in [n for n in args.baselines.split(",") if n]:
         codec = get_codec(name)
         curve = EvaluationResult(name, codec.description)
-        for image_name, image, reference in images:
+        for image_name, image, reference in tqdm(images, desc=name, leave=False):
             for quality in [int(q) for q in BASELINE_QUALITIES.get(name, "").split(",") if q]:
                 result = codec.run(image, quality)
                 row = {
@@ -290,7 +299,8 @@ def crop_figure(args, images, output: Path) -> dict:
     from PIL import Image
 
     name, image, reference = next(((n, i, r) for n, i, r in images if n == args.crops_image), images[0])
-    ours = CorrDiffCodec.from_pretrained(args.model, num_inference_steps=0).run(image, args.crops_quality)
+    e2e = CorrDiffCodec.from_pretrained(args.model, num_inference_steps=0)
+    ours = e2e.run(image, args.crops_quality)
     jpeg = get_codec("jpeg")
     alone = next((r for q in range(1, 96) if (r := jpeg.run(image, q)).bpp >= ours.bpp), jpeg.run(image, 95))
     pixels = image.width * image.height
@@ -299,10 +309,10 @@ def crop_figure(args, images, output: Path) -> dict:
         panels[label] = (result.reconstruction, {"bpp": result.bpp})
     weights = [float(w) for w in args.distortion_weights.split(",") if w][:2] if args.diffusion_qualities else []
     for weight in weights:
-        codec = CorrDiffCodec.from_pretrained(args.model, distortion_weight=weight, seed=args.seed,
-                                              num_inference_steps=args.num_inference_steps)  # fmt: skip
-        if codec.model.unet is None:
+        if e2e.model.unet is None:
             break
+        steps = args.num_inference_steps or e2e.model.config.num_inference_steps
+        codec = CorrDiffCodec(model=e2e.model, distortion_weight=weight, seed=args.seed, num_inference_steps=steps)
         encoding = codec.encode_details(image, args.crops_quality)
         if "uncorrected diffusion" not in panels:
             side = encoding.bits["side"]

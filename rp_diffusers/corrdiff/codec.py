@@ -58,7 +58,9 @@ class CorrDiffCodec(Codec):
             photographs; see its model card).
         distortion_weight: in [0, 1]; ``None`` uses the model's config (1 = choose corrections by MSE alone).
         seed: seed of the diffusion noise (stored in the header).
-        num_inference_steps: DDIM steps; 0 sends no side information and decodes ``x_e2e``.
+        num_inference_steps: DDIM steps; 0 sends no side information and decodes ``x_e2e``; ``None``: the model's
+            (its config's ``num_inference_steps``, or 0 where its ``diffusion_by_default`` is false, as in the
+            shipped model, whose diffusion decoder measured worse than its end-to-end decoder).
         device: torch device of the networks (the entropy coding runs on the CPU).
 
     Example:
@@ -118,8 +120,10 @@ class CorrDiffCodec(Codec):
     # --- settings ---------------------------------------------------------------------------------------------
 
     def _steps(self) -> int:
-        steps = self.settings["num_inference_steps"]
-        steps = self.model.config.num_inference_steps if steps is None else int(steps)
+        steps, config = self.settings["num_inference_steps"], self.model.config
+        if steps is None:
+            steps = config.num_inference_steps if config.diffusion_by_default else 0
+        steps = int(steps)
         if not 0 <= steps <= bitstream.MAX_NUM_STEPS:  # a file its own reader would refuse
             raise ValueError(
                 f"the model asks for {steps} DDIM steps; the CorrDiff format allows 0 to {bitstream.MAX_NUM_STEPS}: "

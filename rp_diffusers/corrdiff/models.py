@@ -53,6 +53,13 @@ class CorrDiffConfig:
             "with this standard deviation (in [-1, 1] units; see corrdiff.diffusion.predict_x0)"
         },
     )
+    diffusion_by_default: bool = field(
+        default=True,
+        metadata={
+            "help": "False: the codec writes files for the end-to-end decoder (no side information) unless "
+            "num_inference_steps is passed; for a diffusion decoder that measured worse than the e2e one"
+        },
+    )
     block_size: int = field(default=64, metadata={"help": "side of the blocks with their own correction weight"})
     codebook: tuple[float, ...] = field(
         default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "weights w of x0' = w x0_diff + (1 - w) x_e2e"}
