@@ -110,7 +110,7 @@ def corrdiff_results(args, images) -> tuple[list[EvaluationResult], dict]:
             curves["e2e"].records.append({**row, **measure(reference, pil_to_tensor(result.reconstruction))})
     checks = {}
     weights = [float(w) for w in args.distortion_weights.split(",") if w] if args.diffusion_qualities else []
-    steps = args.num_inference_steps or e2e.model.config.num_inference_steps  # also where it is off by default
+    steps = e2e.model.config.num_inference_steps if args.num_inference_steps is None else args.num_inference_steps
     if weights and (e2e.model.unet is None or steps == 0):
         raise ValueError(f"{args.model} has no diffusion decoder: pass --diffusion_qualities ''")
     for weight_index, weight in enumerate(weights):
@@ -311,7 +311,7 @@ def crop_figure(args, images, output: Path) -> dict:
     for weight in weights:
         if e2e.model.unet is None:
             break
-        steps = args.num_inference_steps or e2e.model.config.num_inference_steps
+        steps = e2e.model.config.num_inference_steps if args.num_inference_steps is None else args.num_inference_steps
         codec = CorrDiffCodec(model=e2e.model, distortion_weight=weight, seed=args.seed, num_inference_steps=steps)
         encoding = codec.encode_details(image, args.crops_quality)
         if "uncorrected diffusion" not in panels:

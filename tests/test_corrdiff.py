@@ -521,6 +521,8 @@ def test_benchmark_compares_the_three_decoders_of_the_same_files(tmp_path):
 def test_edm_preconditioning_starts_from_the_best_linear_estimate(image):
     """With ``sigma_data`` set and a UNet that outputs 0, the x0 estimate is the Wiener combination of x_e2e and the
     noisy image; a codec whose config sets it round-trips bit-exactly."""
+    import torch.nn.functional as F
+
     from rp_diffusers.corrdiff.diffusion import build_scheduler, predict_x0
 
     unet = build_unet((8, 16), 1, 2)
@@ -534,6 +536,21 @@ def test_edm_preconditioning_starts_from_the_best_linear_estimate(image):
     got = predict_x0(unet, x_t, torch.tensor([24]), cond, sigma_data=0.1)
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.equal(predict_x0(unet, x_t, torch.tensor([24]), cond), cond)  # the plain residual: 0 -> x_e2e
+
+    class Echo(torch.nn.Module):  # returns the first 3 (un-patched) input channels: c_in r_t
+        config = unet.config
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, inputs, timesteps):
+            return type("Out", (), {"sample": F.pixel_unshuffle(F.pixel_shuffle(inputs, 2)[:, :3], 2)})()
+
+    c_in, c_out = 1 / (s2 + sd2) ** 0.5, (s2 * sd2) ** 0.5 / (s2 + sd2) ** 0.5
+    residual_t = x_t / a.sqrt().float() - cond
+    echoed = cond + sd2 / (s2 + sd2) * residual_t + c_out * c_in * residual_t
+    assert torch.allclose(predict_x0(Echo(), x_t, torch.tensor([24]), cond, sigma_data=0.1), echoed, atol=1e-5)
     model = tiny_model()
     model.config.sigma_data, model.config.strength = 0.1, 0.1
     codec = CorrDiffCodec(model=model)

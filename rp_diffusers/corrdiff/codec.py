@@ -54,8 +54,8 @@ class CorrDiffCodec(Codec):
 
     Args:
         model: a folder or Hub repo id written by ``save_pretrained``, or a ``CorrDiffModel``; ``None``: the
-            model shipped with the package (``DEFAULT_MODEL_DIR``, an end-to-end codec trained on this project's
-            photographs; see its model card).
+            model shipped with the package (``DEFAULT_MODEL_DIR``: a codec, its end-to-end decoder and a diffusion
+            decoder that is off by default, trained on this project's photographs; see its model card).
         distortion_weight: in [0, 1]; ``None`` uses the model's config (1 = choose corrections by MSE alone).
         seed: seed of the diffusion noise (stored in the header).
         num_inference_steps: DDIM steps; 0 sends no side information and decodes ``x_e2e``; ``None``: the model's

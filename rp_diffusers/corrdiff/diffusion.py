@@ -3,8 +3,9 @@
 The decoder is a diffusers ``UNet2DModel`` whose input is ``[x_t, x_e2e]`` (6 channels, pixel space in [-1, 1])
 and whose output is a residual on ``x_e2e``: ``x0_diff = x_e2e + unet([x_t, x_e2e], t)``, or with the config's
 ``sigma_data`` set, the EDM-preconditioned residual of :func:`predict_x0`. Sampling uses
-diffusers' ``DDIMScheduler`` (eta = 0, "trailing" timesteps, so a 4-step run starts at t = 999 from pure
-noise drawn by a seeded CPU generator: the seed travels in the file header).
+diffusers' ``DDIMScheduler`` (eta = 0, "trailing" timesteps: at the config's ``strength`` 1 a 4-step run starts at
+t = 999 from pure noise; at strength 0.1 from x_e2e noised to t = 99; the noise is drawn by a seeded CPU generator
+and the seed travels in the file header).
 
 Privileged correction: at every step the x0 estimate is replaced by ``x0' = w x0_diff + (1 - w) x_e2e`` with
 one weight ``w`` per block of ``block_size`` pixels, taken from a small codebook. The encoder, which knows x,
