@@ -330,7 +330,7 @@ def crop_figure(args, images, output: Path) -> dict:
     box = ((w - 256) // 2, (h - 192) // 2, (w - 256) // 2 + 256, (h - 192) // 2 + 192)
     rows = 1 if len(panels) <= 3 else 2
     cols = -(-len(panels) // rows)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.1 * cols, 4.9 * rows), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.1 * cols, 4.9 * rows + 0.6 * (rows - 1)), dpi=100, squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     for ax, (label, (picture, values)) in zip(axes.flat, panels.items()):
