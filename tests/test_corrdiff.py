@@ -349,10 +349,11 @@ def test_root_package_exports_corrdiff_codec():
     assert rp_diffusers.CorrDiffCodec is CorrDiffCodec
 
 
-@pytest.mark.slow
-def test_train_corrdiff_resume_is_exact(tmp_path):
+def training_script_and_photos(tmp_path: Path, count: int, prefix: str):
+    """``training/train_corrdiff.py`` loaded from its file (not through a sys.path edit) and a folder of ``count``
+    random 96x80 photographs named ``{prefix}_{i}.png``."""
     pytest.importorskip("accelerate")
-    import importlib.util  # the script is loaded from its file, not through a sys.path edit
+    import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_corrdiff", REPO / "training" / "train_corrdiff.py")
     train = importlib.util.module_from_spec(spec)
@@ -360,8 +361,14 @@ def test_train_corrdiff_resume_is_exact(tmp_path):
     data = tmp_path / "photos"
     data.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(data / f"train_{i}.png")
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(data / f"{prefix}_{i}.png")
+    return train, data
+
+
+@pytest.mark.slow
+def test_train_corrdiff_resume_is_exact(tmp_path):
+    train, data = training_script_and_photos(tmp_path, 4, "train")
     common = [
         "--phase", "codec", "--train_data_dir", str(data), "--resolution", "64", "--train_batch_size", "2",
         "--max_train_steps", "4", "--checkpointing_steps", "3", "--channels", "8", "--latent_channels", "8",
@@ -422,17 +429,7 @@ def test_strength_starts_from_the_noised_e2e_reconstruction(image):
 def test_train_corrdiff_phase_diffusion_gives_a_codec_with_its_decoder(saved, image, tmp_path):
     """Phase 2 on a saved phase-1 model: the codec is frozen (same tables), the UNet is trained and saved, and the
     result codes and decodes with the corrected diffusion decoder."""
-    pytest.importorskip("accelerate")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_corrdiff", REPO / "training" / "train_corrdiff.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    data = tmp_path / "photos"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(data / f"photo_{i}.png")
+    train, data = training_script_and_photos(tmp_path, 3, "photo")
     phase1 = tiny_model()
     phase1.unet = None
     save_model(phase1, tmp_path / "phase1")
