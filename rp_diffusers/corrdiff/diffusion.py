@@ -96,11 +96,13 @@ def predict_x0(
     dtype = next(unet.parameters()).dtype
     patch = math.isqrt(unet.config.in_channels // 6)
     if sigma_data is not None:
-        a = _alphas_cumprod().to(x_t.device)[timesteps.long()].view(-1, 1, 1, 1)
+        a = _alphas_cumprod()[timesteps.long().cpu()].view(-1, 1, 1, 1)  # float64 on the CPU (no MPS float64)
         s = ((1 - a) / a).sqrt()
         total = (s**2 + sigma_data**2).sqrt()
-        c_skip, c_out, c_in = (sigma_data**2 / total**2).float(), (s * sigma_data / total).float(), (1 / total).float()
-        residual_t = x_t / a.sqrt().float() - cond
+        c_skip, c_out, c_in, root_a = (
+            c.float().to(x_t.device) for c in (sigma_data**2 / total**2, s * sigma_data / total, 1 / total, a.sqrt())
+        )
+        residual_t = x_t / root_a - cond
         inputs = torch.cat([c_in * residual_t, cond], 1)
     else:
         inputs = torch.cat([x_t, cond], 1)
