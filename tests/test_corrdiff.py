@@ -1,9 +1,14 @@
 """Tests of CorrDiff (arXiv:2404.04916): integer entropy tables, bit-exact bitstreams, correction, training resume."""
 
+import copy
+import dataclasses
 import json
 import os
+import struct
 import subprocess
 import sys
+import warnings
+import zlib
 from pathlib import Path
 
 import constriction
@@ -14,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from rp_diffusers.codecs import CodecError, get_codec
-from rp_diffusers.corrdiff import BitstreamError, CorrDiffCodec, CorrDiffConfig, CorrDiffModel
+from rp_diffusers.corrdiff import BitstreamError, CorrDiffCodec, CorrDiffConfig, CorrDiffModel, bitstream
 from rp_diffusers.corrdiff.bitstream import HEADER_SIZE
 from rp_diffusers.corrdiff.diffusion import build_unet
 from rp_diffusers.corrdiff.entropy import PRECISION, decode_choices, encode_choices
@@ -218,10 +223,6 @@ def test_small_images_round_trip_with_blocks_larger_than_the_image(model):
     ],
 )
 def test_bitstream_refuses_crafted_headers_with_a_valid_crc_before_any_work(encoding, fields, message):
-    import dataclasses
-
-    from rp_diffusers.corrdiff import bitstream
-
     header, streams = bitstream.unpack(encoding.data)
     crafted = bitstream.pack(dataclasses.replace(header, **fields), streams)  # pack writes a fresh, valid CRC
     with pytest.raises(BitstreamError, match=message):
@@ -232,6 +233,73 @@ def test_bitstream_rejects_a_file_from_another_model(model, image):
     data = CorrDiffCodec(model=tiny_model(seed=1), num_inference_steps=0).compress(image, quality=1)
     with pytest.raises(BitstreamError, match="load the model that wrote it"):
         CorrDiffCodec(model=model).decompress(data)
+
+
+def with_other_unet(model: CorrDiffModel, seed: int) -> CorrDiffModel:
+    """The same codec (tables, g_a, g_s) with another diffusion decoder, as two phase-2 runs make them."""
+    other = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    other.unet = build_unet((16, 32), 1)
+    return other.eval()
+
+
+def test_a_file_names_its_diffusion_decoder_not_only_the_codec(model, encoding):
+    other = with_other_unet(model, seed=5)
+    assert other.table_hash() == model.table_hash()  # what version 1 of the format checked
+    assert other.decoder_id(False) == model.decoder_id(False) and other.decoder_id(True) != model.decoder_id(True)
+    codec = CorrDiffCodec(model=other)
+    with pytest.raises(BitstreamError, match="diffusion decoder .* UNet, strength, sigma_data or codebook differ"):
+        codec.decompress(encoding.data)
+    with pytest.raises(CodecError, match="diffusion decoder"):
+        codec.decode(encoding.data)
+    # the end-to-end image needs only the codec, which the file names too
+    e2e = CorrDiffCodec(model=model).decompress(encoding.data, decoder="e2e")
+    assert np.array_equal(np.asarray(codec.decompress(encoding.data, decoder="e2e")), np.asarray(e2e))
+    resampled = with_other_unet(model, seed=0)  # the same UNet weights, another sampling setting
+    resampled.unet.load_state_dict(model.unet.state_dict())
+    assert resampled.decoder_id(True) == model.decoder_id(True)
+    resampled.config = dataclasses.replace(model.config, strength=0.5)
+    with pytest.raises(BitstreamError, match="diffusion decoder"):
+        CorrDiffCodec(model=resampled).decompress(encoding.data)
+    # the settings that evaluation records (and caches by) tell the two decoders apart
+    assert CorrDiffCodec(model=model).encoder_settings(1)["model"] != codec.encoder_settings(1)["model"]
+
+
+def test_a_file_names_its_synthesis_transform(model, image):
+    other = with_other_unet(model, seed=0)
+    other.unet.load_state_dict(model.unet.state_dict())
+    with torch.no_grad():
+        other.g_s[0].weight.mul_(1.01)  # fine-tuned synthesis, same entropy tables
+    assert other.table_hash() == model.table_hash()
+    data = CorrDiffCodec(model=model, num_inference_steps=0).compress(image, quality=1)
+    with pytest.raises(BitstreamError, match="end-to-end decoder"):
+        CorrDiffCodec(model=other).decompress(data)
+
+
+def as_version_1(data: bytes, model: CorrDiffModel) -> bytes:
+    """Rewrite a file as rp-diffusers 0.1.0 wrote it: version 1, model_hash = the table hash, fresh CRC."""
+    header, streams = bitstream.unpack(data)
+    old = dataclasses.replace(header, version=1, model_hash=model.table_hash(), crc32=0)
+    payload = b"".join(streams)
+    crc = zlib.crc32(struct.pack(bitstream.HEADER_FORMAT, *dataclasses.astuple(old)) + payload)
+    return struct.pack(bitstream.HEADER_FORMAT, *dataclasses.astuple(dataclasses.replace(old, crc32=crc))) + payload
+
+
+def test_version_1_files_still_decode_with_a_warning_where_they_cannot_name_the_decoder(model, image, encoding):
+    codec = CorrDiffCodec(model=model)
+    e2e_only = CorrDiffCodec(model=model, num_inference_steps=0).compress(image, quality=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an e2e file names everything it needs: no warning
+        assert np.array_equal(
+            np.asarray(codec.decompress(as_version_1(e2e_only, model))), np.asarray(codec.decompress(e2e_only))
+        )
+    with pytest.warns(UserWarning, match="version 1, which does not name its diffusion decoder"):
+        old = codec.decompress(as_version_1(encoding.data, model))
+    assert np.array_equal(np.asarray(old), np.asarray(codec.decompress(encoding.data)))
+    with pytest.raises(BitstreamError, match="load the model that wrote it"):
+        CorrDiffCodec(model=tiny_model(seed=1)).decompress(as_version_1(e2e_only, model))
+    with pytest.raises(BitstreamError, match="version 3 is not supported by this reader .versions 1, 2."):
+        bitstream.unpack(e2e_only[:4] + bytes([3]) + e2e_only[5:])
 
 
 def test_gdn_weights_below_their_bound_still_learn_upwards():

@@ -6,9 +6,11 @@ Layout (``struct`` format ``HEADER_FORMAT``), every field counted in the file's 
 field                 bytes  meaning
 ====================  =====  ==========================================================================
 magic                 4      ``b"CRDF"``
-version               1      ``VERSION`` (readers refuse other versions)
+version               1      ``VERSION`` (this reader also reads version 1; it refuses others)
 flags                 1      bit 0: diffusion side information present (else decode with x_e2e alone)
-model_hash            8      ``CorrDiffModel.table_hash()``: the integer tables the streams need
+model_hash            8      ``CorrDiffModel.decoder_id(diffusion)``: 4 bytes name the integer tables and the
+                             end-to-end decoder, 4 the diffusion decoder (zero without diffusion); version 1
+                             held ``CorrDiffModel.table_hash()``, which names the tables only
 quality               1      index into the model's gains
 height, width         2 + 2  size of the original image in pixels
 pad_h, pad_w          1 + 1  reflect padding at the bottom / right (to multiples of 64)
@@ -31,7 +33,8 @@ from dataclasses import astuple, dataclass, replace
 import numpy as np
 
 MAGIC = b"CRDF"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 (rp-diffusers 0.1.0): the same layout, model_hash = table_hash()
 HEADER_FORMAT = "<4sBB8sBHHBBHHHHIBHBIIII"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 
@@ -119,9 +122,10 @@ def unpack(data: bytes) -> tuple[Header, tuple[bytes, bytes, bytes]]:
     header = Header(*struct.unpack(HEADER_FORMAT, data[:HEADER_SIZE]))
     if header.magic != MAGIC:
         raise BitstreamError(f"not a CorrDiff file (magic {header.magic!r}, expected {MAGIC!r})")
-    if header.version != VERSION:
+    if header.version not in READABLE_VERSIONS:
         raise BitstreamError(
-            f"CorrDiff format version {header.version} is not supported by this reader (version {VERSION}); "
+            f"CorrDiff format version {header.version} is not supported by this reader (versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); "
             "decode it with the rp-diffusers release that wrote it"
         )
     expected = HEADER_SIZE + header.z_len + header.y_len + header.side_len

@@ -8,6 +8,7 @@ realism for distortion in the encoder's choice of corrections; ``seed`` seeds th
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,13 +139,14 @@ class CorrDiffCodec(Codec):
     def encoder_settings(self, quality: int) -> dict[str, Any]:
         config = self.model.config
         source = self.settings["model"]
+        decoder = self.model.decoder_id(self._steps() > 0).hex()  # two models sharing a codec differ here
         return {
             "model": (
-                f"default:{self.model.table_hash().hex()}"
+                f"default:{decoder}"
                 if source is None
-                else source
+                else f"{source}:{decoder}"
                 if isinstance(source, str)
-                else self.model.table_hash().hex()
+                else decoder
             ),
             "gain": config.gains[quality],
             "num_inference_steps": self._steps(),
@@ -160,7 +162,7 @@ class CorrDiffCodec(Codec):
     def description(self) -> str:
         config = self.model.config
         return (
-            f"CorrDiff (model {self.model.table_hash().hex()}, N={config.channels}, M={config.latent_channels}, "
+            f"CorrDiff (decoder {self.model.decoder_id(self._steps() > 0).hex()}, N={config.channels}, M={config.latent_channels}, "
             f"{self._steps()} DDIM steps at strength {config.strength:g}, {config.block_size}px blocks, codebook {list(config.codebook)}, "
             f"distortion_weight {self._distortion_weight()})"
         )
@@ -204,7 +206,8 @@ class CorrDiffCodec(Codec):
             encode_choices(side_coder, choices.cpu().numpy(), len(config.codebook))
         streams = tuple(_stream_bytes(coder) for coder in (z_coder, y_coder, side_coder))
         header = Header(
-            magic=bitstream.MAGIC, version=bitstream.VERSION, flags=int(steps > 0), model_hash=model.table_hash(),
+            magic=bitstream.MAGIC, version=bitstream.VERSION, flags=int(steps > 0),
+            model_hash=model.decoder_id(steps > 0),
             quality=quality, height=size[0], width=size[1], pad_h=x.shape[-2] - size[0], pad_w=x.shape[-1] - size[1],
             y_h=y.shape[-2], y_w=y.shape[-1], z_h=z_symbols.shape[-2], z_w=z_symbols.shape[-1],
             seed=int(self.settings["seed"]), num_steps=steps, block_size=config.block_size,
@@ -236,11 +239,7 @@ class CorrDiffCodec(Codec):
             raise ValueError(f"decoder must be 'corrected' or 'e2e', got {decoder!r}")
         header, (z_stream, y_stream, side_stream) = bitstream.unpack(data)
         model, config = self.model, self.model.config
-        if header.model_hash != model.table_hash():
-            raise BitstreamError(
-                f"this file was written by CorrDiff model {header.model_hash.hex()}, but the loaded model is "
-                f"{model.table_hash().hex()}: load the model that wrote it"
-            )
+        self._check_decoder(header, decoder)
         if header.quality >= len(config.gains) or header.codebook_size != len(config.codebook):
             raise BitstreamError(f"header does not fit the loaded model (quality {header.quality}, codebook)")
         if (header.z_h * 4, header.z_w * 4) != (header.y_h, header.y_w):
@@ -270,6 +269,39 @@ class CorrDiffCodec(Codec):
                 choices=choices, strength=config.strength, sigma_data=config.sigma_data,
             ).image  # fmt: skip
         return tensor_to_pil(crop_to_size(image, size))[0]
+
+    def _check_decoder(self, header: Header, decoder: str) -> None:
+        """Refuse a file whose decoder is not the loaded model's (warn where a version-1 file cannot say)."""
+        model = self.model
+        if header.version == 1:  # model_hash named the integer tables only
+            if header.model_hash != model.table_hash():
+                raise BitstreamError(
+                    f"this file was written by CorrDiff model {header.model_hash.hex()}, but the loaded model is "
+                    f"{model.table_hash().hex()}: load the model that wrote it"
+                )
+            if header.has_diffusion and decoder == "corrected" and model.unet is not None:
+                warnings.warn(
+                    "this CorrDiff file is format version 1, which does not name its diffusion decoder: it is "
+                    "decoded with the loaded model's, which may not be the one that wrote it (pass "
+                    "decoder='e2e' for the end-to-end image, which the file does identify)",
+                    stacklevel=3,
+                )
+            return
+        e2e_written, diffusion_written = header.model_hash[:4], header.model_hash[4:]
+        e2e_loaded = model.decoder_id(False)[:4]
+        if e2e_written != e2e_loaded:
+            raise BitstreamError(
+                f"this file was written by CorrDiff end-to-end decoder {e2e_written.hex()}, but the loaded model's "
+                f"is {e2e_loaded.hex()}: load the model that wrote it"
+            )
+        if header.has_diffusion and decoder == "corrected" and model.unet is not None:
+            diffusion_loaded = model.decoder_id(True)[4:]
+            if diffusion_written != diffusion_loaded:
+                raise BitstreamError(
+                    f"this file was written by CorrDiff diffusion decoder {diffusion_written.hex()}, but the loaded "
+                    f"model's is {diffusion_loaded.hex()} (its UNet, strength, sigma_data or codebook differ): load "
+                    "the model that wrote it, or pass decoder='e2e' for the end-to-end image"
+                )
 
     def _encode(self, image, quality: int) -> bytes:
         return self.compress(image, quality)

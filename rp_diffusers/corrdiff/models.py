@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -79,6 +80,15 @@ class CorrDiffConfig:
         if unknown:
             raise ValueError(f"unknown CorrDiff config keys {unknown}; this version knows {sorted(names)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _digest_tensors(digest, state: dict[str, torch.Tensor]) -> None:
+    """Feed a state dict to a hash: names, shapes and values (floats as little-endian float32)."""
+    for name, tensor in sorted(state.items()):
+        array = tensor.detach().cpu()
+        array = (array.float() if array.is_floating_point() else array).numpy()
+        digest.update(f"{name}:{tuple(array.shape)}:{array.dtype.str[1:]}".encode())
+        digest.update(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
 
 
 class _LowerBound(torch.autograd.Function):
@@ -207,6 +217,30 @@ class CorrDiffModel(nn.Module):
                     array = buffer.detach().cpu().numpy()
                     digest.update(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
         return digest.digest()[:8]
+
+    def decoder_id(self, diffusion: bool) -> bytes:
+        """8 bytes naming the decoder of a file: 4 for the end-to-end decoder, 4 for the diffusion decoder.
+
+        The first half digests :meth:`table_hash` and the synthesis transform's weights (what decoding to x_e2e
+        depends on); the second half digests the UNet (config and weights) and the sampling settings of the
+        config (``strength``, ``sigma_data``, ``codebook``), or is zero for a file without diffusion. Two phase-2
+        models that share their codec (as ``train_corrdiff.py --phase diffusion`` makes them) therefore name
+        different decoders, and a file decoded by the wrong one is refused instead of decoded wrongly. Weights are
+        digested as little-endian float32, so the same model gives the same id on every device.
+        """
+        e2e = hashlib.sha256(b"corrdiff-e2e\0" + self.table_hash())
+        _digest_tensors(e2e, self.g_s.state_dict())
+        second = bytes(4)
+        if diffusion:
+            if self.unet is None:
+                raise ValueError("this CorrDiff model has no diffusion decoder (model.unet is None)")
+            settings = {key: self.config.to_dict()[key] for key in ("strength", "sigma_data", "codebook")}
+            unet_config = {key: value for key, value in dict(self.unet.config).items() if not key.startswith("_")}
+            text = json.dumps({"sampling": settings, "unet": unet_config}, sort_keys=True, default=repr)
+            digest = hashlib.sha256(b"corrdiff-diffusion\0" + text.encode())
+            _digest_tensors(digest, self.unet.state_dict())
+            second = digest.digest()[:4]
+        return e2e.digest()[:4] + second
 
     def has_tables(self) -> bool:
         """Whether ``update()`` has run (the Gaussian rows are filled)."""
