@@ -19,6 +19,9 @@ The learned proxies and DiffJPEG are also timed alone (forward + backward on the
 with ``--surrogate-precisions fp32 bf16`` also under the step's bf16 autocast, which CPUs run far slower than
 float32), as a fraction of the no-checkpointing step measured in the same worker.
 
+``--step-precision fp32`` runs the step in float32 instead: on a CPU without native bf16 (AVX2 only) the bf16 step is
+emulated and takes tens of minutes, so the surrogate's share would be understated.
+
 Example:
     python benchmarks/training.py --output benchmarks/results/training.json
     python benchmarks/training.py --resolutions 64 128 --steps 1  # a loaded 2-core machine
@@ -71,6 +74,13 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         choices=["fp32", "bf16"],
         help="Precisions of the surrogate timing (bf16: under the step's autocast).",
     )
+    parser.add_argument(
+        "--step-precision",
+        default="bf16",
+        choices=["bf16", "fp32"],
+        help="bf16: frozen bf16 weights under bf16 autocast, as finetune_rp.py trains on a GPU; fp32: everything in "
+        "float32, for CPUs without native bf16 (AVX2-only CPUs emulate it, and a step takes tens of minutes).",
+    )
     parser.add_argument("--surrogate-repeats", type=int, default=3, help="Timed surrogate calls after a warm-up.")
     parser.add_argument("--output", type=str, default="benchmarks/results/training.json", help="JSON output path.")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
@@ -121,9 +131,11 @@ def worker(setting: str, args: argparse.Namespace) -> dict:
     unet.requires_grad_(False)
     vae.requires_grad_(False)
     unet.add_adapter(rp_lora_config(rank=args.rank), adapter_name="rp_jpeg_lambda_0p5")
-    unet.to(torch.bfloat16)
-    vae.to(torch.bfloat16)
-    cast_training_params(unet, dtype=torch.float32)
+    bf16 = args.step_precision == "bf16"
+    if bf16:
+        unet.to(torch.bfloat16)
+        vae.to(torch.bfloat16)
+        cast_training_params(unet, dtype=torch.float32)
     lora = [p for p in unet.parameters() if p.requires_grad]
     counts["lora_params"] = sum(p.numel() for p in lora)
     if setting != "no_checkpointing":
@@ -147,7 +159,7 @@ def worker(setting: str, args: argparse.Namespace) -> dict:
     image = torch.rand(args.batch_size, 3, args.resolution, args.resolution)  # set per worker
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             output = one_step_map(vae, unet, image, embeds, 999, alphas)
             terms = loss_fn(image, output, 40.0)
         terms.loss.backward()
@@ -258,7 +270,8 @@ def main(args: argparse.Namespace) -> dict:
         fit = memory_fit(own)
         for row in own:
             row["memory_fit_fixed_gib"], row["memory_fit_gib_per_megapixel"] = fit[0], fit[1] * 1e6
-            row["gpu_estimate_gib"] = gpu_estimate(row, fit, args)
+            # the estimate assumes the bf16 step's activations; a float32 step's memory would overstate it
+            row["gpu_estimate_gib"] = gpu_estimate(row, fit, args) if args.step_precision == "bf16" else None
     for row in rows:
         baseline = next(
             (r for r in rows if r["setting"] == "no_checkpointing" and r["resolution"] == row["resolution"]), row
@@ -269,7 +282,8 @@ def main(args: argparse.Namespace) -> dict:
     print(
         f"\nStage-2 step, SD 2.1 size ({first['unet_params'] / 1e6:.0f}M UNet + {first['vae_params'] / 1e6:.0f}M "
         f"VAE params, LoRA rank {args.rank}: {first['lora_params'] / 1e6:.2f}M), batch {args.batch_size}, "
-        f"bf16 autocast, CPU {args.threads} threads, surrogate: {first['surrogate']}"
+        f"{'bf16 autocast' if args.step_precision == 'bf16' else 'float32'}, CPU {args.threads} threads, "
+        f"surrogate: {first['surrogate']}"
     )
     header = (
         "| setting | crop | s/step (CPU) | x baseline | step memory GiB (CPU) | x baseline | resident after load GiB | "
@@ -280,7 +294,8 @@ def main(args: argparse.Namespace) -> dict:
         print(
             f"| {row['setting']} | {row['resolution']} | {row['step_seconds']:.1f} | {row['time_ratio_to_baseline']:.2f} | "
             f"{row['step_memory_gib']:.2f} | {row['memory_ratio_to_baseline']:.2f} | "
-            f"{row['resident_after_load_gib']:.2f} | {row['gpu_estimate_gib']:.1f} |"
+            f"{row['resident_after_load_gib']:.2f} | "
+            f"{'-' if row['gpu_estimate_gib'] is None else format(row['gpu_estimate_gib'], '.1f')} |"
         )
     costs = [r for r in rows if r["surrogate_seconds"]]
     if costs:
@@ -308,8 +323,13 @@ def main(args: argparse.Namespace) -> dict:
         "description": __doc__.split("\n")[0],
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "resolution")},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        "gpu_estimate_note": "estimate, not measured: bf16 weights + LoRA/Adam + the CPU step memory fitted as "
-        f"fixed + per-pixel and evaluated at the target size + {CUDA_OVERHEAD_GIB} GiB CUDA overhead",
+        "gpu_estimate_note": (
+            "estimate, not measured: bf16 weights + LoRA/Adam + the CPU step memory fitted as "
+            f"fixed + per-pixel and evaluated at the target size + {CUDA_OVERHEAD_GIB} GiB CUDA overhead"
+            if args.step_precision == "bf16"
+            else "not estimated: this run's step is float32 (--step-precision fp32), and the estimate assumes the "
+            "bf16 step's memory"
+        ),
         "results": rows,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -300,3 +300,5 @@ def test_training_benchmark_times_each_surrogate_forward_and_backward():
     args = bench.parse_args(["--surrogate-precisions", "fp32", "bf16", "--surrogates", "jpeg"])
     assert args.surrogate_precisions == ["fp32", "bf16"] and args.surrogates == ["jpeg"]
     assert bench.parse_args([]).surrogate_precisions == ["fp32"]
+    assert bench.parse_args([]).step_precision == "bf16"  # as finetune_rp.py trains on a GPU
+    assert bench.parse_args(["--step-precision", "fp32"]).step_precision == "fp32"  # CPUs without native bf16
