@@ -18,12 +18,14 @@ Stage 2: :class:`RatePerceptionLoss` = lambda_R * bpp + lambda_P * P(x, x_hat) +
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+MIN_RATE_RISE = 0.05  # codec_slope: least relative rise of the size over 2 x slope_delta qualities it trusts
 PERCEPTUAL_LOSSES = ("dists", "lpips", "ms_ssim", "ssimulacra2", "vif")  # sums: "ssimulacra2+3*vif"
 
 
@@ -250,7 +252,8 @@ class RatePerceptionLoss(torch.nn.Module):
             codec's, > 1 favours fewer bits. A fixed lambda is too cheap at low qualities (where the codec's curve
             is steep) and too dear at high ones; the slope-matched rate is what BD-rate measures.
         slope_delta: quality step of the slope's central difference.
-        quality_range: ``(lo, hi)`` qualities the slope may probe (default: the surrogate's ``quality_range``).
+        quality_range: ``(lo, hi)`` qualities the slope may probe (default: a learned proxy's
+            ``fitted_quality_range``, where it was fitted to the codec, else the surrogate's ``quality_range``).
 
     Example:
         >>> loss_fn = RatePerceptionLoss(get_surrogate("jpeg"), None, lambda_rate=0.5, lambda_perceptual=0.0,
@@ -278,7 +281,12 @@ class RatePerceptionLoss(torch.nn.Module):
         self.surrogate, self.perceptual = surrogate, perceptual
         self.lambda_rate, self.lambda_perceptual, self.lambda_mse = lambda_rate, lambda_perceptual, lambda_mse
         self.rate_weighting, self.slope_delta = rate_weighting, slope_delta
-        self.quality_range = quality_range or getattr(surrogate, "quality_range", (0, 100))
+        self.quality_range = (
+            quality_range
+            or getattr(surrogate, "fitted_quality_range", None)
+            or getattr(surrogate, "quality_range", (0, 100))
+        )
+        self._warned_rate = False
 
     def distortion(self, target: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """Per-image D = lambda_perceptual * P + lambda_mse * MSE, (N,)."""
@@ -305,7 +313,24 @@ class RatePerceptionLoss(torch.nn.Module):
         d_low = self.distortion(target, low.reconstruction.float())
         d_high = self.distortion(target, high.reconstruction.float())
         r_low, r_high = low.bits.float() / pixels, high.bits.float() / pixels
-        return ((d_low - d_high) / (r_high - r_low).clamp_min(1e-4)).clamp_min(0.0)
+        slope = ((d_low - d_high) / (r_high - r_low).clamp_min(1e-4)).clamp_min(0.0)
+        # A real codec's file grows by far more than MIN_RATE_RISE over 2 x slope_delta qualities. A surrogate whose
+        # predicted size rises less (or falls: learned proxies do on some content) gives no trade-off there, and the
+        # quotient above would price bits at up to 10^4 times the codec's own slope: training then flattens the
+        # images. Such images take the median slope of the others in the batch (0 when none is valid).
+        valid = (r_high - r_low) > MIN_RATE_RISE * (r_high + r_low) / 2
+        if not bool(valid.all()):
+            if not self._warned_rate:
+                warnings.warn(
+                    f"the surrogate's predicted size does not rise with quality between {float(q_lo[0]):g} and "
+                    f"{float(q_hi[0]):g} on {int((~valid).sum())} of {len(valid)} images; their codec-slope weight "
+                    "is the median of the others (a learned proxy's rate is not monotone in quality on all content)",
+                    stacklevel=2,
+                )
+                self._warned_rate = True
+            fallback = slope[valid].median() if bool(valid.any()) else slope.new_zeros(())
+            slope = torch.where(valid, slope, fallback)
+        return slope
 
     def forward(
         self, original: torch.Tensor, preprocessed: torch.Tensor, quality: float | torch.Tensor

@@ -157,6 +157,31 @@ def test_rate_perception_loss_codec_slope_matches_the_toy_codec():
         RatePerceptionLoss(_QualityNoiseSurrogate(), None, 1.0, 0.0, 1.0, rate_weighting="slope")
 
 
+class _NonMonotoneSurrogate(_QualityNoiseSurrogate):
+    """The toy codec, but the size of images whose mean is over 0.5 falls with quality (as a learned proxy's does on
+    some content)."""
+
+    fitted_quality_range = (20.0, 80.0)
+
+    def forward(self, image, quality):
+        out = super().forward(image, quality)
+        falls = image.flatten(1).mean(1) > 0.5
+        return SurrogateOutput(out.reconstruction, torch.where(falls, 4 * image[0, 0].numel() - out.bits, out.bits))
+
+
+def test_codec_slope_does_not_trust_a_size_that_falls_with_quality():
+    loss_fn = RatePerceptionLoss(
+        _NonMonotoneSurrogate(), None, 1.0, 0.0, 1.0, rate_weighting="codec_slope", slope_delta=5.0
+    )
+    assert loss_fn.quality_range == (20.0, 80.0)  # a proxy's slope probes where it was fitted
+    dark, bright = torch.full((1, 3, 8, 8), 0.2), torch.full((1, 3, 8, 8), 0.8)
+    expected = 0.01 * 2 * 0.5 / 100 * 50  # the toy codec's slope at q = 50 (see the test above)
+    with pytest.warns(UserWarning, match="does not rise with quality .* on 1 of 3 images"):
+        slope = loss_fn.codec_slope(torch.cat([dark, bright, dark]), 50.0)
+    assert torch.allclose(slope, torch.full((3,), expected), rtol=1e-4)  # not 10^4 x: the others' median
+    assert torch.equal(loss_fn.codec_slope(bright, 50.0), torch.zeros(1))  # nothing to trust: no rate weight
+
+
 def test_rate_perception_loss_clips_before_the_codec():
     seen = {}
 
