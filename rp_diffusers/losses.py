@@ -302,7 +302,8 @@ class RatePerceptionLoss(torch.nn.Module):
         Central difference through the surrogate at ``quality +- slope_delta`` (kept in the quality range): what
         one more bit per pixel buys the codec alone by raising its quality. Weighting the rate by it makes
         ``D + slope * R`` fall exactly when the pre-processor beats the codec's own trade-off (first order), i.e.
-        when the BD-rate in D improves.
+        when the BD-rate in D improves. An image whose predicted size rises by less than ``MIN_RATE_RISE`` over the
+        probe takes the median slope of the batch's other images (a warning says so once).
         """
         lo, hi = self.quality_range
         q = torch.as_tensor(quality, dtype=torch.float32, device=original.device).expand(original.shape[0])
@@ -314,17 +315,19 @@ class RatePerceptionLoss(torch.nn.Module):
         d_high = self.distortion(target, high.reconstruction.float())
         r_low, r_high = low.bits.float() / pixels, high.bits.float() / pixels
         slope = ((d_low - d_high) / (r_high - r_low).clamp_min(1e-4)).clamp_min(0.0)
-        # A real codec's file grows by far more than MIN_RATE_RISE over 2 x slope_delta qualities. A surrogate whose
-        # predicted size rises less (or falls: learned proxies do on some content) gives no trade-off there, and the
-        # quotient above would price bits at up to 10^4 times the codec's own slope: training then flattens the
-        # images. Such images take the median slope of the others in the batch (0 when none is valid).
+        # Where the predicted size rises by less than MIN_RATE_RISE over the probe, the quotient above prices bits at
+        # up to 10^4 times the codec's usual slope and training flattens the images. A learned proxy's size falls
+        # with quality on some content (an artefact); an exact surrogate's can be nearly flat on a tiny crop whose
+        # file is mostly header. Either way one image's quotient is not a trade-off to train on: such images take
+        # the median slope of the others in the batch (0 when none is valid).
         valid = (r_high - r_low) > MIN_RATE_RISE * (r_high + r_low) / 2
         if not bool(valid.all()):
             if not self._warned_rate:
                 warnings.warn(
-                    f"the surrogate's predicted size does not rise with quality between {float(q_lo[0]):g} and "
-                    f"{float(q_hi[0]):g} on {int((~valid).sum())} of {len(valid)} images; their codec-slope weight "
-                    "is the median of the others (a learned proxy's rate is not monotone in quality on all content)",
+                    f"the surrogate's predicted size does not rise with quality (by {MIN_RATE_RISE:.0%}) between "
+                    f"{float(q_lo[0]):g} and {float(q_hi[0]):g} on {int((~valid).sum())} of {len(valid)} images; "
+                    "their codec-slope weight is the median of the others (a learned proxy's size is not monotone "
+                    "in quality on all content; an exact one's is flat on crops whose file is mostly header)",
                     stacklevel=2,
                 )
                 self._warned_rate = True
