@@ -26,6 +26,7 @@ from rp_diffusers.corrdiff.entropy import PRECISION, decode_choices, encode_choi
 from rp_diffusers.corrdiff.loading import save_model
 from rp_diffusers.evaluation import EXAMPLES_DIR
 from rp_diffusers.utils.image import load_image
+from rp_diffusers.utils.testing import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = EXAMPLES_DIR / "canal_urban.png"
@@ -331,11 +332,7 @@ def test_gdn_weights_below_their_bound_still_learn_upwards():
 def test_diagnose_benchmark_separates_transform_and_quantiser(tmp_path):
     """``benchmarks/corrdiff_diagnose.py`` on a saved run: one row per gain, rates growing with the gain, and the
     quantiser's loss shrinking as the gain (finer quantisation) grows."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("diagnose", REPO / "benchmarks" / "corrdiff_diagnose.py")
-    diagnose = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnose)
+    diagnose = load_script(REPO / "benchmarks" / "corrdiff_diagnose.py", "diagnose")
     torch.manual_seed(0)
     config = CorrDiffConfig(channels=8, latent_channels=8, hyper_channels=8, gains=(1.0, 8.0, 64.0))
     run = tmp_path / "run"
@@ -421,11 +418,7 @@ def training_script_and_photos(tmp_path: Path, count: int, prefix: str):
     """``training/train_corrdiff.py`` loaded from its file (not through a sys.path edit) and a folder of ``count``
     random 96x80 photographs named ``{prefix}_{i}.png``."""
     pytest.importorskip("accelerate")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_corrdiff", REPO / "training" / "train_corrdiff.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_script(REPO / "training" / "train_corrdiff.py", "train_corrdiff")
     data = tmp_path / "photos"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -531,11 +524,7 @@ def test_benchmark_compares_the_three_decoders_of_the_same_files(tmp_path):
     """``benchmarks/corrdiff.py`` on a tiny model: e2e, uncorrected and corrected curves of the same bitstreams, the
     decoder table (corrected minus each other decoder at equal total bits, signed so that positive is better), the
     issue's targets, BD-rates between decoders, decoded files identical to the encoder's, and a six-panel figure."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("corrdiff_bench", REPO / "benchmarks" / "corrdiff.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(REPO / "benchmarks" / "corrdiff.py", "corrdiff_bench")
     torch.manual_seed(0)
     config = CorrDiffConfig(channels=16, latent_channels=16, hyper_channels=8, gains=(4.0, 8.0, 16.0, 32.0),
                             block_size=64, num_inference_steps=2)  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from rp_diffusers.utils.testing import load_script
+
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_one_step.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("rp_benchmark_decode_one_step", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(BENCHMARK, "rp_benchmark_decode_one_step")
     return module
 
 

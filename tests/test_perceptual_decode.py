@@ -25,7 +25,7 @@ from rp_diffusers.decode.calibration import CalibrationError, SigmaTable, search
 from rp_diffusers.decode.denoisers import VPDenoiser, make_denoiser
 from rp_diffusers.decode.solvers import DPSGuidance, karras_sigmas, sample_dpmpp_2m, sample_euler_maruyama
 from rp_diffusers.pipelines.perceptual_decode import PerceptualDecodePipeline, enhance_images
-from rp_diffusers.utils.testing import save_tiny_sd, tiny_sd_components
+from rp_diffusers.utils.testing import load_script, save_tiny_sd, tiny_sd_components
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -495,12 +495,9 @@ def test_slow_preset_defaults_to_the_codec_surrogate(image_odd):
 
 # --------------------------------------------------------------------------------------------- calibration script
 def _calibration_script():
-    import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "training" / "calibrate_decode_sigma.py"
-    spec = importlib.util.spec_from_file_location("calibrate_decode_sigma", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(path, "calibrate_decode_sigma")
     return module
 
 

@@ -1,6 +1,5 @@
 """The pre-editing ceiling benchmark's optimiser and the SSIMULACRA2 training loss it shares with finetune_rp."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,14 +7,13 @@ import torch
 
 from rp_diffusers.losses import RatePerceptionLoss, perceptual_distance
 from rp_diffusers.surrogates import get_surrogate
+from rp_diffusers.utils.testing import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("preedit_ceiling", REPO / "benchmarks" / "preedit_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(REPO / "benchmarks" / "preedit_ceiling.py", "preedit_ceiling")
     return module
 
 

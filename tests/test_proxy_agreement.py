@@ -2,7 +2,6 @@
 and by the real codec. With DiffJPEG (bit-exact with libjpeg, sizes within 0.25 %) the two measurements must agree:
 that checks the plumbing (bits per pixel on the original's pixels, the same qualities, the same metrics)."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,14 +10,13 @@ import pytest
 import torch
 
 from rp_diffusers.evaluation import EXAMPLES_DIR
+from rp_diffusers.utils.testing import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location("proxy_agreement", REPO / "benchmarks" / "proxy_agreement.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(REPO / "benchmarks" / "proxy_agreement.py", "proxy_agreement")
     return module
 
 

@@ -1,7 +1,6 @@
 """The Space: model choice, uploads within limits, the codec-alone / rp + codec comparison, and the running app
 through gradio_client (files, table, bad inputs, 10 concurrent requests). Tiny random model, small crops."""
 
-import importlib.util
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from rp_diffusers.evaluation.compare import compare
 from rp_diffusers.evaluation.sweep import EXAMPLES_DIR
 from rp_diffusers.pipelines.testing import RANDOM_MARKER, build_tiny_random_model
 from rp_diffusers.utils import ImageLoadError
+from rp_diffusers.utils.testing import load_script
 
 SPACE_DIR = Path(__file__).resolve().parents[1] / "space"
 sys.path.insert(0, str(SPACE_DIR))  # the Space's own module, beside app.py (not part of the package)
@@ -59,9 +59,7 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
 
 def load_app():
     """Import space/app.py (not a package: the Space runs it as a script)."""
-    spec = importlib.util.spec_from_file_location("rp_space_app", SPACE_DIR / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SPACE_DIR / "app.py", "rp_space_app")
     return module
 
 

@@ -24,6 +24,7 @@ from rp_diffusers.surrogates.proxy import (
     rate_correction,
 )
 from rp_diffusers.utils.image import load_image
+from rp_diffusers.utils.testing import load_script
 
 SHIPPED = ("heic", "hevc", "vvc", "webp", "avif")
 REPO = Path(__file__).resolve().parents[1]
@@ -133,9 +134,7 @@ def test_proxy_fidelity_on_real_crops(name, proxies, val_dir):
 
 
 def test_train_surrogate_two_steps_writes_loadable_weights(tmp_path, train_dir, val_dir):
-    spec = importlib.util.spec_from_file_location("train_surrogate", REPO / "training" / "train_surrogate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script(REPO / "training" / "train_surrogate.py", "train_surrogate")
     for folder, source, count in (("train", train_dir, 3), ("val", val_dir, 1)):
         (tmp_path / folder).mkdir()
         for index, path in enumerate(sorted(source.iterdir())[:count]):
@@ -290,9 +289,7 @@ def test_training_benchmark_times_each_surrogate_forward_and_backward():
     """``benchmarks/training.py`` times a surrogate's forward + backward (the issue's speed target is a fraction of
     the stage-2 step measured beside it); here only that the timer runs each kind and returns a positive median."""
     repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("training_bench", repo / "benchmarks" / "training.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script(repo / "benchmarks" / "training.py", "training_bench")
     image = torch.rand(1, 3, 32, 32)
     for name in ("jpeg", "webp"):
         for autocast in (False, True):

@@ -1,6 +1,5 @@
 """Training: both Accelerate scripts on tiny components (outputs, exact resume, bad images) and their library code."""
 
-import importlib.util
 import json
 import logging
 import math
@@ -31,15 +30,14 @@ from rp_diffusers.training_utils import (
     save_trainable_weights,
     step_generator,
 )
+from rp_diffusers.utils.testing import load_script
 
 TRAINING = Path(__file__).resolve().parents[1] / "training"
 RESOLUTION = 32
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"rp_training_{name}", TRAINING / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(TRAINING / f"{name}.py", f"rp_training_{name}")
     return module
 
 

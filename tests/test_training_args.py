@@ -1,13 +1,13 @@
 """Training flags: the shared groups of ``add_training_args`` and the parsed defaults of the training scripts."""
 
 import argparse
-import importlib.util
 from pathlib import Path
 from unittest import mock
 
 import pytest
 
 from rp_diffusers.training_utils import TRAINING_ARG_GROUPS, TRAINING_ARGS, add_training_args
+from rp_diffusers.utils.testing import load_script
 
 TRAINING = Path(__file__).resolve().parents[1] / "training"
 
@@ -39,9 +39,7 @@ SCRIPT_GROUPS = {
 
 def _parse_through_helper(name: str) -> tuple[argparse.Namespace, argparse.ArgumentParser, list[tuple], list[str]]:
     """Import ``training/<name>.py``, parse its minimal command line and record every ``add_training_args`` call."""
-    spec = importlib.util.spec_from_file_location(f"rp_training_args_{name}", TRAINING / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(TRAINING / f"{name}.py", f"rp_training_args_{name}")
     calls, added, parsers = [], [], []
 
     def recording(parser, *groups, **kwargs):

@@ -8,6 +8,21 @@ from pathlib import Path
 import torch
 
 
+def load_script(path: str | os.PathLike, name: str | None = None):
+    """Import a script that is not in a package (``training/*.py``, ``benchmarks/*.py``, ``space/app.py``) as a module.
+
+    Example:
+        >>> bench = load_script("benchmarks/training.py")  # doctest: +SKIP
+    """
+    import importlib.util
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(name or f"rp_script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_clip_tokenizer():
     """A CLIPTokenizer built from an in-memory vocabulary (transformers 5: merges as tuples)."""
     from transformers import CLIPTokenizer
