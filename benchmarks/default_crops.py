@@ -1,7 +1,8 @@
 """Side-by-side crops: original, codec alone, and what ``--model default`` runs before the codec, at about the same bpp.
 
 For each codec the pre-processing is the one the shipped model's policy picks (``pipe.adapter_for(codec)``: a
-validated adapter, else the base model if it won in validation, else nothing); ``--config NAME`` shows another
+validated adapter, else the base model if it won in validation, else nothing; then the codec step, such as the JPEG
+dead zone, where the model validated one); ``--config NAME`` shows another
 one (an adapter name, or ``base``) and the figure says it is not the default. The rp + codec file is encoded at
 ``--quality``; the codec alone gets the lowest quality whose file is at least as large, so the codec alone never
 has fewer bits than rp + codec. Under each crop: bpp and the whole-image metrics against the original.
@@ -52,21 +53,22 @@ def main(argv=None) -> int:
     pipe = load_preprocessor(args.model, "cpu")
     pipe.set_progress_bar_config(disable=True)
     choice = pipe.adapter_for(args.codec)
+    step = choice.codec_step
     if args.config is None:
         preprocess, adapter = choice.preprocess, choice.adapter
         what = f"default: {choice.reason}"
-        short = f"the default for {args.codec}: " + (
-            (choice.adapter or "the base model") if choice.preprocess else "no pre-processing"
-        )
+        parts = [choice.adapter or "the base model"] if choice.preprocess else []
+        parts += [step.description] if step is not None else []
+        short = f"the default for {args.codec}: " + (" + ".join(parts) or "no pre-processing")
     else:
         preprocess, adapter = True, None if args.config == "base" else args.config
         default = "base" if choice.preprocess and choice.adapter is None else (choice.adapter or "codec alone")
         what = f"{args.config}, NOT the default (the default for {args.codec} is {default})"
-        short = what
+        short, step = what, None
     original = load_image(args.image)
     pre = pipe(original, adapter_name=adapter or []).images[0] if preprocess else original
     # the codec alone at the lowest quality whose file is at least as large: it never has fewer bits than rp
-    alone, rp = encode_pair(args.codec, original, pre, quality=args.quality, match="bpp_or_more")
+    alone, rp = encode_pair(args.codec, original, pre, quality=args.quality, match="bpp_or_more", codec_step=step)
     scores = measure_pair(original, (alone, rp), usable_metrics(list(METRICS)))
     rows = {
         "original": {"bpp": 24.0},

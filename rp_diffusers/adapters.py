@@ -23,8 +23,9 @@ import re
 import threading
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
@@ -361,13 +362,31 @@ class AdapterChoice:
 
     Attributes:
         adapter: the adapter to run, or ``None`` (the base model when ``preprocess``, else nothing).
-        preprocess: ``False``: run the codec alone, no pre-processing (no adapter wins for this codec).
+        preprocess: whether the network runs; ``False``: no network (no adapter, nor the base model, wins for this
+            codec).
         reason: one line for the user, e.g. ``"webp alone (no adapter of this model beats webp alone ...)"``.
+        codec_step: a quality-aware step the model validated for this codec, run on the pixels just before the
+            unmodified encoder at the quality it encodes at (``rp_diffusers.codecs.prequantize``, e.g. the JPEG
+            dead zone), or ``None``. It runs after the network, or on the original when ``preprocess`` is False.
     """
 
     adapter: str | None
     preprocess: bool
     reason: str
+    codec_step: Any = None
+
+    @property
+    def codec_alone(self) -> bool:
+        """True when nothing runs before the codec: no network and no codec step."""
+        return not self.preprocess and self.codec_step is None
+
+    @property
+    def label(self) -> str:
+        """A short name of what runs, for curve names: ``"base"``, an adapter, ``"deadzone"``, ``"base+deadzone"``."""
+        parts = [self.adapter or "base"] if self.preprocess else []
+        if self.codec_step is not None:
+            parts.append(self.codec_step.name.rsplit("_", 1)[-1])
+        return "+".join(parts)
 
 
 def choose_adapter(pipe, codec: str, asked: str | os.PathLike | None = None) -> AdapterChoice:
@@ -386,6 +405,10 @@ def choose_adapter(pipe, codec: str, asked: str | os.PathLike | None = None) -> 
     """
     if asked is None or asked == "":
         return pipe.adapter_for(codec)
+    return pipe.with_codec_step(_asked_adapter(pipe, asked), codec)
+
+
+def _asked_adapter(pipe, asked: str | os.PathLike) -> AdapterChoice:
     if Path(asked).is_dir():
         name = (read_adapter_info(asked) or {}).get("adapter_name")
         if name in pipe.available_adapters():  # the folder's weights replace the model's copy of that adapter
@@ -598,10 +621,49 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         - Without validation records (a model you trained and did not validate): the first adapter trained for
           ``codec`` by name; none: the base model with adapters off.
 
+        - Then the codec step: a quality-aware step run just before the encoder, when the model's
+          ``codec_steps`` config holds one for ``codec`` whose validation record wins (see :meth:`codec_step_for`).
+
         Returns:
-            :class:`AdapterChoice` with ``adapter`` (a name, or ``None`` for the base model), ``preprocess`` and a
-            one-line ``reason`` for the user.
+            :class:`AdapterChoice` with ``adapter`` (a name, or ``None`` for the base model), ``preprocess``, a
+            one-line ``reason`` for the user and ``codec_step``.
         """
+        return self.with_codec_step(self._network_for(codec), codec)
+
+    def codec_step_for(self, codec: str) -> tuple[Any, str]:
+        """The codec step this model runs before ``codec``'s encoder, and why: ``(step or None, reason)``.
+
+        The model's config (``model_index.json``) may hold ``codec_steps: {codec: {"step": NAME, ...settings,
+        "validation": {...}}}``. A step with a validation record runs only if the record says it wins (held-out
+        BD-rates against the codec alone, like an adapter's); one without a record runs, and the reason says it
+        was not validated.
+        """
+        from .codecs.prequantize import codec_step_from_config
+
+        config = getattr(self, "config", None)
+        record = ((config.get("codec_steps") if config is not None else None) or {}).get(codec)
+        if not record:
+            return None, ""
+        step = codec_step_from_config(record)
+        validation = record.get("validation")
+        if validation is None:
+            return step, f"{step.description} (not validated)"
+        if not validation.get("wins"):
+            return None, f"{step.description} did not win ({_validation_summary(record)})"
+        return step, f"{step.description} ({_validation_summary(record)})"
+
+    def with_codec_step(self, choice: AdapterChoice, codec: str) -> AdapterChoice:
+        """``choice`` with the codec step of :meth:`codec_step_for` and a reason that names both parts."""
+        step, why = self.codec_step_for(codec)
+        if step is None:
+            return choice
+        if choice.preprocess:
+            return replace(choice, codec_step=step, reason=f"{choice.reason}; then {why}")
+        network = choice.reason.split(": ", 1)[-1]  # "jpeg alone: <why no network>" -> "<why no network>"
+        return replace(choice, codec_step=step, reason=f"{why}; no network: {network}")
+
+    def _network_for(self, codec: str) -> AdapterChoice:
+        """The network part of :meth:`adapter_for`: which adapter, the base model, or none."""
         adapters = self.available_adapters()
         for name, record in adapters.items():
             record["validation"] = self.adapter_info(name).get("validation")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # space_support.py sit
 from space_support import (  # noqa: E402
     MAX_PIXELS,
     NO_ADAPTER,
+    NO_NETWORK,
     NO_PREPROCESS,
     SPACE_MODEL_ID,
     RequestFolders,
@@ -155,7 +156,7 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
         )
         choice = model.pipe.adapter_for(codec)
         if not choice.preprocess:
-            gr.Info(f"{choice.reason}; choose an adapter to pre-process anyway")
+            gr.Info(f"{choice.reason}; choose an adapter to run the network anyway")
         return quality, gr.Dropdown(value=adapter_choice_value(model.pipe, codec))
 
     @_user_errors
@@ -176,10 +177,11 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
             quality=None if quality is None else (int(quality) if float(quality).is_integer() else quality),
             target_bpp=target_bpp,
             match=match,
-            adapter_name=None if adapter in (None, "", NO_ADAPTER, NO_PREPROCESS) else adapter,
+            adapter_name=None if adapter in (None, "", NO_ADAPTER, NO_PREPROCESS, NO_NETWORK) else adapter,
             adapter_weight=1.0 if strength is None else float(strength),
-            pre_process=adapter != NO_PREPROCESS,
+            pre_process=adapter not in (NO_PREPROCESS, NO_NETWORK),
             metrics=tuple(metrics),
+            codec_step=None if adapter == NO_PREPROCESS else model.pipe.codec_step_for(codec)[0],
         )
         rows = []
         for variant, coded in result.results().items():
@@ -233,6 +235,7 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
                 adapter = gr.Dropdown(
                     [
                         ("codec alone (no pre-processing)", NO_PREPROCESS),
+                        ("no network (the codec step only, e.g. the JPEG dead zone)", NO_NETWORK),
                         ("none (base one-step model)", NO_ADAPTER),
                         *((n, n) for n in sorted(adapters)),
                     ],

@@ -156,17 +156,21 @@ def open_upload(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) ->
 
 NO_ADAPTER = "none"  # the adapter menu's entry for the base one-step model
 NO_PREPROCESS = "codec-alone"  # ... and for no pre-processing at all
+NO_NETWORK = "codec-step"  # ... and for the model's codec step alone (e.g. the JPEG dead zone), no network
 
 
 def adapter_choice_value(pipe, codec: str) -> str:
     """The adapter menu's value for ``codec``: the pipeline's policy (:meth:`adapter_for`) as a menu entry.
 
-    An adapter name, :data:`NO_ADAPTER` (the base model) or :data:`NO_PREPROCESS` (the codec alone: no adapter of
-    the model wins on this codec in validation).
+    An adapter name, :data:`NO_ADAPTER` (the base model), :data:`NO_NETWORK` (no network, the model's validated
+    codec step only) or :data:`NO_PREPROCESS` (the codec alone: nothing of the model wins on this codec in
+    validation). A codec step runs with every entry but the last.
     """
     choice = pipe.adapter_for(codec)
-    if not choice.preprocess:
+    if choice.codec_alone:
         return NO_PREPROCESS
+    if not choice.preprocess:
+        return NO_NETWORK
     return choice.adapter or NO_ADAPTER
 
 

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         pipe.enable_tiling(tile_size=args.tile_size, overlap=min(128, args.tile_size // 4))
     choice = choose_adapter(pipe, codec.name, args.adapter)  # --adapter, else a validated adapter or codec alone
     print(f"{codec.name}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
-    if not choice.preprocess:
+    if choice.codec_alone:
         print(f"writing the {codec.name} files only")
     else:
         check_outputs(planned(("", ".rp")), paths, args.overwrite)
@@ -111,7 +111,17 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         original = load_image(path)
         pre = pipe(original, adapter_name=choice.adapter or []).images[0] if choice.preprocess else None
-        pair = encode_pair(codec, original, pre, quality=args.quality, target_bpp=args.target_bpp, match=match)
+        if pre is None and choice.codec_step is not None:
+            pre = original  # no network: the codec step alone runs before the encoder
+        pair = encode_pair(
+            codec,
+            original,
+            pre,
+            quality=args.quality,
+            target_bpp=args.target_bpp,
+            match=match,
+            codec_step=choice.codec_step,
+        )
         scores = measure_pair(original, pair, metric_names)
         for (variant, values), result, suffix in zip(scores.items(), pair, ("", ".rp")):
             target = write_atomic(out / f"{path.stem}{suffix}{codec.extension}", result.data, args.overwrite)
@@ -127,9 +137,10 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "adapter": choice.adapter,
             "preprocess": choice.preprocess,
+            "codec_step": choice.codec_step.config() if choice.codec_step is not None else None,
             "choice": choice.reason,
         }
-        description = f"rp-diffusers compress: {codec.name} alone" + (" vs rp + codec" if choice.preprocess else "")
+        description = f"rp-diffusers compress: {codec.name} alone" + ("" if choice.codec_alone else " vs rp + codec")
         report = comparison_report(rows, name=codec.name, description=description, meta=meta)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, report, args.overwrite)  # null: lossless PSNR

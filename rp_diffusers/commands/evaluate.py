@@ -183,23 +183,24 @@ def run(args: argparse.Namespace) -> int:
     enhancer = _load_enhancer(args, device) if args.enhance else None
 
     # 1. Plan every curve, and so every file this run writes, before measuring anything
-    runs = []  # (curve name, codec, preprocess function, enhance function)
+    runs = []  # (curve name, codec, preprocess function, enhance function, codec step)
     for codec in codecs:
-        plain = [(codec, None)]
+        plain = [(codec, None, None)]
         if pipe is not None:
             from ..adapters import choose_adapter
 
             choice = choose_adapter(pipe, codec, args.adapter)
             if state is None or state.is_main_process:
                 print(f"{codec}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
-            if choice.preprocess:
+            if not choice.codec_alone:
                 adapter = choice.adapter
-                label = f"[{adapter}]" if adapter else ("[base]" if pipe.available_adapters() else "")
-                plain.append((f"rp+{codec}{label}", partial(_preprocess_fn, pipe, adapter, groups, run_images)))
-        for name, preprocess in plain:
-            runs.append((name, codec, preprocess, None))
+                label = choice.label if (pipe.available_adapters() or choice.codec_step is not None) else ""
+                network = partial(_preprocess_fn, pipe, adapter, groups, run_images) if choice.preprocess else None
+                plain.append((f"rp+{codec}" + (f"[{label}]" if label else ""), network, choice.codec_step))
+        for name, preprocess, step in plain:
+            runs.append((name, codec, preprocess, None, step))
             if enhancer is not None:
-                runs.append((f"{name}+{args.enhance}", codec, preprocess, partial(enhancer, codec=codec)))
+                runs.append((f"{name}+{args.enhance}", codec, preprocess, partial(enhancer, codec=codec), step))
     names = [name for name, *_ in runs]
     if len(names) > 1 and args.anchor and args.anchor not in names:
         raise ValueError(f"--anchor {args.anchor!r} is not one of the curves: {', '.join(names)}")
@@ -214,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
     # 2. Measure, image by image into the journal (target/.partial) that --resume continues from
     journal = None if args.fid else Journal(target, settings, resume=args.resume, overwrite=args.overwrite)
     curves = []
-    for name, codec, preprocess_for, enhance in runs:
+    for name, codec, preprocess_for, enhance, step in runs:
         kwargs = dict(name=name, metrics=metrics, enhance=enhance, workers=args.workers, progress=not args.no_progress)
+        kwargs["codec_step"] = step
         if journal is None:  # --fid: the set metrics need every decode at once
             preprocess = preprocess_for(range(len(run_images))) if preprocess_for else None
             result = evaluate(

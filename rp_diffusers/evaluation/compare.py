@@ -41,7 +41,8 @@ class Comparison:
 
     Attributes:
         original: the input (RGB).
-        preprocessed: the pipeline's output (same size), before the codec.
+        preprocessed: what the codec of rp + codec encoded (same size): the pipeline's output, after the codec
+            step at rp + codec's quality where there is one.
         codec_alone: the codec's result on the original.
         rp: the codec's result on the pre-processed image.
         metrics: ``{"codec alone": {...}, "rp + codec": {...}}``, each results key (CompressAI's: ``psnr-rgb``,
@@ -95,6 +96,7 @@ def encode_pair(
     quality: int | None = None,
     target_bpp: float | None = None,
     match: str = "bpp",
+    codec_step=None,
 ) -> tuple[CodecResult, CodecResult | None]:
     """Encode the original (codec alone) and the pre-processed image (rp + codec) with the real codec, at a rate
     matched as asked: the one place the rates of the two variants are chosen.
@@ -110,6 +112,8 @@ def encode_pair(
             ``"bpp_or_more"``: the same, but the codec alone at the lowest quality whose file is at least as large
             (it never has fewer bits than rp + codec); ``"quality"``: both at ``quality``; ``"target_bpp"``: each
             at its highest quality within ``target_bpp``.
+        codec_step: a quality-aware step (``rp_diffusers.codecs.prequantize``) run on ``pre`` just before the
+            encoder, at the quality rp + codec is encoded at; the codec alone never gets it.
 
     Returns:
         ``(codec_alone, rp)``: the two ``CodecResult`` (``rp`` is ``None`` when ``pre`` is).
@@ -125,14 +129,17 @@ def encode_pair(
         >>> rp.quality == 50 and alone.bpp <= rp.bpp
         True
     """
+    from ..codecs.prequantize import with_codec_step
+
     coder = get_codec(coder) if isinstance(coder, str) else coder
     quality = _check_match(coder, match, quality, target_bpp)
     if pre is None and match in ("bpp", "bpp_or_more"):
         raise ValueError(f"match={match!r} matches the rate of rp + codec: give the pre-processed image")
+    rp_coder = with_codec_step(coder, codec_step)
     if match == "target_bpp":
-        rp = coder.find_quality(pre, float(target_bpp)) if pre is not None else None
+        rp = rp_coder.find_quality(pre, float(target_bpp)) if pre is not None else None
         return coder.find_quality(image, float(target_bpp)), rp
-    rp = coder.run(pre, quality) if pre is not None else None
+    rp = rp_coder.run(pre, quality) if pre is not None else None
     if match == "quality":
         return coder.run(image, quality), rp
     alone = coder.find_quality(image, rp.bpp)
@@ -180,6 +187,7 @@ def compare(
     adapter_weight: float = 1.0,
     metrics: tuple[str, ...] = ("psnr", "ms_ssim"),
     pre_process: bool = True,
+    codec_step=None,
 ) -> Comparison:
     """Encode the image with the codec alone and after rate-perception pre-processing, at a matched rate.
 
@@ -197,6 +205,8 @@ def compare(
             :attr:`Comparison.metrics` holds them under CompressAI's results keys (``psnr`` -> ``psnr-rgb``).
         pre_process: ``False``: no pre-processing ("rp + codec" is then the codec alone on the original, as
             ``--model default`` does for a codec none of whose adapters wins).
+        codec_step: a quality-aware step run before the encoder of rp + codec only (``AdapterChoice.codec_step``);
+            :attr:`Comparison.preprocessed` is then what that encoder got.
 
     Returns:
         :class:`Comparison`.
@@ -211,8 +221,12 @@ def compare(
     pre = preprocess(pipe, image, adapter_name, adapter_weight) if pre_process else image.copy()
     seconds["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
-    alone, rp = encode_pair(coder, image, pre, quality=quality, target_bpp=target_bpp, match=match)
+    alone, rp = encode_pair(
+        coder, image, pre, quality=quality, target_bpp=target_bpp, match=match, codec_step=codec_step
+    )
     seconds["codec"] = time.perf_counter() - start
+    if codec_step is not None:
+        pre = codec_step(pre, rp.quality)  # what the encoder of rp + codec got
     start = time.perf_counter()
     scores = measure_pair(image, (alone, rp), metrics)
     seconds["metrics"] = time.perf_counter() - start

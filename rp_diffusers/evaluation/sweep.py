@@ -145,19 +145,20 @@ def _init_worker(codec_name: str, codec_settings: dict, threads: int, parent_pid
     _WORKER_STATE["codec"] = (codec_name, codec_settings)
 
 
-def _codec(codec_name: str, codec_settings: dict):
+def _codec(codec_name: str, codec_settings: dict, codec_step=None):
     from ..codecs import get_codec
+    from ..codecs.prequantize import with_codec_step
 
-    key = ("codec_obj", codec_name, tuple(sorted(codec_settings.items())))
+    key = ("codec_obj", codec_name, tuple(sorted(codec_settings.items())), codec_step)
     if key not in _WORKER_STATE:
-        _WORKER_STATE[key] = get_codec(codec_name, **codec_settings)
+        _WORKER_STATE[key] = with_codec_step(get_codec(codec_name, **codec_settings), codec_step)
     return _WORKER_STATE[key]
 
 
 def _run_one(job: tuple) -> tuple[dict, np.ndarray | None]:
     """Worker task: encode/decode one (image, quality); measure unless the caller enhances first."""
-    index, name, original, coded_input, quality, codec_name, codec_settings, metrics, keep = job
-    result = _codec(codec_name, codec_settings).run(coded_input, quality=quality)
+    index, name, original, coded_input, quality, codec_name, codec_settings, codec_step, metrics, keep = job
+    result = _codec(codec_name, codec_settings, codec_step).run(coded_input, quality=quality)
     record = {
         "image": name,
         "quality": quality,
@@ -178,6 +179,7 @@ def evaluate(
     metrics: Sequence[str] | None = None,
     codec_settings: dict | None = None,
     preprocess: Callable[[list[Image.Image]], list[Image.Image]] | None = None,
+    codec_step=None,
     enhance: Callable[[list[Image.Image], float], list[Image.Image]] | None = None,
     name: str | None = None,
     set_metrics: Sequence[str] = (),
@@ -198,6 +200,9 @@ def evaluate(
             warning.
         preprocess: maps the original images to what is encoded (e.g. an ``RPPreprocessPipeline``); run once per
             image, before the sweep. bpp is always counted on the original image's pixels.
+        codec_step: a quality-aware step run on what is encoded, at each quality, just before the unmodified
+            encoder (``rp_diffusers.codecs.prequantize``, e.g. ``JPEGDeadzone``); its time counts in
+            ``encoding_time``. ``None``: the codec as it is.
         enhance: ``enhance(decoded_images, quality) -> images`` applied after decoding (perceptual decoding).
         set_metrics: metrics over the whole set per quality: ``"fid"``, ``"kid"`` (patch-based).
         workers: processes for the codec and metric work (default ``min(4, cpu_count)``; 0 or 1 runs in-process).
@@ -214,9 +219,10 @@ def evaluate(
         >>> result.save("jpeg.json")  # doctest: +SKIP
     """
     from ..codecs import get_codec
+    from ..codecs.prequantize import with_codec_step
 
     codec_settings = dict(codec_settings or {})
-    codec_obj = get_codec(codec, **codec_settings)
+    codec_obj = with_codec_step(get_codec(codec, **codec_settings), codec_step)  # a step for another codec: error
     qualities = parse_qualities(qualities) if qualities is not None else list(codec_obj.sweep_qualities)
     lo, hi = codec_obj.quality_range
     if any(q < lo or q > hi for q in qualities):
@@ -258,7 +264,7 @@ def evaluate(
     keep = enhance is not None or bool(set_metrics)
     per_image_metrics = tuple(metrics) if enhance is None else ()
     jobs = [
-        (i, names[i], originals[i], coded_inputs[i], q, codec, codec_settings, per_image_metrics, keep)
+        (i, names[i], originals[i], coded_inputs[i], q, codec, codec_settings, codec_step, per_image_metrics, keep)
         for i in range(len(originals))
         for q in qualities
     ]
@@ -308,6 +314,7 @@ def evaluate(
         meta={
             "codec": codec,
             "codec_settings": {**codec_settings},
+            "codec_step": codec_step.config() if codec_step is not None else None,
             "qualities": qualities,
             "metrics": list(metrics),
             "num_images": len(originals),

@@ -118,6 +118,21 @@ def _check_adapter_weights(adapter_name, adapter_weights) -> list[float] | float
     return float(adapter_weights)
 
 
+def _check_codec_steps(codec_steps) -> dict | None:
+    """``codec_steps`` of the config, checked: every entry builds its step for its codec (else ``ValueError``)."""
+    from ..codecs.prequantize import codec_step_from_config
+
+    if not codec_steps:
+        return None
+    if not isinstance(codec_steps, dict):
+        raise ValueError(f"codec_steps must map codec names to step settings, got {codec_steps!r}")
+    for codec, record in codec_steps.items():
+        step = codec_step_from_config(record)
+        if step.codec != codec:
+            raise ValueError(f"codec_steps[{codec!r}] is the step {step.name!r}, made for {step.codec}")
+    return {codec: dict(record) for codec, record in codec_steps.items()}
+
+
 @dataclass
 class RPPreprocessPipelineOutput(BaseOutput):
     """Output of :class:`RPPreprocessPipeline`.
@@ -152,6 +167,10 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
             its ``adapters/<name>/rp_adapter.json`` (:meth:`available_adapters`), and saving writes no such list.
         add_noise (`bool`, defaults to False): noise the input latents to t* before the UNet call (draws from
             ``generator``); the default feeds clean latents (deterministic, as img2img-turbo).
+        codec_steps (`dict`, *optional*): per codec, a quality-aware step run on the pixels just before the
+            unmodified encoder, with its validation record: ``{"jpeg": {"step": "jpeg_deadzone", "threshold":
+            0.75, ..., "validation": {...}}}`` (``rp_diffusers.codecs.prequantize``; :meth:`set_codec_step` writes
+            one, :meth:`adapter_for` picks it where it won).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -170,8 +189,10 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
         vae_scale_factor: int | None = None,
         adapters: dict | None = None,
         add_noise: bool = False,
+        codec_steps: dict | None = None,
     ):
         super().__init__()
+        codec_steps = _check_codec_steps(codec_steps)
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
         num_train_timesteps = len(scheduler.alphas_cumprod)
         if not 0 <= int(timestep) < num_train_timesteps:
@@ -184,6 +205,7 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
             residual=bool(residual),
             vae_scale_factor=int(vae_scale_factor),
             add_noise=bool(add_noise),
+            codec_steps=codec_steps,
         )
         if adapters:  # deprecated: an older model_index.json's copy of the adapters' records, never read
             logger.warning(
@@ -193,6 +215,20 @@ class RPPreprocessPipeline(DiffusionPipeline, RPLoraLoaderMixin):
         self._prompt_embeds: torch.Tensor | None = None
         self._adapter_weights: dict[str, float] = {}
         self.enable_tiling()
+
+    # ----------------------------------------------------------------------------------------------- codec steps
+    def set_codec_step(self, codec: str, step, validation: dict | None = None) -> None:
+        """Store ``step`` (e.g. ``JPEGDeadzone(0.75)``; ``None`` removes it) for ``codec`` in the config, with its
+        ``validation`` record (the format of an adapter's: ``bd_rate``, ``headline``, ``wins``, ``images``), so that
+        :meth:`save_pretrained` writes it and :meth:`adapter_for` follows it."""
+        steps = dict(self.config.get("codec_steps") or {})
+        if step is None:
+            steps.pop(codec, None)
+        else:
+            if step.codec != codec:
+                raise ValueError(f"the step {step.name!r} is made for {step.codec}, not {codec}")
+            steps[codec] = {**step.config(), **({"validation": validation} if validation is not None else {})}
+        self.register_to_config(codec_steps=_check_codec_steps(steps))
 
     # ----------------------------------------------------------------------------------------- prompt embedding
     @property
