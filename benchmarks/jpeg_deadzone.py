@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rp_diffusers.codecs.prequantize import JPEGDeadzone
 from rp_diffusers.evaluation import (
+    MIN_OVERLAP,
     bd_overlap,
     bd_table,
     evaluate,
@@ -51,12 +52,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def select_threshold(table: dict[str, dict[str, float]], steps: dict[str, JPEGDeadzone]) -> dict:
-    """The threshold that wins in every headline metric with the best mean of them; ``None`` where none wins."""
+def select_threshold(table: dict, overlaps: dict, steps: dict[str, JPEGDeadzone]) -> dict:
+    """The threshold that wins in every headline metric (over curves that overlap, as an adapter's validation asks)
+    with the best mean of them; ``None`` where none wins."""
     winners = {
         name: sum(table[name][m] for m in HEADLINE) / len(HEADLINE)
         for name in steps
-        if all(table[name].get(m, float("nan")) < 0 for m in HEADLINE)
+        if all(table[name].get(m, float("nan")) < 0 and overlaps[name].get(m, 0.0) >= MIN_OVERLAP for m in HEADLINE)
     }
     if not winners:
         return {"curve": None, "step": None, "wins": False, "bd_rate": None}
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
         "curves": curves,
     }
     if args.select:
-        report["selection"] = select_threshold(table, steps)
+        report["selection"] = select_threshold(table, overlaps, steps)
         print(f"selected: {json.dumps(report['selection'])}")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,8 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         "LAMBDAS": "1 2",
         "VALIDATE": "1",
         "VAL_QUALITIES": "jpeg=20,40,60,80 webp=20,40,60,80",
+        "DEADZONE_THRESHOLDS": "0.7,0.75",
+        "DEADZONE_QUALITIES": "20,40,60,80",
     }
     subprocess.run(["bash", "training/compact_recipe.sh"], cwd=REPO, env=env, check=True, capture_output=True)
     assert "adapters" not in json.loads((dest / "model_index.json").read_text())  # rp_adapter.json: the record
@@ -121,6 +123,11 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         assert verdict["wins"] == all(  # all three, over overlapping curves
             verdict["bd_rate"][m] < 0 and verdict["overlap"][m] >= 0.75 for m in verdict["headline"]
         )
+    step = model.config.codec_steps["jpeg"]  # the dead zone, chosen on VAL, with its verdict
+    assert step["step"] == "jpeg_deadzone" and step["threshold"] in (0.7, 0.75)
+    assert step["validation"]["images"] == "val (2 photographs)" and step["validation"]["qualities"] == [20, 40, 60, 80]
+    assert (model.adapter_for("jpeg").codec_step is not None) == step["validation"]["wins"]
+    assert "webp" not in model.config.codec_steps
     for codec in ("jpeg", "webp"):
         choice = model.adapter_for(codec)
         names = [n for n in model.available_adapters() if n.startswith(f"rp_{codec}_")]

@@ -13,7 +13,8 @@
 #          (DiffJPEG for jpeg, the fitted learned proxy for webp), quality term 1 - MS-SSIM + MSE (LPIPS/DISTS
 #          weights are not available offline), rate weighted by the codec's own R-D slope (--rate_weighting
 #          codec_slope: lambda = 1 is the codec's trade-off, 2 favours fewer bits).
-# Then the adapters are gathered into the one pipeline folder (the pipeline records which adapters exist).
+# Then the adapters are gathered into the one pipeline folder (the pipeline records which adapters exist), validated
+# on VAL, and the JPEG dead zone (rp_diffusers.codecs.prequantize, a step before the encoder) gets its threshold there.
 # Every knob below can be overridden from the environment; tests/test_compact_model.py runs a tiny version.
 set -euo pipefail
 
@@ -39,6 +40,9 @@ LAMBDAS=${LAMBDAS:-"1 2"}
 CODECS=${CODECS:-"jpeg webp"}
 VALIDATE=${VALIDATE:-1}
 VAL_QUALITIES=${VAL_QUALITIES:-}  # e.g. "jpeg=10,30,50,70 webp=10,30,50,70" (default: validate_adapters' sweeps)
+# the JPEG dead zone (a codec step, not trained): thresholds tried on VAL, and the qualities of that sweep
+DEADZONE_THRESHOLDS=${DEADZONE_THRESHOLDS:-0.65,0.7,0.75,0.8}
+DEADZONE_QUALITIES=${DEADZONE_QUALITIES:-15,25,40,60,80}
 
 mkdir -p "$WORK/train/train"
 # datasets' imagefolder reads ONE image of a folder whose name starts with "train-" (it is taken for a split
@@ -84,4 +88,12 @@ $PYTHON training/gather_adapters.py --base "$WORK/base" --adapters "${ADAPTER_DI
 if [ "$VALIDATE" = 1 ]; then
   # shellcheck disable=SC2086  # VAL_QUALITIES is a list of codec=spec words
   $PYTHON training/validate_adapters.py --model "$DEST" --images "$VAL" ${VAL_QUALITIES:+--qualities $VAL_QUALITIES}
+fi
+
+# The codec step: the JPEG dead zone's threshold is chosen on the held-out photographs (nothing is trained) and
+# stored with its verdict in the model's config (codec_steps); adapter_for runs it only where it won.
+if [ "$VALIDATE" = 1 ] && [[ " $CODECS " == *" jpeg "* ]]; then
+  $PYTHON benchmarks/jpeg_deadzone.py --images "$VAL" --thresholds "$DEADZONE_THRESHOLDS" \
+    --qualities "$DEADZONE_QUALITIES" --select --output "$WORK/jpeg_deadzone_val.json"
+  $PYTHON training/set_codec_step.py --model "$DEST" --selection "$WORK/jpeg_deadzone_val.json"
 fi
