@@ -125,8 +125,9 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         )
     step = model.config.codec_steps["jpeg"]  # the dead zone, chosen on VAL, with its verdict
     assert step["step"] == "jpeg_deadzone" and step["threshold"] in (0.7, 0.75)
-    assert step["validation"]["images"] == "val (2 photographs)" and step["validation"]["qualities"] == [20, 40, 60, 80]
-    assert (model.adapter_for("jpeg").codec_step is not None) == step["validation"]["wins"]
+    validation = step["validation"]
+    assert validation["images"] == "val (2 photographs)" and validation["qualities"] == [20, 40, 60, 80]
+    assert (model.adapter_for("jpeg").codec_step is not None) == validation["wins"]
     assert "webp" not in model.config.codec_steps
     for codec in ("jpeg", "webp"):
         choice = model.adapter_for(codec)
