@@ -233,6 +233,9 @@ def main(argv=None) -> int:
     return 0
 
 
+DEADZONE_METRICS = ("psnr-rgb", "ms-ssim-rgb", "ssimulacra2", "butteraugli", "butteraugli-3norm", "vmaf", "vmaf-neg")
+
+
 def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path) -> Path:
     """Render the project's ``model_card.md`` for the compact model with the measured numbers."""
     from rp_diffusers.utils.hub import render_model_card
@@ -252,6 +255,40 @@ def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path
     adapters = [
         {"name": name, "codec": r["codec"], "lam": r["lambda"], "rank": r["rank"]} for name, r in records.items()
     ]
+    deadzone, steps = "", json.loads((folder / "model_index.json").read_text()).get("codec_steps") or {}
+    jpeg_step = steps.get("jpeg", {})
+    step_wins = bool((jpeg_step.get("validation") or {}).get("wins"))
+    kodak_step = plots_dir / "jpeg_deadzone_kodak.json"  # written by benchmarks/jpeg_deadzone.py
+    if step_wins and kodak_step.is_file():
+        measured = json.loads(kodak_step.read_text())
+        name = next(n for n in measured["bd_rate_percent"] if not n.startswith("base network"))
+        bd_rows[f"{name} (no network) + jpeg"] = {m: round(v, 2) for m, v in measured["bd_rate_percent"][name].items()}
+        rates, overlap = measured["bd_rate_percent"][name], measured["overlap"][name]
+        cells = " | ".join(
+            f"{rates[m]:+.2f}%" + ("*" if overlap[m] < 0.75 else "") for m in DEADZONE_METRICS if m in rates
+        )
+        deadzone = (
+            "\n\n**Before JPEG: the JPEG dead zone, no network** (`rp_diffusers.codecs.prequantize.JPEGDeadzone`, "
+            f"threshold {jpeg_step['threshold']:g}, chosen on val-set14 by `benchmarks/jpeg_deadzone.py`). At the quality "
+            "the file is written at, each luma AC coefficient that libjpeg would round up to +-1 from under "
+            f"{jpeg_step['threshold']:g} quantisation steps is moved below 0.5 steps on the pixels, so the unmodified "
+            "encoder codes it as zero (what mozjpeg's trellis or an HEVC encoder's RDOQ decide inside the encoder). "
+            "It is not a network: per-image pre-editing through DiffJPEG does exactly this (`benchmarks/"
+            "preedit_anatomy.py`), and a network that does not know the quality and the 8x8 grid does not learn it. "
+            f"Kodak (24 images, reported only; qualities {measured['qualities']}), BD-rate against JPEG alone, `*` = "
+            "curves overlapping under 75 %:\n\n"
+            f"| {' | '.join(DEADZONE_METRICS)} |\n| {' | '.join('---' for _ in DEADZONE_METRICS)} |\n| {cells} |\n\n"
+            f"It costs {measured['seconds']['step_per_image_first_image']:.2f} s per "
+            f"{measured['seconds']['first_image_size'][0]}x{measured['seconds']['first_image_size'][1]} image on "
+            "this CPU (NumPy), against a few milliseconds for the JPEG encode itself. The base network before it "
+            "does not help (val-set14 and Kodak: `benchmarks/results/jpeg_deadzone_*.json`)."
+        )
+        if (plots_dir / "default_crops_jpeg.png").is_file():
+            shutil.copy(plots_dir / "default_crops_jpeg.png", card_dir / "default_crops_jpeg.png")
+            deadzone += (
+                "\n\n![original, JPEG alone and JPEG after the dead zone at about the same bpp, Kodak kodim23]"
+                "(default_crops_jpeg.png)"
+            )
     crops = ""
     if (plots_dir / "default_crops_webp.png").is_file():  # written by benchmarks/default_crops.py
         shutil.copy(plots_dir / "default_crops_webp.png", card_dir / "default_crops_webp.png")
@@ -264,10 +301,15 @@ def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path
         "**What it does by default.** `pipe.adapter_for(codec)` (followed by `compress`, `evaluate --model "
         "default` and the Space) runs, per codec, only what won on held-out photographs (val-set14, never Kodak) "
         "in every perceptual metric it was not trained on (SSIMULACRA2, Butteraugli 3-norm, VMAF-NEG): today that "
-        "is **the base model before WebP**, and **nothing before JPEG, AVIF, HEIC, HEVC or VVC** (the codec runs "
-        "alone and the command says why). The adapters below all lost there; they load and run when asked for by "
-        "name (`--adapter`, `adapter_name=`).\n\n"
-        f"{validation_table(folder, BASE_TRAINED_ON)}{crops}\n\n"
+        "is **the base model before WebP**, "
+        + (
+            "**the JPEG dead zone (no network) before JPEG**, and **nothing before AVIF, HEIC, HEVC or VVC**"
+            if step_wins
+            else "and **nothing before JPEG, AVIF, HEIC, HEVC or VVC**"
+        )
+        + " (the codec runs alone and the command says why). The adapters below all lost there; they load and run "
+        "when asked for by name (`--adapter`, `adapter_name=`).\n\n"
+        f"{validation_table(folder, BASE_TRAINED_ON)}{crops}{deadzone}\n\n"
         "**rp-compact** is the small `RPPreprocessPipeline` that ships inside the `rp-diffusers` package "
         "(`rp_diffusers/assets/default_model`): the offline default of `rp-diffusers compress`, "
         "`evaluate --model default` and the Space. It was trained from scratch on a 2-core CPU with the project's "
@@ -308,11 +350,19 @@ def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path
         "`tests/test_compact_model.py` runs a shortened version of them."
     )
     limits = (
-        "- Before JPEG nothing of this model wins in SSIMULACRA2, Butteraugli and VMAF-NEG at once, so JPEG runs "
-        "alone by default. Per-image pre-editing through DiffJPEG (`benchmarks/preedit_ceiling.py`) loses 13-18% "
-        "in VMAF-NEG with SSIMULACRA2 or MSE objectives, and wins in all three with SSIMULACRA2 + 3 x (1 - VIF) "
-        "(val-set14); no adapter of this model was trained on that objective.\n"
-        "- The adapters were trained on (1 - MS-SSIM) + MSE. SSIMULACRA2, Butteraugli (max and 3-norm), VMAF and VMAF-NEG "
+        (
+            "- Before JPEG no network of this model wins in SSIMULACRA2, Butteraugli and VMAF-NEG at once: the JPEG "
+            "gain is the dead zone's alone, a step computed from the quality's quantisation table, not learned. It "
+            "assumes libjpeg's standard tables scaled by quality (Pillow, libjpeg-turbo); an encoder with its own "
+            "tables or its own trellis (mozjpeg, jpegli) gets a mismatched or redundant step. It loses in plain VMAF "
+            "(Kodak above).\n"
+            if step_wins
+            else "- Before JPEG nothing of this model wins in SSIMULACRA2, Butteraugli and VMAF-NEG at once, so JPEG "
+            "runs alone by default. Per-image pre-editing through DiffJPEG (`benchmarks/preedit_ceiling.py`) loses "
+            "13-18% in VMAF-NEG with SSIMULACRA2 or MSE objectives, and wins in all three with SSIMULACRA2 + 3 x "
+            "(1 - VIF) (val-set14); no adapter of this model was trained on that objective.\n"
+        )
+        + "- The adapters were trained on (1 - MS-SSIM) + MSE. SSIMULACRA2, Butteraugli (max and 3-norm), VMAF and VMAF-NEG "
         "are metrics it was NOT trained on: they are the independent judges, and where they show positive BD-rates "
         "the model costs bits. LPIPS/DISTS are reported only where their weights could be downloaded.\n"
         "- The model is tiny and trained for minutes: its gains over the codec alone are a few percent. The "
