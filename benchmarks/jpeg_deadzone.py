@@ -49,7 +49,51 @@ def parse_args(argv=None):
     parser.add_argument("--metrics", nargs="*", default=None, help="Metrics (default: every weight-free one).")
     parser.add_argument("--workers", type=int, default=2, help="Processes for the codec and metric work.")
     parser.add_argument("--output", default="benchmarks/results/jpeg_deadzone_val-set14.json", help="JSON written.")
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="Measure nothing: recompute the per-image BD-rates of the existing --output JSON and print them.",
+    )
     return parser.parse_args(argv)
+
+
+def per_image_bd(anchor: dict, curve: dict) -> dict[str, dict[str, float]]:
+    """Per image, the BD-rate of ``curve`` against ``anchor`` in every metric (both curves' per-image records)."""
+    keys = [k for k in anchor["results"] if k not in ("quality", "encoding_time", "decoding_time")]
+    table = {}
+    for image in sorted({r["image"] for r in anchor["per_image"]}):
+        one = [
+            {"results": {k: [r[k] for r in c["per_image"] if r["image"] == image] for k in keys + ["quality"]}}
+            for c in (anchor, curve)
+        ]
+        table[image] = bd_table(*one)
+    return table
+
+
+def summarize_images(per_image: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per metric: how many images the curve wins on (negative BD-rate), and the range."""
+    metrics = next(iter(per_image.values())).keys()
+    summary = {}
+    for m in metrics:
+        values = [row[m] for row in per_image.values() if row[m] == row[m]]
+        summary[m] = {
+            "wins": sum(v < 0 for v in values),
+            "images": len(values),
+            "min": min(values),
+            "max": max(values),
+        }
+    return summary
+
+
+def add_per_image(report: dict) -> None:
+    """Add each curve's per-image BD-rates and their summary (wins per metric) to ``report``."""
+    curves = report["curves"]
+    report["per_image_bd_rate_percent"] = {
+        name: per_image_bd(curves["jpeg alone"], c) for name, c in curves.items() if name != "jpeg alone"
+    }
+    report["per_image_summary"] = {
+        name: summarize_images(rows) for name, rows in report["per_image_bd_rate_percent"].items()
+    }
 
 
 def select_threshold(table: dict, overlaps: dict, steps: dict[str, JPEGDeadzone]) -> dict:
@@ -68,6 +112,13 @@ def select_threshold(table: dict, overlaps: dict, steps: dict[str, JPEGDeadzone]
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        output = Path(args.output)
+        report = json.loads(output.read_text())
+        add_per_image(report)
+        output.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+        print(json.dumps(report["per_image_summary"], indent=1))
+        return 0
     metrics = usable_metrics(args.metrics or [m for m in default_metrics() if m not in ("lpips", "dists")])
     paths = list_images([args.images])
     if not paths:
@@ -134,6 +185,7 @@ def main(argv=None) -> int:
         },
         "curves": curves,
     }
+    add_per_image(report)
     if args.select:
         report["selection"] = select_threshold(table, overlaps, steps)
         print(f"selected: {json.dumps(report['selection'])}")
