@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         short = f"the default for {args.codec}: " + (" + ".join(parts) or "no pre-processing")
     else:
         preprocess, adapter = True, None if args.config == "base" else args.config
-        default = "base" if choice.preprocess and choice.adapter is None else (choice.adapter or "codec alone")
+        default = choice.label or "codec alone"
         what = f"{args.config}, NOT the default (the default for {args.codec} is {default})"
         short, step = what, None
     original = load_image(args.image)

@@ -43,7 +43,10 @@ def parse_args(argv=None):
     parser.add_argument("--qualities", default="15,25,40,60,80", help="JPEG qualities of every curve.")
     parser.add_argument("--thresholds", default="0.65,0.7,0.75,0.8", help="Dead-zone thresholds (steps).")
     parser.add_argument("--frequency_ramp", action="store_true", help="Thresholds that grow with frequency.")
-    parser.add_argument("--with_base", action="store_true", help="Also the shipped model's base network + step.")
+    parser.add_argument(
+        "--with_base", action="store_true", help="Also the model's base network + the step at --base_threshold."
+    )
+    parser.add_argument("--base_threshold", type=float, default=None, help="Default: the first of --thresholds.")
     parser.add_argument("--model", default="default", help="The model whose base network --with_base runs.")
     parser.add_argument("--select", action="store_true", help="Choose a threshold (this must be a validation set).")
     parser.add_argument("--metrics", nargs="*", default=None, help="Metrics (default: every weight-free one).")
@@ -138,7 +141,8 @@ def main(argv=None) -> int:
 
         pipe = load_preprocessor(args.model, "cpu")
         pipe.set_progress_bar_config(disable=True)
-        step = next(iter(steps.values()))
+        first = next(iter(steps.values()))
+        step = first if args.base_threshold is None else JPEGDeadzone(args.base_threshold, args.frequency_ramp)
         name = f"base network + jpeg dead zone {step.threshold:g}"
         network = {"model": args.model, "curve": name}
 

@@ -405,7 +405,7 @@ def choose_adapter(pipe, codec: str, asked: str | os.PathLike | None = None) -> 
     """
     if asked is None or asked == "":
         return pipe.adapter_for(codec)
-    return pipe.with_codec_step(_asked_adapter(pipe, asked), codec)
+    return _asked_adapter(pipe, asked)  # that adapter alone: its combination with a codec step was not validated
 
 
 def _asked_adapter(pipe, asked: str | os.PathLike) -> AdapterChoice:
@@ -424,6 +424,14 @@ def _asked_adapter(pipe, asked: str | os.PathLike) -> AdapterChoice:
         known = ", ".join(pipe.available_adapters()) or "none"
         raise ValueError(f"--adapter {str(asked)!r} is neither a folder nor one of the model's adapters ({known})")
     return AdapterChoice(name, True, f"{name} (asked for with --adapter)")
+
+
+def _headline_mean(record: dict) -> float | None:
+    """Mean of a record's headline BD-rates (``None`` without a validation record or numbers)."""
+    validation = record.get("validation") or {}
+    rates = validation.get("bd_rate") or {}
+    values = [rates[m] for m in validation.get("headline") or list(rates) if isinstance(rates.get(m), (int, float))]
+    return sum(values) / len(values) if values else None
 
 
 def _validation_summary(record: dict) -> str:
@@ -616,19 +624,21 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         - If the model carries validation records (an adapter's ``rp_adapter.json`` ``validation``, or the base
           model's ``adapters/base_validation.json``: held-out BD-rates against the codec alone), only an adapter
           for ``codec`` whose record says it wins is chosen (the best mean headline BD-rate); else the base model
-          if its record for ``codec`` wins; else nothing runs: the codec alone (``preprocess=False``). What lost
-          in validation is never picked without being asked for.
+          if its record for ``codec`` wins; else no network runs (``preprocess=False``: the codec alone, unless a
+          codec step runs). What lost in validation is never picked without being asked for.
         - Without validation records (a model you trained and did not validate): the first adapter trained for
           ``codec`` by name; none: the base model with adapters off.
 
-        - Then the codec step: a quality-aware step run just before the encoder, when the model's
-          ``codec_steps`` config holds one for ``codec`` whose validation record wins (see :meth:`codec_step_for`).
+        - The codec step: a quality-aware step run just before the encoder, when the model's ``codec_steps``
+          config holds one for ``codec`` whose validation record wins (see :meth:`codec_step_for`). It runs
+          instead of the network, never with it (each was validated against the codec alone, their combination
+          was not): where both won, the one with the better mean headline BD-rate runs.
 
         Returns:
             :class:`AdapterChoice` with ``adapter`` (a name, or ``None`` for the base model), ``preprocess``, a
             one-line ``reason`` for the user and ``codec_step``.
         """
-        return self.with_codec_step(self._network_for(codec), codec)
+        return self.attach_codec_step(self._network_for(codec), codec)
 
     def codec_step_for(self, codec: str) -> tuple[Any, str]:
         """The codec step this model runs before ``codec``'s encoder, and why: ``(step or None, reason)``.
@@ -640,8 +650,7 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         """
         from .codecs.prequantize import codec_step_from_config
 
-        config = getattr(self, "config", None)
-        record = ((config.get("codec_steps") if config is not None else None) or {}).get(codec)
+        record = self.steps_record(codec)
         if not record:
             return None, ""
         step = codec_step_from_config(record)
@@ -652,15 +661,35 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
             return None, f"{step.description} did not win ({_validation_summary(record)})"
         return step, f"{step.description} ({_validation_summary(record)})"
 
-    def with_codec_step(self, choice: AdapterChoice, codec: str) -> AdapterChoice:
-        """``choice`` with the codec step of :meth:`codec_step_for` and a reason that names both parts."""
+    def attach_codec_step(self, choice: AdapterChoice, codec: str) -> AdapterChoice:
+        """The policy's choice between the network ``choice`` and the codec step of :meth:`codec_step_for`.
+
+        A step that won runs where no network won. Where both won, the better mean headline BD-rate on the
+        validation photographs runs and the other does not: the two were each validated against the codec alone,
+        not together.
+        """
         step, why = self.codec_step_for(codec)
         if step is None:
             return choice
         if choice.preprocess:
-            return replace(choice, codec_step=step, reason=f"{choice.reason}; then {why}")
+            record = self.steps_record(codec)
+            network = self._choice_score(codec, choice)
+            if network is None or _headline_mean(record) >= network:
+                return replace(choice, reason=f"{choice.reason}; not also {step.description}, which scored less")
+            return AdapterChoice(None, False, f"{why}; no network: it scored less", step)
         network = choice.reason.split(": ", 1)[-1]  # "jpeg alone: <why no network>" -> "<why no network>"
         return replace(choice, codec_step=step, reason=f"{why}; no network: {network}")
+
+    def steps_record(self, codec: str) -> dict:
+        """The model's stored record of its codec step for ``codec`` (``{}`` where there is none)."""
+        config = getattr(self, "config", None)
+        return dict(((config.get("codec_steps") if config is not None else None) or {}).get(codec) or {})
+
+    def _choice_score(self, codec: str, choice: AdapterChoice) -> float | None:
+        """The mean headline BD-rate of the network a choice runs, from its validation record (None: none)."""
+        if choice.adapter is not None:
+            return _headline_mean({"validation": self.adapter_info(choice.adapter).get("validation")})
+        return _headline_mean({"validation": self.base_validation(codec)})
 
     def _network_for(self, codec: str) -> AdapterChoice:
         """The network part of :meth:`adapter_for`: which adapter, the base model, or none."""

@@ -167,6 +167,12 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
         if not path:
             raise gr.Error("Upload an image first (or click one of the examples).", print_exception=False)
         name = Path(path).name
+        step = model.pipe.codec_step_for(codec)[0] if adapter == NO_NETWORK else None
+        if adapter == NO_NETWORK and step is None:
+            raise gr.Error(
+                f"This model has no validated codec step for {codec}: choose 'codec alone' or a network.",
+                print_exception=False,
+            )
         image, note = open_upload(path, max_pixels=MAX_PIXELS)
         if note:
             gr.Warning(f"{name}: {note}")
@@ -181,7 +187,7 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
             adapter_weight=1.0 if strength is None else float(strength),
             pre_process=adapter not in (NO_PREPROCESS, NO_NETWORK),
             metrics=tuple(metrics),
-            codec_step=None if adapter == NO_PREPROCESS else model.pipe.codec_step_for(codec)[0],
+            codec_step=step,  # the model's validated step runs alone, never with a network (not validated so)
         )
         rows = []
         for variant, coded in result.results().items():
@@ -194,9 +200,12 @@ def build_demo(model: SpaceModel | None = None, metrics: tuple[str, ...] | None 
         summary = _summary(result, note, name, target_bpp)
         if adapter == NO_PREPROCESS:
             summary = (
-                f"**No pre-processing** ({model.pipe.adapter_for(codec).reason}): both files are the codec alone; "
-                "choose an adapter to see what it would do.\n\n" + summary
+                "**No pre-processing**: both files are the codec alone; choose an adapter, or 'no network' where the "
+                f"model has a codec step, to see what it would do (the default for {codec}: "
+                f"{model.pipe.adapter_for(codec).reason}).\n\n" + summary
             )
+        elif step is not None:
+            summary = f"**rp + codec = {step.description}, then the codec** (no network).\n\n" + summary
         return images, *images, summary, rows, *map(str, files)
 
     with gr.Blocks(

@@ -112,6 +112,17 @@ def test_bad_calls_are_refused(chalet):
         with_codec_step(get_codec("webp"), JPEGDeadzone())
     with pytest.raises(ValueError, match="a codec step needs 'step'"):
         codec_step_from_config({"step": "no-such-step"})
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['thresold'\]"):
+        codec_step_from_config({"step": "jpeg_deadzone", "thresold": 1.2})
+    with pytest.raises(ValueError, match="boolean 'wins'"):
+        codec_step_from_config({"step": "jpeg_deadzone", "validation": {"wins": "false"}})
+    with pytest.raises(ValueError, match="frequency_ramp must be true or false"):
+        JPEGDeadzone(frequency_ramp="false")
+    with pytest.raises(ValueError, match="already runs a step"):
+        with_codec_step(with_codec_step(get_codec("jpeg"), JPEGDeadzone()), JPEGDeadzone())
+    with pytest.raises(ValueError, match="made for no codec"):
+        with_codec_step(get_codec("jpeg"), object())
+    assert JPEGDeadzone()(chalet, 40.0).size == chalet.size  # an integral float, as Codec.run accepts
     assert codec_step_from_config({**JPEGDeadzone(0.7).config(), "validation": WINS}) == JPEGDeadzone(0.7)
 
 
@@ -162,7 +173,22 @@ def test_the_policy_runs_a_stored_step_only_where_it_won(model_dir, tmp_path, va
     assert words in choice.reason and ("no network" in choice.reason) is runs
     assert pipe.adapter_for("webp").codec_step is None  # a step is per codec
     asked = choose_adapter(pipe, "jpeg", "rp_jpeg_lambda_0p5")
-    assert asked.preprocess and asked.codec_step == choice.codec_step  # an adapter asked for runs before the step
+    assert asked.preprocess and asked.codec_step is None  # an adapter asked for runs alone: not validated with it
+
+
+@pytest.mark.parametrize("step_mean, runs_step", [(-6.0, True), (-0.5, False)])
+def test_where_a_network_and_a_step_both_won_the_better_one_runs_alone(model_dir, tmp_path, step_mean, runs_step):
+    from rp_diffusers.pipelines import RPPreprocessPipeline
+
+    validation = {**WINS, "bd_rate": {"ssimulacra2": step_mean}}
+    pipe = RPPreprocessPipeline.from_pretrained(_model_with_step(model_dir, tmp_path / "m", validation, True))
+    name = "rp_jpeg_lambda_0p5"
+    info = pipe.adapter_info(name)
+    assert info["validation"]["wins"]
+    pipe.update_adapter_info(name, validation={**info["validation"], "bd_rate": {"psnr-rgb": -1.0}})  # mean -1.0
+    choice = pipe.adapter_for("jpeg")
+    assert choice.preprocess is not runs_step and (choice.codec_step is not None) is runs_step
+    assert ("scored less" in choice.reason) and not (choice.preprocess and choice.codec_step is not None)
 
 
 def test_a_bad_stored_step_is_refused_when_the_model_loads(model_dir, tmp_path):
@@ -173,6 +199,10 @@ def test_a_bad_stored_step_is_refused_when_the_model_loads(model_dir, tmp_path):
     index["codec_steps"] = {"webp": JPEGDeadzone().config()}
     (model / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="made for jpeg"):
+        RPPreprocessPipeline.from_pretrained(model)
+    index["codec_steps"] = {"jpeg": {**JPEGDeadzone().config(), "validation": "yes"}}
+    (model / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"codec_steps\['jpeg'\] \(model_index.json\): .*boolean 'wins'"):
         RPPreprocessPipeline.from_pretrained(model)
 
 

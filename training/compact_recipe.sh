@@ -84,7 +84,7 @@ for codec in $CODECS; do for lam in $LAMBDAS; do ADAPTER_DIRS+=("$WORK/rp_${code
 $PYTHON training/gather_adapters.py --base "$WORK/base" --adapters "${ADAPTER_DIRS[@]}" --output "$DEST" --overwrite
 
 # Validate every adapter on the held-out photographs against the codec alone and record the verdict in its
-# rp_adapter.json: `--model default` and the Space pick only adapters that win there, else the codec runs alone.
+# rp_adapter.json: `--model default` and the Space pick only adapters that win there, else no network runs.
 if [ "$VALIDATE" = 1 ]; then
   # shellcheck disable=SC2086  # VAL_QUALITIES is a list of codec=spec words
   $PYTHON training/validate_adapters.py --model "$DEST" --images "$VAL" ${VAL_QUALITIES:+--qualities $VAL_QUALITIES}

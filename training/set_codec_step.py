@@ -30,7 +30,12 @@ def validation_record(report: dict) -> tuple[object, dict]:
         raise SystemExit("the JSON has no 'selection': run benchmarks/jpeg_deadzone.py with --select")
     headline = list(report["headline"])
     if selection["curve"] is None:  # nothing won: store the best, marked as lost, so the record says so
-        name = min(report["steps"], key=lambda n: sum(report["bd_rate_percent"][n][m] for m in headline))
+
+        def mean(name: str) -> float:  # a metric that was not measured, or NaN, ranks the step last
+            values = [report["bd_rate_percent"][name].get(m, float("nan")) for m in headline]
+            return sum(values) / len(values) if all(v == v for v in values) else float("inf")
+
+        name = min(sorted(report["steps"]), key=mean)
     else:
         name = selection["curve"]
     step = codec_step_from_config(report["steps"][name])

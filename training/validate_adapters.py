@@ -3,7 +3,7 @@
 Each adapter's verdict goes into its rp_adapter.json, the base model's into adapters/base_validation.json.
 ``--model default`` and the Space then pick, per codec, only an adapter (else the base model) whose validation
 BD-rate against the codec alone is negative in every headline metric (perceptual metrics it was not trained on);
-where nothing is, the codec runs alone. Validate on photographs the numbers are NOT reported on (val-set14, never Kodak).
+where nothing is, no network runs (the codec alone, or a codec step the model validated, see set_codec_step.py). Validate on photographs the numbers are NOT reported on (val-set14, never Kodak).
 
     python training/validate_adapters.py --model rp_diffusers/assets/default_model --images photos/val-set14
 """

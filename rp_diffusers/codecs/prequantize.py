@@ -65,10 +65,11 @@ class JPEGDeadzone:
 
     Args:
         threshold: AC coefficients of the luma with magnitude in [0.5, ``threshold``) quantisation steps are moved
-            to ``target`` steps (the encoder then codes them as zero). 0.5 does nothing; 1.0 zeroes every +-1.
+            to ``target`` steps (the encoder then codes them as zero), in [0.5, 1.5]: 0.5 does nothing, 1.5 zeroes
+            every coefficient libjpeg would code as +-1.
         frequency_ramp: make the threshold grow with the coefficient's zigzag index k, from 0.5 at k = 0 to
-            ``2 * threshold - 0.5`` at k = 63 (the same mean threshold, more of it where the eye and the metrics
-            care least).
+            ``2 * threshold - 0.5`` at k = 63, capped at 1.5 (about the same mean threshold, more of it at high
+            frequencies; it lost on val-set14, see ``benchmarks/jpeg_deadzone.py --frequency_ramp``).
         target: where a coefficient is moved to, in steps (< 0.5, with a margin for the 8-bit rounding of RGB).
         passes: how many times the luma is re-analysed after the RGB rounding (the second pass catches the few
             coefficients the rounding pushed back over 0.5).
@@ -98,6 +99,8 @@ class JPEGDeadzone:
             )
         if isinstance(self.passes, bool) or not isinstance(self.passes, int) or not 1 <= self.passes <= 8:
             raise ValueError(f"passes must be an integer in [1, 8], got {self.passes!r}")
+        if not isinstance(self.frequency_ramp, bool):
+            raise ValueError(f"frequency_ramp must be true or false, got {self.frequency_ramp!r}")
 
     @property
     def description(self) -> str:
@@ -111,7 +114,7 @@ class JPEGDeadzone:
     def thresholds(self) -> np.ndarray:
         """(8, 8) per-coefficient thresholds in natural order (DC excluded: 0)."""
         if self.frequency_ramp:
-            limits = 0.5 + (self.threshold - 0.5) * 2 * _ZIGZAG_INDEX / 63
+            limits = np.minimum(0.5 + (self.threshold - 0.5) * 2 * _ZIGZAG_INDEX / 63, 1.5)
         else:
             limits = np.full((8, 8), float(self.threshold))
         limits[0, 0] = 0.0  # the DC coefficient is never moved: a block's mean is what the eye sees first
@@ -119,7 +122,13 @@ class JPEGDeadzone:
 
     def __call__(self, image, quality: int) -> Image.Image:
         """The image to hand to the JPEG encoder at ``quality`` (integer in [1, 100]); same size, 8-bit RGB."""
-        if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) or not 1 <= int(quality) <= 100:
+        if (
+            isinstance(quality, bool)
+            or not isinstance(quality, numbers.Real)
+            or not math.isfinite(quality)
+            or int(quality) != quality
+            or not 1 <= int(quality) <= 100
+        ):
             raise ValueError(f"JPEG quality must be an integer in [1, 100], got {quality!r}")
         image = _as_rgb(image)
         rgb = np.asarray(image, dtype=np.int64).copy()
@@ -131,13 +140,13 @@ class JPEGDeadzone:
             luma = _luma(rgb).astype(np.float64) - 128
             luma = np.pad(luma, ((0, 8 * rows - height), (0, 8 * cols - width)), mode="edge")
             blocks = luma.reshape(rows, 8, cols, 8).transpose(0, 2, 1, 3)
-            steps = np.einsum("ik,abkl,jl->abij", _DCT, blocks, _DCT) / table
+            steps = (_DCT @ blocks @ _DCT.T) / table  # 2-D DCT of every block, in quantisation steps
             magnitude = np.abs(steps)
             move = (magnitude >= 0.5) & (magnitude < limits)
             if not move.any():
                 break
             change = np.where(move, np.sign(steps) * self.target - steps, 0.0) * table
-            delta = np.einsum("ki,abkl,lj->abij", _DCT, change, _DCT).transpose(0, 2, 1, 3)
+            delta = (_DCT.T @ change @ _DCT).transpose(0, 2, 1, 3)  # back to pixels
             delta = delta.reshape(8 * rows, 8 * cols)[:height, :width]
             rgb = np.clip(np.rint(rgb + delta[..., None]), 0, 255).astype(np.int64)
         return Image.fromarray(rgb.astype(np.uint8))
@@ -149,12 +158,21 @@ CODEC_STEPS: dict[str, type] = {JPEGDeadzone.name: JPEGDeadzone}
 def codec_step_from_config(config: dict[str, Any]):
     """Build a step from its stored settings (``{"step": "jpeg_deadzone", "threshold": 0.75, ...}``).
 
-    Keys other than the step's settings (a ``validation`` record, ...) are ignored.
+    Besides the step's settings only ``step`` and ``validation`` (its verdict, a dict with a boolean ``wins``) may
+    appear: a misspelt setting is an error, not silently the default.
     """
     if not isinstance(config, dict) or config.get("step") not in CODEC_STEPS:
         raise ValueError(f"a codec step needs 'step' in {sorted(CODEC_STEPS)}, got {config!r}")
     cls = CODEC_STEPS[config["step"]]
-    fields = cls.__dataclass_fields__
+    fields = set(cls.__dataclass_fields__)
+    unknown = sorted(set(config) - fields - {"step", "validation"})
+    if unknown:
+        raise ValueError(
+            f"unknown setting(s) {unknown} of the codec step {config['step']!r}; allowed: {sorted(fields)}"
+        )
+    validation = config.get("validation")
+    if validation is not None and not (isinstance(validation, dict) and isinstance(validation.get("wins"), bool)):
+        raise ValueError(f"a codec step's 'validation' must be a dict with a boolean 'wins', got {validation!r}")
     return cls(**{k: v for k, v in config.items() if k in fields})
 
 
@@ -167,7 +185,10 @@ class SteppedCodec(Codec):
 
     def __init__(self, codec: Codec, step) -> None:  # noqa: D107 - no settings of its own
         if getattr(step, "codec", None) != codec.name:
-            raise ValueError(f"the step {getattr(step, 'name', step)!r} is made for {step.codec}, not {codec.name}")
+            made_for = getattr(step, "codec", "no codec (it has no `codec` attribute)")
+            raise ValueError(f"the step {getattr(step, 'name', step)!r} is made for {made_for}, not {codec.name}")
+        if isinstance(codec, SteppedCodec):
+            raise ValueError(f"{codec!r} already runs a step before its encoder; wrap the plain codec")
         self.inner, self.step = codec, step
         self.name, self.extension = codec.name, codec.extension
         self.quality_range, self.default_quality = codec.quality_range, codec.default_quality

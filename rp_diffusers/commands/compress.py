@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     pipe.set_progress_bar_config(disable=True)
     if args.tile_size is not None:
         pipe.enable_tiling(tile_size=args.tile_size, overlap=min(128, args.tile_size // 4))
-    choice = choose_adapter(pipe, codec.name, args.adapter)  # --adapter, else a validated adapter or codec alone
+    choice = choose_adapter(pipe, codec.name, args.adapter)  # --adapter, else what won: a network, a step or nothing
     print(f"{codec.name}: {'pre-processing with ' if choice.preprocess else ''}{choice.reason}")
     if choice.codec_alone:
         print(f"writing the {codec.name} files only")

@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         raise exists_error(target, clashing)
 
     # 2. Measure, image by image into the journal (target/.partial) that --resume continues from
+    settings["codec_steps"] = {name: step.config() for name, _, _, _, step in runs if step is not None}
     journal = None if args.fid else Journal(target, settings, resume=args.resume, overwrite=args.overwrite)
     curves = []
     for name, codec, preprocess_for, enhance, step in runs:

@@ -203,10 +203,11 @@ def compare(
         adapter_name, adapter_weight: the R-P adapter and its strength in [0, 1] (``None``: the base model).
         metrics: metric names for ``compute_metrics`` (drop the ones whose weights are unavailable beforehand);
             :attr:`Comparison.metrics` holds them under CompressAI's results keys (``psnr`` -> ``psnr-rgb``).
-        pre_process: ``False``: no pre-processing ("rp + codec" is then the codec alone on the original, as
-            ``--model default`` does for a codec none of whose adapters wins).
+        pre_process: ``False``: no network ("rp + codec" is then the codec alone on the original, or the codec
+            step alone where ``codec_step`` is given, as ``--model default`` does for a codec no network wins on).
         codec_step: a quality-aware step run before the encoder of rp + codec only (``AdapterChoice.codec_step``);
-            :attr:`Comparison.preprocessed` is then what that encoder got.
+            :attr:`Comparison.preprocessed` is then what that encoder got. ``None`` (the default): no step, even
+            where the model's policy would run one; pass ``pipe.adapter_for(codec).codec_step`` to follow it.
 
     Returns:
         :class:`Comparison`.

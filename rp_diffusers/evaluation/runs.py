@@ -70,7 +70,7 @@ def merge_curves(parts: list[dict], images: list[str]) -> dict:
     if not parts:
         raise ShardError("nothing to merge")
     first = parts[0]
-    same = ("codec", "codec_settings", "qualities", "metrics")
+    same = ("codec", "codec_settings", "codec_step", "qualities", "metrics")
     for part in parts[1:]:
         if part["name"] != first["name"] or any(part["meta"].get(k) != first["meta"].get(k) for k in same):
             raise ShardError(f"curve {first['name']!r}: its pieces were measured with different settings")

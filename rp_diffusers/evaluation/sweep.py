@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -149,7 +150,8 @@ def _codec(codec_name: str, codec_settings: dict, codec_step=None):
     from ..codecs import get_codec
     from ..codecs.prequantize import with_codec_step
 
-    key = ("codec_obj", codec_name, tuple(sorted(codec_settings.items())), codec_step)
+    step_key = json.dumps(codec_step.config(), sort_keys=True) if codec_step is not None else None
+    key = ("codec_obj", codec_name, tuple(sorted(codec_settings.items())), step_key)
     if key not in _WORKER_STATE:
         _WORKER_STATE[key] = with_codec_step(get_codec(codec_name, **codec_settings), codec_step)
     return _WORKER_STATE[key]
@@ -201,8 +203,8 @@ def evaluate(
         preprocess: maps the original images to what is encoded (e.g. an ``RPPreprocessPipeline``); run once per
             image, before the sweep. bpp is always counted on the original image's pixels.
         codec_step: a quality-aware step run on what is encoded, at each quality, just before the unmodified
-            encoder (``rp_diffusers.codecs.prequantize``, e.g. ``JPEGDeadzone``); its time counts in
-            ``encoding_time``. ``None``: the codec as it is.
+            encoder (``rp_diffusers.codecs.prequantize``, e.g. ``JPEGDeadzone``: picklable, with a ``config()``);
+            its time counts in ``encoding_time``. ``None``: the codec as it is.
         enhance: ``enhance(decoded_images, quality) -> images`` applied after decoding (perceptual decoding).
         set_metrics: metrics over the whole set per quality: ``"fid"``, ``"kid"`` (patch-based).
         workers: processes for the codec and metric work (default ``min(4, cpu_count)``; 0 or 1 runs in-process).

@@ -127,7 +127,10 @@ def _check_codec_steps(codec_steps) -> dict | None:
     if not isinstance(codec_steps, dict):
         raise ValueError(f"codec_steps must map codec names to step settings, got {codec_steps!r}")
     for codec, record in codec_steps.items():
-        step = codec_step_from_config(record)
+        try:
+            step = codec_step_from_config(record)
+        except ValueError as error:
+            raise ValueError(f"codec_steps[{codec!r}] (model_index.json): {error}") from None
         if step.codec != codec:
             raise ValueError(f"codec_steps[{codec!r}] is the step {step.name!r}, made for {step.codec}")
     return {codec: dict(record) for codec, record in codec_steps.items()}
