@@ -41,7 +41,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default="../shared/data/val-set14", help="Photographs (a folder).")
     parser.add_argument("--qualities", default="15,25,40,60,80", help="JPEG qualities of every curve.")
-    parser.add_argument("--thresholds", default="0.65,0.7,0.75,0.8", help="Dead-zone thresholds (steps).")
+    parser.add_argument(
+        "--thresholds",
+        default="0.65,0.7,0.75,0.8",
+        help="Dead-zone thresholds (steps), comma-separated; T/TAIL adds a tail threshold (e.g. 0.75/0.9).",
+    )
     parser.add_argument("--frequency_ramp", action="store_true", help="Thresholds that grow with frequency.")
     parser.add_argument(
         "--with_base", action="store_true", help="Also the model's base network + the step at --base_threshold."
@@ -58,6 +62,13 @@ def parse_args(argv=None):
         help="Measure nothing: recompute the per-image BD-rates of the existing --output JSON and print them.",
     )
     return parser.parse_args(argv)
+
+
+def parse_step(spec: str, frequency_ramp: bool) -> tuple[str, JPEGDeadzone]:
+    """``"0.75"`` or ``"0.75/0.9"`` (threshold / tail threshold) -> (curve name, step)."""
+    threshold, _, tail = spec.strip().partition("/")
+    step = JPEGDeadzone(float(threshold), frequency_ramp, tail_threshold=float(tail) if tail else None)
+    return f"jpeg dead zone {step.threshold:g}" + (f" tail {step.tail_threshold:g}" if tail else ""), step
 
 
 def per_image_bd(anchor: dict, curve: dict) -> dict[str, dict[str, float]]:
@@ -126,10 +137,7 @@ def main(argv=None) -> int:
     paths = list_images([args.images])
     if not paths:
         raise SystemExit(f"no images in {args.images}")
-    steps = {
-        f"jpeg dead zone {t:g}": JPEGDeadzone(threshold=t, frequency_ramp=args.frequency_ramp)
-        for t in (float(v) for v in args.thresholds.split(","))
-    }
+    steps = dict(parse_step(spec, args.frequency_ramp) for spec in args.thresholds.split(","))
     common = dict(metrics=metrics, workers=args.workers)
     curves = {"jpeg alone": evaluate(paths, "jpeg", args.qualities, name="jpeg alone", **common).to_dict()}
     for name, step in steps.items():

@@ -53,6 +53,18 @@ def test_the_encoder_codes_the_dead_zone_as_zero_and_leaves_the_rest(chalet, qua
     assert (chroma_after == chroma_before).float().mean() > 0.995  # the step moves luma only
 
 
+def test_the_tail_codes_each_blocks_last_small_coefficients_as_zero(chalet):
+    scaled, _, _ = _coefficients(chalet, 40)  # zigzag order, as libjpeg codes it
+    _, flat, _ = _coefficients(JPEGDeadzone(threshold=0.75)(chalet, 40), 40)
+    _, tail, _ = _coefficients(JPEGDeadzone(threshold=0.75, tail_threshold=1.0)(chalet, 40), 40)
+    assert (tail != 0).sum() < (flat != 0).sum()  # fewer coded coefficients than the dead zone alone
+    order = torch.arange(64)
+    last = torch.where(tail != 0, order, torch.full_like(order, -1)).amax(-1)  # zigzag index of each block's last
+    inside = last > 0
+    ends = scaled.abs().gather(-1, last.clamp(min=0)[..., None])[..., 0][inside]
+    assert (ends >= 0.95).float().mean() > 0.97  # a block now ends on a coefficient over the tail threshold
+
+
 def test_the_smallest_threshold_changes_nothing(chalet):
     same = JPEGDeadzone(threshold=0.5)(chalet, 40)
     assert np.array_equal(np.asarray(same), np.asarray(chalet))
@@ -98,6 +110,8 @@ def test_a_stepped_codec_finds_qualities_and_travels_to_worker_processes(chalet)
         ({"threshold": float("nan")}, "finite"),
         ({"target": 0.5}, "target must lie in"),
         ({"passes": 0}, "passes must be"),
+        ({"tail_threshold": 0.6}, "tail_threshold must be None or lie in"),
+        ({"tail_threshold": 2.0}, "tail_threshold must be None or lie in"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):

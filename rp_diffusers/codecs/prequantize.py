@@ -73,6 +73,10 @@ class JPEGDeadzone:
         target: where a coefficient is moved to, in steps (< 0.5, with a margin for the 8-bit rounding of RGB).
         passes: how many times the luma is re-analysed after the RGB rounding (the second pass catches the few
             coefficients the rounding pushed back over 0.5).
+        tail_threshold: also code as zero, from the end of each block's zigzag order, the last nonzero
+            coefficients under this many steps, one after the other while the new last one is too (``None``: off).
+            A block's last nonzero coefficients cost the most: each ends a run of zeros that the end-of-block code
+            would otherwise cover. In [``threshold``, 1.5].
 
     Calling it with an image and the quality the file will be written at returns the image to encode. It is
     exact for the blocks inside the image; blocks cut by the right or bottom edge are padded by libjpeg with the
@@ -83,6 +87,7 @@ class JPEGDeadzone:
     frequency_ramp: bool = False
     target: float = 0.4
     passes: int = 2
+    tail_threshold: float | None = None
 
     name: ClassVar[str] = "jpeg_deadzone"
     codec: ClassVar[str] = "jpeg"
@@ -99,13 +104,23 @@ class JPEGDeadzone:
             )
         if isinstance(self.passes, bool) or not isinstance(self.passes, int) or not 1 <= self.passes <= 8:
             raise ValueError(f"passes must be an integer in [1, 8], got {self.passes!r}")
+        if self.tail_threshold is not None and (
+            isinstance(self.tail_threshold, bool)
+            or not isinstance(self.tail_threshold, numbers.Real)
+            or not self.threshold <= self.tail_threshold <= 1.5
+        ):
+            raise ValueError(
+                f"tail_threshold must be None or lie in [threshold, 1.5] = [{self.threshold}, 1.5], got "
+                f"{self.tail_threshold!r}"
+            )
         if not isinstance(self.frequency_ramp, bool):
             raise ValueError(f"frequency_ramp must be true or false, got {self.frequency_ramp!r}")
 
     @property
     def description(self) -> str:
         ramp = ", growing with frequency" if self.frequency_ramp else ""
-        return f"JPEG dead zone (luma AC coefficients under {self.threshold:g} steps coded as zero{ramp})"
+        tail = f", a block's last ones under {self.tail_threshold:g}" if self.tail_threshold is not None else ""
+        return f"JPEG dead zone (luma AC coefficients under {self.threshold:g} steps coded as zero{ramp}{tail})"
 
     def config(self) -> dict[str, Any]:
         """The settings as stored in a model's ``codec_steps`` (see :func:`codec_step_from_config`)."""
@@ -143,6 +158,8 @@ class JPEGDeadzone:
             steps = (_DCT @ blocks @ _DCT.T) / table  # 2-D DCT of every block, in quantisation steps
             magnitude = np.abs(steps)
             move = (magnitude >= 0.5) & (magnitude < limits)
+            if self.tail_threshold is not None:
+                move = self._tail(magnitude, move)
             if not move.any():
                 break
             change = np.where(move, np.sign(steps) * self.target - steps, 0.0) * table
@@ -150,6 +167,28 @@ class JPEGDeadzone:
             delta = delta.reshape(8 * rows, 8 * cols)[:height, :width]
             rgb = np.clip(np.rint(rgb + delta[..., None]), 0, 255).astype(np.int64)
         return Image.fromarray(rgb.astype(np.uint8))
+
+    def _tail(self, magnitude: np.ndarray, move: np.ndarray) -> np.ndarray:
+        """``move`` plus, per block, the trailing nonzero coefficients under ``tail_threshold`` (zigzag order)."""
+        rows, cols = magnitude.shape[:2]
+        order = np.array(ZIGZAG)
+        size = magnitude.reshape(rows, cols, 64)[..., order]
+        moved = move.reshape(rows, cols, 64)[..., order].copy()
+        kept = (size >= 0.5) & ~moved  # what the encoder still codes as nonzero
+        kept[..., 0] = False  # the DC coefficient is coded on its own, never part of the run
+        index = np.arange(64)
+        for _ in range(63):
+            last = np.where(kept, index, -1).max(-1)
+            rows_, cols_ = np.nonzero(last > 0)
+            cut = size[rows_, cols_, last[rows_, cols_]] < self.tail_threshold
+            if not cut.any():
+                break
+            rows_, cols_, at = rows_[cut], cols_[cut], last[rows_, cols_][cut]
+            kept[rows_, cols_, at] = False
+            moved[rows_, cols_, at] = True
+        natural = np.empty_like(moved)
+        natural[..., order] = moved
+        return natural.reshape(rows, cols, 8, 8)
 
 
 CODEC_STEPS: dict[str, type] = {JPEGDeadzone.name: JPEGDeadzone}
