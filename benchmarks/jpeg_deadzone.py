@@ -48,9 +48,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--frequency_ramp", action="store_true", help="Thresholds that grow with frequency.")
     parser.add_argument(
-        "--with_base", action="store_true", help="Also the model's base network + the step at --base_threshold."
+        "--with_base", action="store_true", help="Also the model's base network + the step --base_step."
     )
-    parser.add_argument("--base_threshold", type=float, default=None, help="Default: the first of --thresholds.")
+    parser.add_argument("--base_step", default=None, help="T or T/TAIL (default: the first of --thresholds).")
     parser.add_argument("--model", default="default", help="The model whose base network --with_base runs.")
     parser.add_argument("--select", action="store_true", help="Choose a threshold (this must be a validation set).")
     parser.add_argument("--metrics", nargs="*", default=None, help="Metrics (default: every weight-free one).")
@@ -149,9 +149,8 @@ def main(argv=None) -> int:
 
         pipe = load_preprocessor(args.model, "cpu")
         pipe.set_progress_bar_config(disable=True)
-        first = next(iter(steps.values()))
-        step = first if args.base_threshold is None else JPEGDeadzone(args.base_threshold, args.frequency_ramp)
-        name = f"base network + jpeg dead zone {step.threshold:g}"
+        label, step = parse_step(args.base_step or args.thresholds.split(",")[0], args.frequency_ramp)
+        name = f"base network + {label}"
         network = {"model": args.model, "curve": name}
 
         def base(images):
