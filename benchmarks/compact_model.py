@@ -267,12 +267,18 @@ def write_model_card(report: dict, folder: Path, card_dir: Path, plots_dir: Path
             m: round(v, 2) for m, v in measured["bd_rate_percent"][name].items()
         }
         rates, overlap = measured["bd_rate_percent"][name], measured["overlap"][name]
+        tail = jpeg_step.get("tail_threshold")
+        tail = (
+            f", tail {tail:g}: each block's last nonzero coefficients under {tail:g} steps are coded as zero too"
+            if tail is not None
+            else ""
+        )
         cells = " | ".join(
             f"{rates[m]:+.2f}%" + ("*" if overlap[m] < 0.75 else "") for m in DEADZONE_METRICS if m in rates
         )
         deadzone = (
             "\n\n**Before JPEG: the JPEG dead zone, no network** (`rp_diffusers.codecs.prequantize.JPEGDeadzone`, "
-            f"threshold {jpeg_step['threshold']:g}, chosen on val-set14 by `benchmarks/jpeg_deadzone.py`). At the quality "
+            f"threshold {jpeg_step['threshold']:g}{tail}, chosen on val-set14 by `benchmarks/jpeg_deadzone.py`). At the quality "
             "the file is written at, each luma AC coefficient that libjpeg would round up to +-1 from under "
             f"{jpeg_step['threshold']:g} quantisation steps is moved below 0.5 steps on the pixels, so the unmodified "
             "encoder codes it as zero (what mozjpeg's trellis or an HEVC encoder's RDOQ decide inside the encoder). "
