@@ -106,7 +106,7 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
         "LAMBDAS": "1 2",
         "VALIDATE": "1",
         "VAL_QUALITIES": "jpeg=20,40,60,80 webp=20,40,60,80",
-        "DEADZONE_THRESHOLDS": "0.7,0.75",
+        "DEADZONE_THRESHOLDS": "0.7,0.75/0.85",
         "DEADZONE_QUALITIES": "20,40,60,80",
     }
     subprocess.run(["bash", "training/compact_recipe.sh"], cwd=REPO, env=env, check=True, capture_output=True)
@@ -124,7 +124,10 @@ def test_compact_recipe_runs_shortened(tmp_path, train_dir, val_dir):
             verdict["bd_rate"][m] < 0 and verdict["overlap"][m] >= 0.75 for m in verdict["headline"]
         )
     step = model.config.codec_steps["jpeg"]  # the dead zone, chosen on VAL, with its verdict
-    assert step["step"] == "jpeg_deadzone" and step["threshold"] in (0.7, 0.75)
+    assert step["step"] == "jpeg_deadzone" and (step["threshold"], step["tail_threshold"]) in (
+        (0.7, None),
+        (0.75, 0.85),
+    )
     validation = step["validation"]
     assert validation["images"] == "val (2 photographs)" and validation["qualities"] == [20, 40, 60, 80]
     assert (model.adapter_for("jpeg").codec_step is not None) == validation["wins"]

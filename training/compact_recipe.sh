@@ -40,8 +40,8 @@ LAMBDAS=${LAMBDAS:-"1 2"}
 CODECS=${CODECS:-"jpeg webp"}
 VALIDATE=${VALIDATE:-1}
 VAL_QUALITIES=${VAL_QUALITIES:-}  # e.g. "jpeg=10,30,50,70 webp=10,30,50,70" (default: validate_adapters' sweeps)
-# the JPEG dead zone (a codec step, not trained): thresholds tried on VAL, and the qualities of that sweep
-DEADZONE_THRESHOLDS=${DEADZONE_THRESHOLDS:-0.65,0.7,0.75,0.8}
+# the JPEG dead zone (a codec step, not trained): thresholds (T or T/TAIL) tried on VAL, and that sweep's qualities
+DEADZONE_THRESHOLDS=${DEADZONE_THRESHOLDS:-0.65,0.7,0.75,0.8,0.75/0.85,0.75/0.9,0.75/1.0,0.7/0.9}
 DEADZONE_QUALITIES=${DEADZONE_QUALITIES:-15,25,40,60,80}
 
 mkdir -p "$WORK/train/train"
