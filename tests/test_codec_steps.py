@@ -5,6 +5,7 @@ import io
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,20 @@ def test_compress_and_evaluate_run_the_step_without_the_network(model_dir, tmp_p
     assert curve["meta"]["codec_step"]["threshold"] == 0.7
     alone = json.loads((results / "jpeg.json").read_text())
     assert curve["results"]["bpp"][0] < alone["results"]["bpp"][0]
+
+
+def test_compare_and_the_space_menu_run_the_step_without_the_network(model_dir, tmp_path, chalet):
+    from rp_diffusers.evaluation.compare import compare
+    from rp_diffusers.pipelines import RPPreprocessPipeline
+    from rp_diffusers.utils.testing import load_script
+
+    space = load_script(Path(__file__).resolve().parents[1] / "space" / "space_support.py", "rp_space_support")
+    NO_NETWORK, adapter_choice_value = space.NO_NETWORK, space.adapter_choice_value
+
+    pipe = RPPreprocessPipeline.from_pretrained(_model_with_step(model_dir, tmp_path / "m", WINS))
+    assert adapter_choice_value(pipe, "jpeg") == NO_NETWORK and adapter_choice_value(pipe, "webp") != NO_NETWORK
+    step = pipe.adapter_for("jpeg").codec_step
+    result = compare(pipe, chalet, "jpeg", quality=40, match="quality", pre_process=False, codec_step=step)
+    assert np.array_equal(np.asarray(result.preprocessed), np.asarray(step(chalet, 40)))  # what the encoder got
+    assert result.rp.bpp < result.codec_alone.bpp and result.rp.quality == result.codec_alone.quality == 40
+    assert result.rp.settings["before_encoding"]["tail_threshold"] is None  # the tiny model's step: no tail
