@@ -15,10 +15,12 @@ def load_script(path: str | os.PathLike, name: str | None = None):
         >>> bench = load_script("benchmarks/training.py")  # doctest: +SKIP
     """
     import importlib.util
+    import sys
 
     path = Path(path)
     spec = importlib.util.spec_from_file_location(name or f"rp_script_{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as importlib's recipe: dataclasses and pickle look their module up there
     spec.loader.exec_module(module)
     return module
 
