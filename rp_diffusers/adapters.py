@@ -672,10 +672,10 @@ class RPLoraLoaderMixin(StableDiffusionLoraLoaderMixin):
         if step is None:
             return choice
         if choice.preprocess:
-            record = self.steps_record(codec)
-            network = self._choice_score(codec, choice)
-            if network is None or _headline_mean(record) >= network:
-                return replace(choice, reason=f"{choice.reason}; not also {step.description}, which scored less")
+            network, own = self._choice_score(codec, choice), _headline_mean(self.steps_record(codec))
+            if network is None or own is None or own >= network:  # an unvalidated step never displaces a network
+                why_not = "which was not validated" if own is None else "which scored less"
+                return replace(choice, reason=f"{choice.reason}; not also {step.description}, {why_not}")
             return AdapterChoice(None, False, f"{why}; no network: it scored less", step)
         network = choice.reason.split(": ", 1)[-1]  # "jpeg alone: <why no network>" -> "<why no network>"
         return replace(choice, codec_step=step, reason=f"{why}; no network: {network}")

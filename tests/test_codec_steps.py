@@ -191,11 +191,11 @@ def test_the_policy_runs_a_stored_step_only_where_it_won(model_dir, tmp_path, va
     assert asked.preprocess and asked.codec_step is None  # an adapter asked for runs alone: not validated with it
 
 
-@pytest.mark.parametrize("step_mean, runs_step", [(-6.0, True), (-0.5, False)])
+@pytest.mark.parametrize("step_mean, runs_step", [(-6.0, True), (-0.5, False), (None, False)])
 def test_where_a_network_and_a_step_both_won_the_better_one_runs_alone(model_dir, tmp_path, step_mean, runs_step):
     from rp_diffusers.pipelines import RPPreprocessPipeline
 
-    validation = {**WINS, "bd_rate": {"ssimulacra2": step_mean}}
+    validation = None if step_mean is None else {**WINS, "bd_rate": {"ssimulacra2": step_mean}}  # None: unvalidated
     pipe = RPPreprocessPipeline.from_pretrained(_model_with_step(model_dir, tmp_path / "m", validation, True))
     name = "rp_jpeg_lambda_0p5"
     info = pipe.adapter_info(name)
@@ -203,7 +203,9 @@ def test_where_a_network_and_a_step_both_won_the_better_one_runs_alone(model_dir
     pipe.update_adapter_info(name, validation={**info["validation"], "bd_rate": {"psnr-rgb": -1.0}})  # mean -1.0
     choice = pipe.adapter_for("jpeg")
     assert choice.preprocess is not runs_step and (choice.codec_step is not None) is runs_step
-    assert ("scored less" in choice.reason) and not (choice.preprocess and choice.codec_step is not None)
+    assert ("scored less" in choice.reason or "not validated" in choice.reason) and not (
+        choice.preprocess and choice.codec_step is not None
+    )
 
 
 def test_a_bad_stored_step_is_refused_when_the_model_loads(model_dir, tmp_path):
