@@ -10,6 +10,10 @@ its BD-rate against the codec alone is measured twice, in PSNR and SSIMULACRA2:
 - **proxy-measured**: bits and decoded image from the surrogate, for the pre-processed and the original images;
 - **real**: real files and real decoders (``rp_diffusers.evaluation.evaluate``), pre-processed vs codec alone.
 
+``--training_forward surrogate,real`` also trains each pre-processor with the real codec in the loop
+(``rp_diffusers.surrogates.CodecInTheLoop``: the real encode + decode forward, the surrogate's gradient backward), so
+the two ways of training through one proxy are compared against the same codec-alone curve in one run.
+
 Agreement is whether the two BD-rates have the same sign, and their Pearson correlation over every (codec,
 lambda). A surrogate whose gradient teaches the codec's losses gives points near the diagonal; one that is
 nearly the identity lets the pre-processor "win" against itself while the real codec disagrees.
@@ -37,7 +41,7 @@ from rp_diffusers.codecs import get_codec
 from rp_diffusers.evaluation import bd_table, evaluate
 from rp_diffusers.losses import RatePerceptionLoss
 from rp_diffusers.metrics import compute_metrics
-from rp_diffusers.surrogates import get_surrogate
+from rp_diffusers.surrogates import CodecInTheLoop, get_surrogate
 from rp_diffusers.utils.files import write_json
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor, tensor_to_pil
 
@@ -54,6 +58,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_images", type=int, default=64, help="photographs the crops are drawn from")
     parser.add_argument("--validation_data", default=str(DATA / "val-set14"))
     parser.add_argument("--limit", type=int, default=None, help="first N validation photographs only")
+    parser.add_argument(
+        "--training_forward",
+        default="surrogate",
+        help="comma-separated: 'surrogate' (train through the surrogate alone) and/or 'real' (the real codec forward, "
+        "the surrogate's gradient backward: CodecInTheLoop)",
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=128)
@@ -164,60 +174,8 @@ def pearson(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(*zip(*pairs))[0, 1])
 
 
-def main(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    train_files = [f for folder in args.train_data for f in list_images(folder)]
-    random.Random(args.seed).shuffle(train_files)
-    photos = [pil_to_tensor(load_image(f))[0] for f in train_files[: args.train_images]]
-    photos = [p for p in photos if min(p.shape[-2:]) >= args.crop]
-    val_files = list_images(args.validation_data)[: args.limit]
-    val_images = [load_image(f) for f in val_files]
-    val_tensors = [pil_to_tensor(im) for im in val_images]
-    if not photos or not val_images:
-        raise SystemExit(
-            f"no training photographs ({args.train_data}) or validation photographs ({args.validation_data})"
-        )
-    lambdas = [float(v) for v in args.lambdas.split(",")]
-    rows = []
-    for codec_name in args.codecs.split(","):
-        codec, surrogate = get_codec(codec_name), get_surrogate(codec_name)
-        qualities = codec.sweep_qualities
-        real_alone = real_curve(codec_name, val_images, qualities, None, args, f"{codec_name} alone")
-        for lambda_rate in lambdas:
-            start = time.perf_counter()
-            model, losses = train(surrogate, codec, photos, args, lambda_rate, f"{codec_name} lambda {lambda_rate:g}")
-            train_seconds = time.perf_counter() - start
-
-            def preprocess(images, model=model):
-                with torch.no_grad():
-                    return [tensor_to_pil(model(pil_to_tensor(im)))[0] for im in images]
-
-            proxy_alone, proxy_processed = proxy_curves(surrogate, val_tensors, qualities, model)
-            real_processed = real_curve(codec_name, val_images, qualities, preprocess, args, f"pre + {codec_name}")
-            proxy_bd, real_bd = bd_table(proxy_alone, proxy_processed), bd_table(real_alone, real_processed)
-            row = {
-                "codec": codec_name,
-                "surrogate": type(surrogate).__name__,
-                "lambda": lambda_rate,
-                "qualities": list(qualities),
-                "train_seconds": train_seconds,
-                "loss": losses,
-                "proxy_bd_rate": {m: proxy_bd.get(KEYS[m], float("nan")) for m in METRICS},
-                "real_bd_rate": {m: real_bd.get(KEYS[m], float("nan")) for m in METRICS},
-                "proxy_mean_bpp_change": float(
-                    np.mean(proxy_processed["results"]["bpp"]) / np.mean(proxy_alone["results"]["bpp"]) - 1
-                ),
-                "real_mean_bpp_change": float(
-                    np.mean(real_processed["results"]["bpp"]) / np.mean(real_alone["results"]["bpp"]) - 1
-                ),
-            }
-            rows.append(row)
-            print(
-                f"{codec_name} lambda {lambda_rate:g}: BD-rate proxy / real  PSNR "
-                f"{row['proxy_bd_rate']['psnr']:+.2f} / {row['real_bd_rate']['psnr']:+.2f} %  SSIMULACRA2 "
-                f"{row['proxy_bd_rate']['ssimulacra2']:+.2f} / {row['real_bd_rate']['ssimulacra2']:+.2f} %",
-                flush=True,
-            )
+def agreement_summary(rows: list[dict]) -> dict:
+    """Per metric: sign agreement, Pearson and mean gap between the surrogate-measured and the real BD-rates."""
     summary = {}
     for metric in METRICS:
         proxy = [r["proxy_bd_rate"][metric] for r in rows]
@@ -234,18 +192,117 @@ def main(args: argparse.Namespace) -> dict:
             "pearson_learned_proxies": pearson([p for p, _ in learned], [q for _, q in learned]),
             "mean_abs_gap": float(np.mean([abs(p - q) for p, q in finite])) if finite else float("nan"),
         }
-    print("\n| codec | lambda | proxy BD PSNR | real BD PSNR | proxy BD SSIMULACRA2 | real BD SSIMULACRA2 | train s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    return summary
+
+
+def forward_comparison(rows: list[dict]) -> dict:
+    """Per metric, over the (codec, lambda) pairs trained both ways: the real BD-rates of each way and how often the
+    real codec in the loop gave the better one (lower BD-rate); empty when no pair was trained both ways."""
+    pairs: dict[tuple, dict] = {}
+    for r in rows:
+        pairs.setdefault((r["codec"], r["lambda"]), {})[r.get("training_forward", "surrogate")] = r
+    both = [p for p in pairs.values() if {"surrogate", "real"} <= set(p)]
+    if not both:
+        return {}
+    comparison = {}
+    for metric in METRICS:
+        surrogate = [p["surrogate"]["real_bd_rate"][metric] for p in both]
+        real = [p["real"]["real_bd_rate"][metric] for p in both]
+        comparison[metric] = {
+            "pairs": len(both),
+            "mean_surrogate": float(np.mean(surrogate)),
+            "mean_real": float(np.mean(real)),
+            "real_better": int(sum(b < a for a, b in zip(surrogate, real))),
+            "worse_than_codec_alone": {
+                "surrogate": int(sum(v > 0 for v in surrogate)),
+                "real": int(sum(v > 0 for v in real)),
+            },
+        }
+    return comparison
+
+
+def main(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    train_files = [f for folder in args.train_data for f in list_images(folder)]
+    random.Random(args.seed).shuffle(train_files)
+    photos = [pil_to_tensor(load_image(f))[0] for f in train_files[: args.train_images]]
+    photos = [p for p in photos if min(p.shape[-2:]) >= args.crop]
+    val_files = list_images(args.validation_data)[: args.limit]
+    val_images = [load_image(f) for f in val_files]
+    val_tensors = [pil_to_tensor(im) for im in val_images]
+    if not photos or not val_images:
+        raise SystemExit(
+            f"no training photographs ({args.train_data}) or validation photographs ({args.validation_data})"
+        )
+    lambdas = [float(v) for v in args.lambdas.split(",")]
+    forwards = [v.strip() for v in args.training_forward.split(",") if v.strip()]
+    if not forwards or set(forwards) - {"surrogate", "real"}:
+        raise SystemExit(f"--training_forward takes 'surrogate' and/or 'real', got {args.training_forward!r}")
+    rows = []
+    for codec_name in args.codecs.split(","):
+        codec, surrogate = get_codec(codec_name), get_surrogate(codec_name)
+        qualities = codec.sweep_qualities
+        real_alone = real_curve(codec_name, val_images, qualities, None, args, f"{codec_name} alone")
+        for lambda_rate, forward in [(lam, fwd) for lam in lambdas for fwd in forwards]:
+            trained_through = surrogate if forward == "surrogate" else CodecInTheLoop(surrogate, workers=args.threads)
+            start = time.perf_counter()
+            model, losses = train(
+                trained_through, codec, photos, args, lambda_rate, f"{codec_name} lambda {lambda_rate:g} ({forward})"
+            )
+            train_seconds = time.perf_counter() - start
+
+            def preprocess(images, model=model):
+                with torch.no_grad():
+                    return [tensor_to_pil(model(pil_to_tensor(im)))[0] for im in images]
+
+            proxy_alone, proxy_processed = proxy_curves(surrogate, val_tensors, qualities, model)
+            real_processed = real_curve(codec_name, val_images, qualities, preprocess, args, f"pre + {codec_name}")
+            proxy_bd, real_bd = bd_table(proxy_alone, proxy_processed), bd_table(real_alone, real_processed)
+            row = {
+                "codec": codec_name,
+                "surrogate": type(surrogate).__name__,
+                "training_forward": forward,
+                "lambda": lambda_rate,
+                "qualities": list(qualities),
+                "train_seconds": train_seconds,
+                "loss": losses,
+                "proxy_bd_rate": {m: proxy_bd.get(KEYS[m], float("nan")) for m in METRICS},
+                "real_bd_rate": {m: real_bd.get(KEYS[m], float("nan")) for m in METRICS},
+                "proxy_mean_bpp_change": float(
+                    np.mean(proxy_processed["results"]["bpp"]) / np.mean(proxy_alone["results"]["bpp"]) - 1
+                ),
+                "real_mean_bpp_change": float(
+                    np.mean(real_processed["results"]["bpp"]) / np.mean(real_alone["results"]["bpp"]) - 1
+                ),
+            }
+            rows.append(row)
+            print(
+                f"{codec_name} lambda {lambda_rate:g} ({forward} forward): BD-rate proxy / real  PSNR "
+                f"{row['proxy_bd_rate']['psnr']:+.2f} / {row['real_bd_rate']['psnr']:+.2f} %  SSIMULACRA2 "
+                f"{row['proxy_bd_rate']['ssimulacra2']:+.2f} / {row['real_bd_rate']['ssimulacra2']:+.2f} %",
+                flush=True,
+            )
+    summary = agreement_summary([r for r in rows if r.get("training_forward", "surrogate") == "surrogate"])
+    comparison = forward_comparison(rows)
+    print("\n| codec | lambda | trained with | proxy BD PSNR | real BD PSNR | proxy BD SSIMULACRA2 | real BD SSIMULACRA2 "
+          "| train s |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         p, q = r["proxy_bd_rate"], r["real_bd_rate"]
         print(
-            f"| {r['codec']} | {r['lambda']:g} | {p['psnr']:+.2f} % | {q['psnr']:+.2f} % | {p['ssimulacra2']:+.2f} % | "
-            f"{q['ssimulacra2']:+.2f} % | {r['train_seconds']:.0f} |"
+            f"| {r['codec']} | {r['lambda']:g} | {r.get('training_forward', 'surrogate')} forward | {p['psnr']:+.2f} % | "
+            f"{q['psnr']:+.2f} % | {p['ssimulacra2']:+.2f} % | {q['ssimulacra2']:+.2f} % | {r['train_seconds']:.0f} |"
         )
     for metric, s in summary.items():
         print(
-            f"{metric}: same sign {s['sign_agreement']:.0%}, Pearson {s['pearson']:.3f} (learned proxies only "
-            f"{s['pearson_learned_proxies']:.3f}), mean |proxy - real| {s['mean_abs_gap']:.2f} points"
+            f"{metric} (trained through the surrogate alone): same sign {s['sign_agreement']:.0%}, Pearson "
+            f"{s['pearson']:.3f} (learned proxies only {s['pearson_learned_proxies']:.3f}), mean |proxy - real| "
+            f"{s['mean_abs_gap']:.2f} points"
+        )
+    for metric, c in comparison.items():
+        print(
+            f"{metric}, real BD-rate over {c['pairs']} (codec, lambda) pairs: surrogate forward {c['mean_surrogate']:+.2f} "
+            f"%, real forward {c['mean_real']:+.2f} %; the real forward is better in {c['real_better']} of {c['pairs']}"
         )
     report = {
         "benchmark": "proxy_agreement",
@@ -255,6 +312,7 @@ def main(args: argparse.Namespace) -> dict:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "rows": rows,
         "summary": summary,
+        "forward_comparison": comparison,
     }
     write_json(args.output, report)
     if args.plot:
@@ -263,15 +321,24 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def plot(rows: list[dict], path: str) -> None:
+    """Scatter of surrogate-measured vs real BD-rates (surrogate-forward training); below it, where pairs were trained
+    both ways, bars of the real BD-rate after training with the surrogate forward and with the real codec forward."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4.5))
-    for ax, metric in zip(axes, METRICS):
+    pairs: dict[tuple, dict] = {}
+    for r in rows:
+        pairs.setdefault((r["codec"], r["lambda"]), {})[r.get("training_forward", "surrogate")] = r
+    both = [(key, p) for key, p in pairs.items() if {"surrogate", "real"} <= set(p)]
+    n_rows = 2 if both else 1
+    fig, axes = plt.subplots(n_rows, len(METRICS), figsize=(5.5 * len(METRICS), 4.5 * n_rows), squeeze=False)
+    for ax, metric in zip(axes[0], METRICS):
         values = []
         for r in rows:
+            if r.get("training_forward", "surrogate") != "surrogate":
+                continue
             p, q = r["proxy_bd_rate"][metric], r["real_bd_rate"][metric]
             if math.isfinite(p) and math.isfinite(q):
                 ax.scatter(p, q, marker="s" if r["surrogate"] == "DiffJPEG" else "o")
@@ -286,7 +353,18 @@ def plot(rows: list[dict], path: str) -> None:
             ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlabel(f"BD-rate measured through the surrogate, {metric} (%)")
         ax.set_ylabel(f"BD-rate with the real codec, {metric} (%)")
-        ax.set_title(f"{metric}: pre-processor vs codec alone (val-set14)")
+        ax.set_title(f"{metric}: trained through the surrogate (val-set14)")
+    if both:
+        labels = [f"{codec} {lam:g}" for (codec, lam), _ in both]
+        x = np.arange(len(both))
+        for ax, metric in zip(axes[1], METRICS):
+            ax.bar(x - 0.2, [p["surrogate"]["real_bd_rate"][metric] for _, p in both], 0.4, label="surrogate forward")
+            ax.bar(x + 0.2, [p["real"]["real_bd_rate"][metric] for _, p in both], 0.4, label="real codec forward")
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
+            ax.set_ylabel(f"real BD-rate vs codec alone, {metric} (%)")
+            ax.set_title(f"{metric}: how the pre-processor was trained (lower is better)")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -162,6 +162,30 @@ def test_finetune_rp_validation_compares_real_codec(stage2_run):
     assert len(list((stage2_run / "validation" / "step-2").glob("*.png"))) == 2 * 3  # pre-processed + 2 decodes
 
 
+def test_finetune_rp_can_train_with_the_real_codec_in_the_loop(finetune_rp, workspace, tmp_path):
+    """--surrogate_forward real: every training crop goes through the real codec (the learned proxy gives the
+    gradient), and the adapter records it."""
+    from rp_diffusers.surrogates import CodecInTheLoop
+
+    calls = []
+    original = CodecInTheLoop.real
+
+    def counting(self, image, quality):
+        calls.append((self.codec.name, tuple(image.shape), quality.tolist()))
+        return original(self, image, quality)
+
+    extra = ("--train_batch_size", "2", "--max_train_steps", "1", "--surrogate_forward", "real")
+    args = _stage2_args(workspace, tmp_path / "loop", *extra)
+    args[args.index("--codec") + 1] = "webp"
+    args[args.index("--quality_range") + 1 : args.index("--quality_range") + 3] = ["50", "80"]
+    with mock.patch.object(CodecInTheLoop, "real", counting):
+        finetune_rp.main(finetune_rp.parse_args(args))
+    assert calls and all(name == "webp" and shape[0] == 2 for name, shape, _ in calls)
+    assert all(q == int(q) and 50 <= q <= 80 for _, _, qs in calls for q in qs)
+    info = json.loads((tmp_path / "loop" / "rp_adapter.json").read_text())
+    assert info["surrogate_forward"] == "real" and info["surrogate"] == "webp"
+
+
 def test_finetune_rp_lora_loads_and_changes_pipeline_output(stage2_run, workspace):
     from rp_diffusers import RPPreprocessPipeline
 

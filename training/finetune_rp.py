@@ -28,7 +28,7 @@ from rp_diffusers.evaluation.results import comparison_report
 from rp_diffusers.losses import PERCEPTUAL_LOSSES, RatePerceptionLoss, parse_perceptual, perceptual_distance
 from rp_diffusers.models.one_step import one_step_map, one_step_noise
 from rp_diffusers.pipelines import RPPreprocessPipeline
-from rp_diffusers.surrogates import get_surrogate
+from rp_diffusers.surrogates import CodecInTheLoop, get_surrogate
 from rp_diffusers.training_utils import (
     PreparedModel,
     add_training_args,
@@ -116,6 +116,16 @@ def parse_args(input_args=None):
         default=None,
         choices=["ste", "soft", "cubic"],
         help="DiffJPEG's rounding in training (default: its own, straight-through); ignored by learned proxies.",
+    )
+    parser.add_argument(
+        "--surrogate_forward",
+        type=str,
+        default="surrogate",
+        choices=["surrogate", "real"],
+        help="surrogate: the loss sees the surrogate's decode and size. real: it sees the real codec's (each crop is "
+        "encoded and decoded by the real codec on the CPU; the gradient is still the surrogate's; "
+        "rp_diffusers.surrogates.CodecInTheLoop). With a learned proxy, real keeps the loss honest "
+        "(benchmarks/proxy_agreement.py); with DiffJPEG, which decodes bit-exactly, it only adds the codec's time.",
     )
     parser.add_argument("--slope_delta", type=float, default=5.0, help="codec_slope: quality step of the slope.")
     parser.add_argument("--lambda_perceptual", type=float, default=1.0, help="Weight of the perceptual loss.")
@@ -253,6 +263,8 @@ def main(args):
     surrogate = get_surrogate(args.surrogate or args.codec).to(accelerator.device)
     if args.surrogate_rounding is not None and hasattr(surrogate, "rounding"):
         surrogate.rounding = args.surrogate_rounding
+    if args.surrogate_forward == "real":
+        surrogate = CodecInTheLoop(surrogate, codec=codec)  # the codec validation measures
     loss_fn = RatePerceptionLoss(
         surrogate,
         perceptual,
@@ -380,6 +392,7 @@ def main(args):
             "surrogate": args.surrogate or args.codec,
             "rate_weighting": args.rate_weighting,
             "surrogate_rounding": args.surrogate_rounding,
+            "surrogate_forward": args.surrogate_forward,
             "train_steps": global_step,
         }
         save_rp_adapter(unet, args.output_dir, adapter_name, args.codec, args.lambda_rate, args.rank, extra)

@@ -4,6 +4,7 @@ import importlib
 import importlib.util
 
 from .base import CodecSurrogate, SurrogateOutput, available_surrogates, get_surrogate, register_surrogate
+from .in_the_loop import CodecInTheLoop
 from .jpeg import DiffJPEG, JPEGAnalysis
 from .jpeg_rate import JPEGRateModel, exact_bits
 
@@ -12,6 +13,7 @@ if importlib.util.find_spec(f"{__name__}.proxy") is not None:
     importlib.import_module(f"{__name__}.proxy")
 
 __all__ = [
+    "CodecInTheLoop",
     "CodecSurrogate",
     "DiffJPEG",
     "JPEGAnalysis",
