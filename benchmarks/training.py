@@ -71,8 +71,9 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--surrogate-precisions",
         nargs="+",
         default=["fp32"],
-        choices=["fp32", "bf16"],
-        help="Precisions of the surrogate timing (bf16: under the step's autocast).",
+        choices=["fp32", "bf16", "loop"],
+        help="Precisions of the surrogate timing (bf16: under the step's autocast; loop: fp32 with the real codec in "
+        "the forward pass, rp_diffusers.surrogates.CodecInTheLoop, as finetune_rp.py --surrogate_forward real).",
     )
     parser.add_argument(
         "--step-precision",
@@ -179,7 +180,7 @@ def worker(setting: str, args: argparse.Namespace) -> dict:
     step_seconds = sorted(times)[len(times) // 2]
     surrogate_costs = {  # timed once per crop size, in the baseline setting's worker
         f"{name} {kind}": surrogate_seconds(
-            name, image, args.threads, autocast=kind == "bf16", repeats=args.surrogate_repeats
+            name, image, args.threads, autocast=kind == "bf16", repeats=args.surrogate_repeats, loop=kind == "loop"
         )
         for name in (args.surrogates if setting == SETTINGS[0] else [])
         for kind in args.surrogate_precisions
@@ -201,16 +202,19 @@ def worker(setting: str, args: argparse.Namespace) -> dict:
     }
 
 
-def surrogate_seconds(name: str, image, threads: int, autocast: bool, repeats: int = 3) -> float:
+def surrogate_seconds(name: str, image, threads: int, autocast: bool, repeats: int = 3, loop: bool = False) -> float:
     """Median seconds of one forward + backward of surrogate ``name`` (its default quality; DiffJPEG at 40, as in
     the step) on ``image`` (the step's crop and batch), in float32 or under the step's bf16 autocast, after one
-    warm-up call."""
+    warm-up call. ``loop``: through ``CodecInTheLoop`` (one real encode + decode per image, then the surrogate's
+    forward + backward); ``--rate_weighting codec_slope`` adds two more real encodes per image, without a gradient."""
     import torch
 
-    from rp_diffusers.surrogates import get_surrogate
+    from rp_diffusers.surrogates import CodecInTheLoop, get_surrogate
 
     torch.set_num_threads(threads)
     surrogate = get_surrogate(name)
+    if loop:
+        surrogate = CodecInTheLoop(surrogate, workers=threads)
     quality = 40.0 if name == "jpeg" else surrogate.default_quality
     times = []
     for i in range(repeats + 1):
@@ -301,7 +305,7 @@ def main(args: argparse.Namespace) -> dict:
     if costs:
         print(
             "\nSurrogate forward + backward on the same crop and batch, against the no-checkpointing step (CPU): "
-            "fp32, and under the step's bf16 autocast"
+            "fp32, under the step's bf16 autocast (bf16), with the real codec in the forward pass (loop)"
         )
         kinds = args.surrogate_precisions
         print(

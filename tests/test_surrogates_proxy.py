@@ -294,8 +294,9 @@ def test_training_benchmark_times_each_surrogate_forward_and_backward():
     for name in ("jpeg", "webp"):
         for autocast in (False, True):
             assert bench.surrogate_seconds(name, image, threads=1, autocast=autocast, repeats=2) > 0
-    args = bench.parse_args(["--surrogate-precisions", "fp32", "bf16", "--surrogates", "jpeg"])
-    assert args.surrogate_precisions == ["fp32", "bf16"] and args.surrogates == ["jpeg"]
+        assert bench.surrogate_seconds(name, image, threads=1, autocast=False, repeats=1, loop=True) > 0
+    args = bench.parse_args(["--surrogate-precisions", "fp32", "bf16", "loop", "--surrogates", "jpeg"])
+    assert args.surrogate_precisions == ["fp32", "bf16", "loop"] and args.surrogates == ["jpeg"]
     assert bench.parse_args([]).surrogate_precisions == ["fp32"]
     assert bench.parse_args([]).step_precision == "bf16"  # as finetune_rp.py trains on a GPU
     assert bench.parse_args(["--step-precision", "fp32"]).step_precision == "fp32"  # CPUs without native bf16
