@@ -49,3 +49,50 @@ def test_agreement_benchmark_with_diffjpeg_measures_the_same_rd_as_real_jpeg(tmp
     assert abs(row["proxy_mean_bpp_change"] - row["real_mean_bpp_change"]) < 0.01
     assert json.loads(output.read_text())["summary"]["psnr"]["sign_agreement"] in (0.0, 1.0)
     assert (tmp_path / "agreement.png").stat().st_size > 0
+
+
+def test_forward_comparison_counts_pairs_trained_both_ways():
+    bench = load_benchmark()
+
+    def row(codec, lam, forward, psnr, ssim2):
+        return {"codec": codec, "lambda": lam, "training_forward": forward, "surrogate": "CodecProxySurrogate",
+                "proxy_bd_rate": {"psnr": -9.0, "ssimulacra2": -9.0},
+                "real_bd_rate": {"psnr": psnr, "ssimulacra2": ssim2}}  # fmt: skip
+
+    rows = [
+        row("webp", 1.0, "surrogate", 4.0, 3.0),
+        row("webp", 1.0, "real", 0.5, -1.0),
+        row("hevc", 1.0, "surrogate", 6.0, -2.0),
+        row("hevc", 1.0, "real", 7.0, -3.0),
+        row("vvc", 1.0, "surrogate", 9.0, 9.0),
+    ]  # fmt: skip  (vvc trained one way only: not a pair)
+    comparison = bench.forward_comparison(rows)
+    assert comparison["psnr"]["pairs"] == 2 and comparison["psnr"]["real_better"] == 1
+    assert comparison["ssimulacra2"]["real_better"] == 2
+    assert comparison["psnr"]["mean_real"] == pytest.approx(3.75)
+    assert comparison["psnr"]["worse_than_codec_alone"] == {"surrogate": 2, "real": 2}
+    # agreement is judged on the rows trained through the surrogate alone
+    summary = bench.agreement_summary([r for r in rows if r["training_forward"] == "surrogate"])
+    assert summary["psnr"]["sign_agreement"] == 0.0
+    assert bench.forward_comparison(rows[-1:]) == {}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_agreement_benchmark_trains_with_the_real_codec_in_the_loop(tmp_path):
+    bench = load_benchmark()
+    args = bench.parse_args(
+        [
+            "--codecs", "webp", "--lambdas", "1", "--steps", "4", "--batch_size", "2", "--crop", "64",
+            "--train_data", str(EXAMPLES_DIR), "--train_images", "2", "--validation_data", str(EXAMPLES_DIR),
+            "--workers", "0", "--threads", "1", "--training_forward", "surrogate,real",
+            "--output", str(tmp_path / "agreement.json"), "--plot", str(tmp_path / "agreement.png"),
+        ]
+    )  # fmt: skip
+    report = bench.main(args)
+    assert [r["training_forward"] for r in report["rows"]] == ["surrogate", "real"]
+    assert report["forward_comparison"]["psnr"]["pairs"] == 1
+    assert all(math.isfinite(r["real_bd_rate"]["psnr"]) for r in report["rows"])
+    assert (tmp_path / "agreement.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="training_forward"):
+        bench.main(bench.parse_args(["--training_forward", "exact", "--train_data", str(EXAMPLES_DIR),
+                                     "--validation_data", str(EXAMPLES_DIR)]))  # fmt: skip
