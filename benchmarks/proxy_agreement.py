@@ -363,7 +363,7 @@ def plot(rows: list[dict], path: str) -> None:
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
             ax.set_ylabel(f"real BD-rate vs codec alone, {metric} (%)")
-            ax.set_title(f"{metric}: how the pre-processor was trained (lower is better)")
+            ax.set_title(f"{metric}: real BD-rate by how it was trained")
             ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
