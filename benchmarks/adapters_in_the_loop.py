@@ -87,14 +87,20 @@ def train_adapter(args, base: Path, train: Path, forward: str, lam: str, out: Pa
     """Train (or reuse) one adapter; returns how it was obtained."""
     name = f"rp_{args.codec}_lambda_{lam}"
     if (out / "pytorch_lora_weights.safetensors").is_file():
-        return {"adapter": name, "source": "reused", "folder": str(out)}
+        record = json.loads((out / "rp_adapter.json").read_text())
+        if record.get("surrogate_forward", "surrogate") != forward or record.get("adapter_name") != name:
+            raise SystemExit(
+                f"{out} holds {record.get('adapter_name')!r} trained with the {record.get('surrogate_forward', 'surrogate')} "
+                f"forward, not {name!r} with the {forward} forward; remove it or use another --work"
+            )
+        return {"adapter": name, "source": "reused", "folder": str(out), "record": record}
     shipped = Path(args.model) / "adapters" / name
     if forward == "surrogate" and args.reuse_shipped and (shipped / "pytorch_lora_weights.safetensors").is_file():
         record = json.loads((shipped / "rp_adapter.json").read_text())
         if record.get("surrogate_forward", "surrogate") != "surrogate":
             raise SystemExit(f"{shipped} was not trained through the surrogate alone; drop --reuse_shipped")
         shutil.copytree(shipped, out)
-        return {"adapter": name, "source": f"shipped ({shipped})", "folder": str(out)}
+        return {"adapter": name, "source": f"shipped ({shipped})", "folder": str(out), "record": record}
     command = [
         sys.executable, str(REPO / "training" / "finetune_rp.py"), "--pretrained_model_name_or_path", str(base),
         "--train_data_dir", str(train), "--codec", args.codec, "--surrogate", args.codec, "--lambda_rate", lam,
@@ -103,8 +109,9 @@ def train_adapter(args, base: Path, train: Path, forward: str, lam: str, out: Pa
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    record = json.loads((out / "rp_adapter.json").read_text())
     return {"adapter": name, "source": "trained", "folder": str(out), "seconds": time.perf_counter() - start,
-            "command": " ".join(command[1:])}  # fmt: skip
+            "command": " ".join(command[1:]), "record": record}  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -64,6 +64,12 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated: 'surrogate' (train through the surrogate alone) and/or 'real' (the real codec forward, "
         "the surrogate's gradient backward: CodecInTheLoop)",
     )
+    parser.add_argument(
+        "--integer_qualities",
+        action="store_true",
+        help="round each training quality to an integer (the same draws), as the real codec in the loop does; "
+        "without it the surrogate-alone training draws continuous qualities",
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=128)
@@ -125,6 +131,8 @@ def train(surrogate, codec, photos: list[torch.Tensor], args, lambda_rate: float
             crops.append(photo[:, top : top + args.crop, left : left + args.crop])
         batch = torch.stack(crops)
         quality = rng.uniform(lo, hi)
+        if args.integer_qualities:
+            quality = float(round(quality))
         terms = loss_fn(batch, model(batch), quality)
         optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()

@@ -35,7 +35,10 @@ def test_reuse_of_trained_and_shipped_adapters_and_the_recipe_flags(tmp_path):
     out = tmp_path / "surrogate" / "rp_webp_lambda_1"
     got = bench.train_adapter(args, tmp_path / "base", tmp_path / "train", "surrogate", "1", out)
     assert got["source"].startswith("shipped") and (out / "pytorch_lora_weights.safetensors").is_file()
-    assert bench.train_adapter(args, tmp_path, tmp_path, "surrogate", "1", out)["source"] == "reused"
+    reused = bench.train_adapter(args, tmp_path, tmp_path, "surrogate", "1", out)
+    assert reused["source"] == "reused" and reused["record"]["train_steps"] == 600
+    with pytest.raises(SystemExit, match="surrogate forward, not 'rp_webp_lambda_1' with the real forward"):
+        bench.train_adapter(args, tmp_path, tmp_path, "real", "1", out)  # not a loop-trained adapter
     # an adapter trained with the real codec in the loop is never taken for a proxy-trained one
     fake = tmp_path / "model"
     shutil.copytree(MODEL, fake, ignore=shutil.ignore_patterns("*.png"))

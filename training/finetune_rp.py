@@ -124,8 +124,10 @@ def parse_args(input_args=None):
         choices=["surrogate", "real"],
         help="surrogate: the loss sees the surrogate's decode and size. real: it sees the real codec's (each crop is "
         "encoded and decoded by the real codec on the CPU; the gradient is still the surrogate's; "
-        "rp_diffusers.surrogates.CodecInTheLoop). With a learned proxy, real keeps the loss honest "
-        "(benchmarks/proxy_agreement.py); with DiffJPEG, which decodes bit-exactly, it only adds the codec's time.",
+        "rp_diffusers.surrogates.CodecInTheLoop). With a learned proxy, the loss then measures the real codec "
+        "(benchmarks/proxy_agreement.py). Cost: one real encode + decode per crop and step, three with "
+        "--rate_weighting codec_slope, on the CPU (VVC: about 2 s per 256 px crop on one thread), which on a GPU can "
+        "take longer than the step itself.",
     )
     parser.add_argument("--slope_delta", type=float, default=5.0, help="codec_slope: quality step of the slope.")
     parser.add_argument("--lambda_perceptual", type=float, default=1.0, help="Weight of the perceptual loss.")

@@ -37,7 +37,9 @@ class CodecInTheLoop(CodecSurrogate):
             the settings it was fitted to (a learned proxy records them in ``metadata["training"]``).
         workers: threads that run the real codec on the images of a batch (default: up to the CPU count).
 
-    Qualities are rounded to the codec's integers, for the real codec and the surrogate alike.
+    Qualities are rounded to the codec's integers (``torch.round``: halves to even), for the real codec and the
+    surrogate alike. The surrogate runs only when the image requires a gradient, so a surrogate with trainable
+    parameters gets no gradient through the loop. A codec error (an encoder failure or timeout) is raised as it is.
 
     Example:
         >>> from rp_diffusers.surrogates import get_surrogate
@@ -70,8 +72,12 @@ class CodecInTheLoop(CodecSurrogate):
 
     @property
     def fitted_quality_range(self) -> tuple[float, float]:
-        """The surrogate's fitted range where it has one (where its gradient was fitted), else the codec's."""
-        return tuple(getattr(self.surrogate, "fitted_quality_range", self.quality_range))
+        """The surrogate's fitted range (where its gradient was fitted); absent, as on the surrogate, when it has none,
+        so that code choosing qualities treats the loop exactly as the surrogate alone."""
+        fitted = getattr(self.surrogate, "fitted_quality_range", None)
+        if fitted is None:
+            raise AttributeError(f"{type(self.surrogate).__name__} has no fitted_quality_range")
+        return tuple(fitted)
 
     @torch.no_grad()
     def real(self, image: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
