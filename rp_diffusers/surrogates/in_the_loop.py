@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..utils.image import tensor_to_pil
 from .base import CodecSurrogate, SurrogateOutput
 
 
@@ -82,8 +83,7 @@ class CodecInTheLoop(CodecSurrogate):
     @torch.no_grad()
     def real(self, image: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Real encode + decode of each image at its integer quality: ((N, 3, H, W) decoded, (N,) bits float32)."""
-        pixels = (image.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-        arrays = [np.ascontiguousarray(a) for a in pixels.numpy()]
+        arrays = tensor_to_pil(image)  # rounded to 8 bits, as a file holds them
         qualities = [int(q) for q in quality.tolist()]
 
         def code(i: int):
