@@ -3,9 +3,13 @@
 For each codec with shipped proxy weights, at a low, the default and a high quality (``proxy_qualities``: the bottom
 of the codec's R-D sweep, its default, halfway again above the default), over the 24 Kodak images:
 PSNR between the proxy's output and the real decode (min and median, 8-bit), the identity baseline (PSNR between
-the input and the real decode: what a proxy that changed nothing would score), median absolute relative error of
-the predicted file size in bits, Pearson correlation of log bits across images, and time per megapixel of the
-proxy (forward; forward + backward) against the real codec's encode + decode, in the same run.
+the input and the real decode: what a proxy that changed nothing would score) and the mean gain over it, median
+absolute relative error of the predicted file size in bits, Pearson correlation of log bits across images, and time
+per megapixel of the proxy (forward; forward + backward) against the real codec's encode + decode, in the same run.
+Per codec, it also scans every integer quality of the proxy's fitted range on each image and counts the images whose
+predicted size falls somewhere as the quality rises (a size that falls with quality misleads the codec-slope rate
+weighting), and checks the targets: mean gain >= +2.5 dB, median bits error <= 8 %, log-bits Pearson >= 0.98 at
+all three levels.
 
 Kodak is the TEST set: nothing here feeds back into training or tuning.
 
@@ -69,6 +73,39 @@ def time_proxy(proxy, image: torch.Tensor, quality: float, backward: bool, repea
     return best
 
 
+TARGETS = {"psnr_gain_mean": 2.5, "bits_median_abs_rel_err": 0.08, "log_bits_pearson": 0.98}
+
+
+@torch.no_grad()
+def monotonicity(proxy, images: list) -> dict:
+    """Predicted bits at every integer quality of the fitted range, per image: how many images' sizes fall somewhere
+    as the quality rises, and the worst fall (d log bits per quality step; positive = never falls)."""
+    lo, hi = (int(round(q)) for q in proxy.fitted_quality_range)
+    qualities = torch.arange(lo, hi + 1, dtype=torch.float32)
+    falling, worst = 0, float("inf")
+    for image in images:
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255.0
+        log_bits = torch.stack([torch.log(proxy.bits(x, float(q))[0]) for q in qualities])
+        steps = log_bits[1:] - log_bits[:-1]
+        falling += int(bool((steps < 0).any()))
+        worst = min(worst, float(steps.min()))
+    return {"qualities": [lo, hi], "images_falling": falling, "images": len(images), "worst_dlogbits": round(worst, 4)}
+
+
+def targets_met(rows: list[dict]) -> dict:
+    """Per codec: whether each target holds at every measured level, and whether all do."""
+    met = {}
+    for name in dict.fromkeys(r["codec"] for r in rows):
+        mine = [r for r in rows if r["codec"] == name]
+        checks = {
+            "gain": all(r["psnr_gain_mean"] >= TARGETS["psnr_gain_mean"] for r in mine),
+            "bits_error": all(r["bits_median_abs_rel_err"] <= TARGETS["bits_median_abs_rel_err"] for r in mine),
+            "pearson": all(r["log_bits_pearson"] >= TARGETS["log_bits_pearson"] for r in mine),
+        }
+        met[name] = {**checks, "all": all(checks.values())}
+    return met
+
+
 def run_codec(codec, image, quality: int, cache_dir: str | None, stem: str) -> tuple[np.ndarray, int, float]:
     """(decoded RGB array, bits, encode + decode seconds) of the real codec, from ``cache_dir`` when stored there."""
     path = Path(cache_dir) / f"{codec.name}_q{quality}_{stem}.npz" if cache_dir else None
@@ -97,6 +134,8 @@ def main(args: argparse.Namespace) -> dict:
     for name in names:
         proxy = load_proxy(name, weights_dir)
         codec = get_codec(name)  # the codec as users run it (the proxy may have been fitted with threads=1)
+        scan = monotonicity(proxy, images)
+        print(f"{name}: predicted size falls with quality on {scan['images_falling']}/{scan['images']} images", flush=True)
         for label, quality in proxy_qualities(codec).items():
             cache, codec_seconds = {}, 0.0
             for index, image in enumerate(images):
@@ -124,19 +163,22 @@ def main(args: argparse.Namespace) -> dict:
                 "proxy_s_per_mp": round(time_proxy(proxy, x, float(quality), backward=False) / mp0, 4),
                 "proxy_fwd_bwd_s_per_mp": round(time_proxy(proxy, x, float(quality), backward=True) / mp0, 4),
                 "codec_s_per_mp": round(codec_seconds / megapixels, 4),
+                "rate_features": proxy.net.rate_features,
+                "monotonicity": scan,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     header = (
-        f"{'codec':6} {'level':7} {'q':>3} {'PSNR min':>8} {'PSNR med':>8} {'ident.':>7} {'bits err':>8} "
+        f"{'codec':6} {'level':7} {'q':>3} {'PSNR min':>8} {'PSNR med':>8} {'ident.':>7} {'gain':>6} {'bits err':>8} "
         f"{'pearson':>7} {'s/MP fwd':>8} {'s/MP f+b':>8} {'codec s/MP':>10} {'ratio':>6}"
     )
     print(header)
     for r in rows:
         print(
             f"{r['codec']:6} {r['level']:7} {r['quality']:>3} {r['psnr_min']:8.2f} {r['psnr_median']:8.2f} "
-            f"{r['psnr_identity_median']:7.2f} {100 * r['bits_median_abs_rel_err']:7.1f}% {r['log_bits_pearson']:7.3f} "
+            f"{r['psnr_identity_median']:7.2f} {r['psnr_gain_mean']:+6.2f} {100 * r['bits_median_abs_rel_err']:7.1f}% "
+            f"{r['log_bits_pearson']:7.3f} "
             f"{r['proxy_s_per_mp']:8.3f} {r['proxy_fwd_bwd_s_per_mp']:8.3f} {r['codec_s_per_mp']:10.3f} "
             f"{r['proxy_s_per_mp'] / r['codec_s_per_mp']:6.2f}"
         )
@@ -148,9 +190,12 @@ def main(args: argparse.Namespace) -> dict:
             "psnr_min/psnr_median": "dB, proxy output vs real decode (8-bit RGB)",
             "psnr_identity_median": "dB, input vs real decode (a proxy that returns its input)",
             "bits_median_abs_rel_err": "median |bits_proxy - bits_real| / bits_real over images",
+            "psnr_gain_mean": "dB, mean over images of PSNR(proxy) - PSNR(identity): the gain over the identity",
             "log_bits_pearson": "Pearson r of log bits (proxy vs real) across images",
+            "monotonicity": "images whose predicted size falls as the quality rises over the fitted range",
             "proxy_s_per_mp / proxy_fwd_bwd_s_per_mp / codec_s_per_mp": "seconds per megapixel; ratio = proxy/codec",
         },
+        "targets": TARGETS,
         "results": rows,
     }
     if args.record:
@@ -167,6 +212,9 @@ def main(args: argparse.Namespace) -> dict:
     if output.is_file():  # a run on some codecs keeps the other codecs' rows
         kept = [r for r in json.loads(output.read_text()).get("results", []) if r.get("codec") not in names]
         report["results"] = kept + rows
+    report["targets_met"] = targets_met([r for r in report["results"] if "psnr_gain_mean" in r])
+    for name, met in report["targets_met"].items():
+        print(f"{name}: targets met: {met}")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -155,6 +155,70 @@ def test_train_surrogate_two_steps_writes_loadable_weights(tmp_path, train_dir, 
     assert out.reconstruction.shape == (1, 3, 20, 30) and bool(torch.isfinite(out.bits).all())
 
 
+def test_train_surrogate_rate_then_decode_from_a_fitted_proxy(tmp_path, train_dir, val_dir):
+    """--init_weights + --train_parts: a new DCT rate head on a fitted U-Net, then the U-Net alone; each run trains
+    only its part, the other stays bit-for-bit, and the saved proxy records where it started."""
+    script = load_script(REPO / "training" / "train_surrogate.py", "train_surrogate")
+    for folder, source, count in (("train", train_dir, 3), ("val", val_dir, 1)):
+        (tmp_path / folder).mkdir()
+        for index, path in enumerate(sorted(source.iterdir())[:count]):
+            load_image(path).crop((0, 0, 48, 40)).save(tmp_path / folder / f"{index}.png")
+    common = [
+        "--codec", "webp", "--resolution", "32", "--num_pairs", "4", "--max_train_steps", "2",
+        "--train_batch_size", "2", "--channels", "8,8,8", "--train_data_dir", str(tmp_path / "train"),
+        "--validation_data_dir", str(tmp_path / "val"), "--validation_resolution", "32",
+        "--pairs_dir", str(tmp_path / "pairs"),
+    ]  # fmt: skip
+    script.main(script.parse_args(common + ["--rate_features", "stats", "--output_dir", str(tmp_path / "a")]))
+    start = load_proxy("webp", tmp_path / "a")
+    run = ["--init_weights", str(tmp_path / "a"), "--train_parts", "rate", "--output_dir", str(tmp_path / "b")]
+    script.main(script.parse_args(common + run))
+    rate = load_proxy("webp", tmp_path / "b")
+    assert rate.net.rate_features == "dct" and rate.metadata["architecture"]["rate_features"] == "dct"
+    assert rate.metadata["training"]["init"]["weights"] == str(tmp_path / "a")
+    for name, value in start.net.state_dict().items():
+        if not name.startswith(("rate_", "header", "stat_")):
+            assert torch.equal(value, rate.net.state_dict()[name]), name
+    run = ["--init_weights", str(tmp_path / "b"), "--train_parts", "decode", "--output_dir", str(tmp_path / "c")]
+    script.main(script.parse_args(common + run))
+    decode = load_proxy("webp", tmp_path / "c")
+    after = decode.net.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in rate.net.state_dict().items() if k.startswith(("rate_", "header")))
+    assert not torch.equal(rate.net.state_dict()["tail.weight"], after["tail.weight"])
+    assert decode.metadata["training"]["init"]["init"]["weights"] == str(tmp_path / "a")
+    x = torch.rand(1, 3, 20, 30)
+    assert torch.isfinite(decode(x, 75).bits).all()
+    with pytest.raises(ValueError, match="--rate_features dct"):
+        bad = ["--init_weights", str(tmp_path / "b"), "--train_parts", "decode", "--rate_features", "stats"]
+        script.main(script.parse_args(common + bad + ["--output_dir", str(tmp_path / "d")]))
+
+
+def test_dct_rate_features_measure_block_transform_energy():
+    """The DCT bands of a block hold its energy (orthonormal DCT), a flat block has none outside DC, and a block a
+    vertical prediction reproduces has no intra residual."""
+    from rp_diffusers.surrogates.proxy_model import Y_BANDS, CodecProxyNet, band_energies, intra_residual
+
+    plane = torch.rand(2, 1, 16, 24)
+    bands = band_energies(plane, Y_BANDS)
+    index = torch.arange(8)
+    counts = torch.tensor([int(((index[:, None] + index[None, :] >= a) & (index[:, None] + index[None, :] <= b)).sum())
+                           for a, b in Y_BANDS], dtype=torch.float32)  # fmt: skip
+    total = (bands * counts[None, :, None, None]).sum(1)
+    assert torch.allclose(total, torch.nn.functional.avg_pool2d(plane.square(), 8)[:, 0] * 64, rtol=1e-4)
+    flat = band_energies(torch.full((1, 1, 8, 8), 0.5), Y_BANDS)
+    assert flat[0, 0].item() == pytest.approx(16.0, rel=1e-5)  # DC = 8 x mean and flat[0, 1:].abs().max() < 1e-10
+    stripes = torch.arange(16.0).repeat(16, 1)[None, None] / 16  # every row the same: vertical prediction is exact
+    assert intra_residual(stripes)[..., 1:, :].abs().max() < 1e-10
+    net = CodecProxyNet(channels=(8, 8, 8), rate_features="dct")
+    x = torch.rand(2, 3, 37, 50, requires_grad=True)
+    net.fit_rate_normalisation([x.detach()])
+    recon, bits = net(x, torch.tensor([0.2, 0.8]))
+    bits.sum().backward()
+    assert recon.shape == x.shape and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="rate_features"):
+        CodecProxyNet(rate_features="wavelet")
+
+
 def test_rate_calibration_fit_recovers_a_known_correction():
     """log(real / proxy) = a + b (log pixels - ref) + c q is recovered from noiseless synthetic records."""
     rng = np.random.default_rng(0)
@@ -300,3 +364,28 @@ def test_training_benchmark_times_each_surrogate_forward_and_backward():
     assert bench.parse_args([]).surrogate_precisions == ["fp32"]
     assert bench.parse_args([]).step_precision == "bf16"  # as finetune_rp.py trains on a GPU
     assert bench.parse_args(["--step-precision", "fp32"]).step_precision == "fp32"  # CPUs without native bf16
+
+
+def test_surrogates_proxy_benchmark_reports_gain_monotonicity_and_targets(tmp_path, val_dir):
+    """Two validation photographs (never Kodak) through the WebP proxy: the gain over the identity, the scan of
+    predicted sizes over the fitted qualities and the per-target verdicts are all in the JSON."""
+    bench = load_script(REPO / "benchmarks" / "surrogates_proxy.py", "surrogates_proxy_bench")
+    out = tmp_path / "proxy.json"
+    report = bench.main(bench.parse_args(["--codecs", "webp", "--images", str(val_dir), "--max_images", "3",
+                                          "--threads", "1", "--output", str(out)]))  # fmt: skip
+    rows = report["results"]
+    assert [r["level"] for r in rows] == ["low", "default", "high"] and json.loads(out.read_text()) == report
+    for row in rows:
+        assert row["psnr_gain_mean"] == pytest.approx(row["psnr_median"] - row["psnr_identity_median"], abs=3.0)
+        scan = row["monotonicity"]
+        assert scan["images"] == 3 and 0 <= scan["images_falling"] <= 3 and scan["qualities"][0] < scan["qualities"][1]
+    met = report["targets_met"]["webp"]
+    gain_ok = all(r["psnr_gain_mean"] >= 2.5 for r in rows)
+    assert met["gain"] == gain_ok and met["all"] == (met["gain"] and met["bits_error"] and met["pearson"])
+
+
+def test_proxy_bits_alone_equals_the_forward_size(proxies):
+    image = torch.rand(2, 3, 40, 56)
+    for name in ("webp", "vvc"):  # with and without the noise-level calibration terms
+        assert torch.allclose(proxies[name].bits(image, 50.0 if name == "webp" else 30.0),
+                              proxies[name](image, 50.0 if name == "webp" else 30.0).bits)  # fmt: skip

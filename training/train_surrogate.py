@@ -125,6 +125,29 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         choices=["bt601", "bt709"],
         help="YCbCr matrix of the codec (default: bt709 when the codec has a 'matrix' setting, else bt601).",
     )
+    parser.add_argument(
+        "--rate_features",
+        type=str,
+        default="dct",
+        choices=["stats", "dct"],
+        help="Block statistics of the rate head: 'dct' (26: DCT band energies, intra residual, global context) or "
+        "'stats' (8 gradient/variance statistics, the first shipped proxies').",
+    )
+    parser.add_argument(
+        "--init_weights",
+        type=str,
+        default=None,
+        help="Start from the fitted proxy of --codec in this folder ('shipped': the package's weights) instead of "
+        "from scratch. Its rate head is kept only when its --rate_features match; its rate calibration is dropped "
+        "when the rate head is trained.",
+    )
+    parser.add_argument(
+        "--train_parts",
+        type=str,
+        default="all",
+        choices=["all", "rate", "decode"],
+        help="What to train: both parts, only the rate head (fast: no U-Net pass), or only the decode U-Net.",
+    )
     parser.add_argument("--train_batch_size", type=int, default=8, help="Crops per step.")
     parser.add_argument(
         "--distortion_crop",
@@ -324,11 +347,11 @@ def main(args: argparse.Namespace) -> Path | None:
     data = PairsInMemory([build_pairs(args, codec, quality_range, full) for full in sets])
     lo, hi = codec.quality_range
 
-    channels = tuple(int(c) for c in args.channels.split(","))
-    matrix = args.matrix or ("bt709" if codec.settings.get("matrix") == "bt709" else "bt601")
-    net = CodecProxyNet(channels=channels, matrix=matrix)
-    net.fit_rate_normalisation([image.float() / 255.0 for image in data.images[:512]])
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.learning_rate, weight_decay=args.adam_weight_decay)
+    net, init = build_net(args, codec, data)
+    trained = [p for name, p in net.named_parameters() if args.train_parts == "all" or _part(name) == args.train_parts]
+    for name, parameter in net.named_parameters():
+        parameter.requires_grad_(args.train_parts == "all" or _part(name) == args.train_parts)
+    optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     scheduler = make_lr_schedule(args, optimizer, accelerator)
     shapes = [tuple(image.shape[-2:]) for image in data.images]
     batch_sampler = SameShapeBatchSampler(shapes, args.train_batch_size, args.seed)
@@ -345,7 +368,11 @@ def main(args: argparse.Namespace) -> Path | None:
 
     def validate(step: int) -> dict:
         surrogate = CodecProxySurrogate(
-            accelerator.unwrap_model(net), args.codec, codec.quality_range, codec.default_quality
+            accelerator.unwrap_model(net),
+            args.codec,
+            codec.quality_range,
+            codec.default_quality,
+            metadata=init["metadata"] if init else None,
         )
         report = {}
         for quality in val_qualities:
@@ -375,16 +402,20 @@ def main(args: argparse.Namespace) -> Path | None:
             q_norm = (quality - lo) / (hi - lo)
             top, left, height, width = window = _window(image.shape[-2:], args.distortion_crop)
             with accelerator.autocast():
-                recon, bits_pred = net(image, q_norm, window)
-            target = decoded[..., top : top + height, left : left + width]
-            mse = (recon.float() - target).square().flatten(1).mean(1)
-            loss_d = torch.log(mse + 1e-6).mean()
+                if args.train_parts == "rate":  # no U-Net pass
+                    recon, bits_pred = None, accelerator.unwrap_model(net).bits(image, q_norm)
+                else:
+                    recon, bits_pred = net(image, q_norm, window)
             loss_r = (torch.log(bits_pred) - torch.log(bits.float())).square().mean()
-            loss = loss_d + args.rate_weight * loss_r
+            logs = {"log_bits_rmse": loss_r.detach().sqrt().item(), "lr": scheduler.get_last_lr()[0]}
+            loss = args.rate_weight * loss_r if args.train_parts != "decode" else 0.0
+            if recon is not None:
+                target = decoded[..., top : top + height, left : left + width]
+                mse = (recon.float() - target).square().flatten(1).mean(1)
+                loss = loss + torch.log(mse + 1e-6).mean()
+                logs["psnr"] = (-10 * torch.log10(mse.detach() + 1e-10)).mean().item()
             optimizer_step(accelerator, loss, net, optimizer, scheduler, args.max_grad_norm)
             global_step += 1
-            psnr = (-10 * torch.log10(mse.detach() + 1e-10)).mean().item()
-            logs = {"psnr": psnr, "log_bits_rmse": loss_r.detach().sqrt().item(), "lr": scheduler.get_last_lr()[0]}
             # logs, checkpoint-{step} (rotated), validation; True on a signal (checkpoint saved, then stop)
             stopped = finish_update(accelerator, args, global_step, logs, progress, validate_during_training)
             if stopped or global_step >= args.max_train_steps:
@@ -399,7 +430,11 @@ def main(args: argparse.Namespace) -> Path | None:
     if accelerator.is_main_process:
         report = validate(global_step) if val_images else {}
         surrogate = CodecProxySurrogate(
-            accelerator.unwrap_model(net).float(), args.codec, codec.quality_range, codec.default_quality
+            accelerator.unwrap_model(net).float(),
+            args.codec,
+            codec.quality_range,
+            codec.default_quality,
+            metadata=init["metadata"] if init else None,
         )
         training = {
             "command": "python training/train_surrogate.py " + shlex.join(args.command_line),
@@ -411,9 +446,60 @@ def main(args: argparse.Namespace) -> Path | None:
             "train_seconds": round(train_seconds, 1),
             "steps": global_step,
         }
+        if init:
+            training["init"] = init["record"]
         surrogate.save_pretrained(output_dir, training=training, fidelity={"val-set14": report})
     end_run(accelerator)
     return path
+
+
+def _part(name: str) -> str:
+    """Which part a parameter of ``CodecProxyNet`` belongs to: ``"rate"`` (the rate head) or ``"decode"``."""
+    return "rate" if name.startswith(("rate_", "header", "stat_")) else "decode"
+
+
+def build_net(args: argparse.Namespace, codec, data: PairsInMemory) -> tuple[CodecProxyNet, dict | None]:
+    """The network to train: new, or started from ``--init_weights`` (see its help); plus the start's record.
+
+    The record (``None`` from scratch) holds what the saved proxy inherits: its metadata (the rate calibration only
+    when the rate head is neither new nor trained) and ``record``, the start's training command and fidelity.
+    """
+    channels = tuple(int(c) for c in args.channels.split(","))
+    matrix = args.matrix or ("bt709" if codec.settings.get("matrix") == "bt709" else "bt601")
+    net = CodecProxyNet(channels=channels, matrix=matrix, rate_features=args.rate_features)
+    if args.init_weights is None:
+        net.fit_rate_normalisation([image.float() / 255.0 for image in data.images[:512]])
+        return net, None
+    start = CodecProxySurrogate.from_pretrained(
+        args.codec, None if args.init_weights == "shipped" else args.init_weights
+    )
+    if tuple(start.net.channels) != channels or start.net.matrix != matrix:
+        raise ValueError(
+            f"--init_weights {args.init_weights}: its U-Net is {start.net.channels} / {start.net.matrix}, this run "
+            f"asks for {channels} / {matrix}; pass matching --channels and --matrix"
+        )
+    state = start.net.state_dict()
+    same_rate_head = start.net.rate_features == args.rate_features and start.net.rate_hidden == net.rate_hidden
+    if not same_rate_head:
+        if args.train_parts == "decode":
+            raise ValueError(
+                f"--train_parts decode keeps the rate head of --init_weights, which has rate_features "
+                f"{start.net.rate_features!r}; pass --rate_features {start.net.rate_features}"
+            )
+        state = {k: v for k, v in state.items() if _part(k) == "decode"}
+    net.load_state_dict(state, strict=same_rate_head)
+    if not same_rate_head:
+        net.fit_rate_normalisation([image.float() / 255.0 for image in data.images[:512]])
+    metadata = {}
+    if same_rate_head and args.train_parts == "decode" and start.rate_calibration is not None:
+        metadata["rate_calibration"] = start.rate_calibration
+    record = {
+        "weights": args.init_weights,
+        "command": start.metadata.get("training", {}).get("command"),
+        "fidelity": start.metadata.get("fidelity"),
+        "init": start.metadata.get("training", {}).get("init"),
+    }
+    return net, {"metadata": metadata, "record": record}
 
 
 def _window(size: tuple[int, int], side: int) -> tuple[int, int, int, int]:

@@ -96,6 +96,16 @@ class CodecProxySurrogate(CodecSurrogate):
         bits = bits.float() * rate_correction(self.rate_calibration, pixels, q_norm, image)
         return SurrogateOutput(reconstruction=recon.to(image.dtype), bits=bits)
 
+    def bits(self, image: torch.Tensor, quality=None) -> torch.Tensor:
+        """Only the predicted size, (N,) float32 bits, without the decode's U-Net (the same value as ``forward``)."""
+        quality = self.check_inputs(image, self.default_quality if quality is None else quality)
+        param = next(self.net.parameters())
+        lo, hi = self.quality_range
+        q_norm = ((quality - lo) / (hi - lo)).to(param.dtype)
+        pixels = image.shape[-2] * image.shape[-1]
+        bits = self.net.bits(image.to(param.dtype), q_norm).float()
+        return bits * rate_correction(self.rate_calibration, pixels, q_norm, image)
+
     @classmethod
     def from_pretrained(cls, codec: str, weights_dir: str | Path | None = None) -> CodecProxySurrogate:
         """Load ``proxy_{codec}.safetensors`` + ``proxy_{codec}.json`` from ``weights_dir`` (default: shipped).
@@ -113,7 +123,12 @@ class CodecProxySurrogate(CodecSurrogate):
             )
         metadata = json.loads(config.read_text())
         architecture = metadata["architecture"]
-        net = CodecProxyNet(channels=tuple(architecture["channels"]), matrix=architecture["matrix"])
+        net = CodecProxyNet(
+            channels=tuple(architecture["channels"]),
+            matrix=architecture["matrix"],
+            rate_hidden=architecture.get("rate_hidden", 64),
+            rate_features=architecture.get("rate_features", "stats"),
+        )
         state = {k: v.float() for k, v in load_file(str(weights)).items()}
         net.load_state_dict(state)
         net.eval().requires_grad_(False)
@@ -133,7 +148,13 @@ class CodecProxySurrogate(CodecSurrogate):
             codec=self.codec_name,
             quality_range=list(self.quality_range),
             default_quality=self.default_quality,
-            architecture={"class": "CodecProxyNet", "channels": list(self.net.channels), "matrix": self.net.matrix},
+            architecture={
+                "class": "CodecProxyNet",
+                "channels": list(self.net.channels),
+                "matrix": self.net.matrix,
+                "rate_hidden": self.net.rate_hidden,
+                "rate_features": self.net.rate_features,
+            },
             parameters=sum(v.numel() for v in state.values()),
         )
         if training is not None:

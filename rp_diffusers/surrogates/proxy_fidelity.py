@@ -52,7 +52,8 @@ def measure_fidelity(
 
     Returns:
         dict with ``psnr_min``/``psnr_median`` (dB, proxy decode vs real decode, 8-bit), ``psnr_codec_median``
-        (real decode vs original: what a proxy returning its input scores), ``bits_median_abs_rel_err``,
+        (real decode vs original: what a proxy returning its input scores), ``psnr_gain_mean`` (mean over images
+        of the proxy's PSNR minus the input's, dB: its gain over the identity), ``bits_median_abs_rel_err``,
         ``bits_max_abs_rel_err``, ``bits_median_ratio`` (proxy / real: the sign of a systematic bias) and
         ``log_bits_pearson`` (nan for fewer than 3 images).
     """
@@ -83,6 +84,7 @@ def measure_fidelity(
         "psnr_min": round(float(np.min(psnr)), 3),
         "psnr_median": round(float(np.median(psnr)), 3),
         "psnr_codec_median": round(float(np.median(psnr_codec)), 3),
+        "psnr_gain_mean": round(float(np.mean(np.asarray(psnr) - np.asarray(psnr_codec))), 3),
         "bits_median_abs_rel_err": round(float(np.median(rel)), 4),
         "bits_max_abs_rel_err": round(float(np.max(rel)), 4),
         "bits_median_ratio": round(float(np.median(pred / real)), 4),

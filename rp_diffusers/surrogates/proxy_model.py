@@ -7,10 +7,18 @@ The network maps ``(image, quality)`` to the real codec's decoded image and its 
   blur of itself by a quality-dependent weight in [0, 1]: an analytic start, so the U-Net only learns the residual.
 - **Residual U-Net.** Pixel-unshuffle by 2, three levels (H/2, H/4, H/8), residual blocks with FiLM conditioning
   on a Fourier embedding of the normalised quality, pixel-shuffle back to a YCbCr residual added to the prior.
-- **Rate head.** Separate from the U-Net (its own quality embedding): per 8x8 block of the padded image, eight
-  log statistics (gradient energy and variance of Y, Cb, Cr, Laplacian energy of Y, gradient energy of Y over the
-  surrounding 40x40 area) -> a small FiLM-conditioned MLP -> log bits of that block. Bits of the image = sum over
-  blocks (weighted by the fraction of each block inside the unpadded image) + a quality-dependent header size.
+- **Rate head.** Separate from the U-Net (its own quality embedding): per 8x8 block of the padded image, log
+  statistics -> a small FiLM-conditioned MLP -> log bits of that block. Bits of the image = sum over blocks
+  (weighted by the fraction of each block inside the unpadded image) + a quality-dependent header size. Two sets of
+  statistics (``rate_features``):
+
+  - ``"stats"`` (8): gradient energy and variance of Y, Cb, Cr, Laplacian energy of Y, gradient energy of Y over the
+    surrounding 40x40 area;
+  - ``"dct"`` (26): those 8, plus what a block-transform codec quantises: the 8x8 DCT-II energy of Y in 8 frequency
+    bands, of Cb and Cr (on the 4:2:0 planes, 16x16 pixels) in 3 bands each, the energy left after the better of a
+    horizontal or vertical prediction from the neighbouring blocks' edge pixels (intra prediction), the high-band
+    energy over the surrounding 40x40 area, and, for global context, the image's mean of the Y band energies over
+    the two highest bands (broadcast to every block).
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ from ..utils.tiling import crop_to_size, pad_to_multiple
 LUMA_WEIGHTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
 RATE_BLOCK = 8  # side of the blocks the rate head scores, in pixels
 RATE_STATISTICS = 8  # log statistics per block, see CodecProxyNet.block_statistics
+RATE_FEATURES = {"stats": 8, "dct": 26}  # statistics per block of each rate_features option
+# Zigzag-like frequency bands of an 8x8 DCT: by u + v, grouped so that each band holds a similar share of the energy
+# of photographs (DC alone; u + v = 1, 2, 3, 4-5, 6-7, 8-10, 11-14).
+Y_BANDS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 5), (6, 7), (8, 10), (11, 14))
+C_BANDS = ((0, 0), (1, 3), (4, 14))
 PAD_MULTIPLE = 8  # the U-Net's total down-sampling factor
 
 
@@ -44,6 +57,41 @@ def ycbcr_matrix(matrix: str = "bt601") -> torch.Tensor:
 
 def _apply_matrix(matrix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", matrix.to(image), image)
+
+
+def dct_matrix(size: int = RATE_BLOCK) -> torch.Tensor:
+    """(size, size) orthonormal DCT-II matrix: row k is the k-th basis vector."""
+    n = torch.arange(size, dtype=torch.float64)
+    basis = torch.cos(math.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size)) * math.sqrt(2.0 / size)
+    basis[0] /= math.sqrt(2.0)
+    return basis.float()
+
+
+def band_energies(plane: torch.Tensor, bands) -> torch.Tensor:
+    """(N, 1, H, W) plane, H and W multiples of 8 -> (N, len(bands), H/8, W/8) mean squared DCT coefficient per band."""
+    n, _, height, width = plane.shape
+    basis = dct_matrix().to(plane)
+    blocks = plane.reshape(n, height // 8, 8, width // 8, 8).permute(0, 1, 3, 2, 4)
+    coefficients = basis @ blocks @ basis.T  # (N, H/8, W/8, 8, 8)
+    index = torch.arange(8, device=plane.device)
+    order = index[:, None] + index[None, :]
+    energies = []
+    for first, last in bands:
+        mask = ((order >= first) & (order <= last)).to(plane)
+        energies.append((coefficients.square() * mask).sum((-1, -2)) / mask.sum())
+    return torch.stack(energies, dim=1)
+
+
+def intra_residual(luma: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) luma -> (N, 1, H/8, W/8): mean squared residual of each 8x8 block after the better of a vertical
+    prediction (the row above the block repeated) and a horizontal one (the column to its left repeated); the first
+    row and column of blocks predict from their own edge."""
+    padded = F.pad(luma, (1, 0, 1, 0), mode="replicate")
+    above = padded[..., :-1, 1:][..., 0::8, :]  # the row just above each block row, (N, 1, H/8, W)
+    left = padded[..., 1:, :-1][..., :, 0::8]  # the column just left of each block column, (N, 1, H, W/8)
+    vertical = luma - above.repeat_interleave(8, dim=-2)
+    horizontal = luma - left.repeat_interleave(8, dim=-1)
+    return torch.minimum(F.avg_pool2d(vertical.square(), 8), F.avg_pool2d(horizontal.square(), 8))
 
 
 def _gaussian_blur(x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +141,8 @@ class CodecProxyNet(nn.Module):
         matrix: the YCbCr matrix of the codec (``"bt601"`` or ``"bt709"``), where the 4:2:0 prior is applied.
         embed_dim: size of the quality embeddings.
         rate_hidden: width of the rate head's hidden layers.
+        rate_features: the rate head's block statistics, ``"stats"`` (8) or ``"dct"`` (26, see the module's
+            docstring).
 
     Example:
         >>> net = CodecProxyNet()
@@ -107,9 +157,14 @@ class CodecProxyNet(nn.Module):
         matrix: str = "bt601",
         embed_dim: int = 64,
         rate_hidden: int = 64,
+        rate_features: str = "stats",
     ):
         super().__init__()
-        self.channels, self.matrix = tuple(channels), matrix
+        if rate_features not in RATE_FEATURES:
+            raise ValueError(f"rate_features must be one of {sorted(RATE_FEATURES)}, got {rate_features!r}")
+        self.channels, self.matrix, self.rate_features = tuple(channels), matrix, rate_features
+        self.rate_hidden = rate_hidden
+        statistics = RATE_FEATURES[rate_features]
         forward = ycbcr_matrix(matrix)
         self.register_buffer("rgb_to_ycc", forward, persistent=False)
         self.register_buffer("ycc_to_rgb", torch.linalg.inv(forward), persistent=False)
@@ -131,10 +186,10 @@ class CodecProxyNet(nn.Module):
         nn.init.zeros_(self.tail.bias)
         # Rate head on block statistics, normalised with the statistics of the training crops (see
         # fit_rate_normalisation; saved with the weights).
-        self.register_buffer("stat_mean", torch.zeros(RATE_STATISTICS))
-        self.register_buffer("stat_std", torch.ones(RATE_STATISTICS))
+        self.register_buffer("stat_mean", torch.zeros(statistics))
+        self.register_buffer("stat_std", torch.ones(statistics))
         self.rate_embed = QualityEmbedding(embed_dim)
-        self.rate_in = nn.Conv2d(RATE_STATISTICS, rate_hidden, 1)
+        self.rate_in = nn.Conv2d(statistics, rate_hidden, 1)
         self.rate_film = nn.Linear(embed_dim, 2 * rate_hidden)
         self.rate_out = nn.Sequential(
             nn.SiLU(), nn.Conv2d(rate_hidden, rate_hidden, 1), nn.SiLU(), nn.Conv2d(rate_hidden, 1, 1)
@@ -171,13 +226,39 @@ class CodecProxyNet(nn.Module):
         context = F.avg_pool2d(grad[:, :1], 5, stride=1, padding=2, count_include_pad=False)
         return torch.log(torch.cat([grad, var, lap, context], dim=1) + 1e-5)
 
+    def rate_statistics(self, ycc: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(N, 3, H, W) YCbCr, H and W multiples of 8 -> (N, S, H/8, W/8) log statistics of ``rate_features``.
+
+        ``size`` is the unpadded (height, width): the image-wide means of the global-context channels count only
+        the blocks that lie in it (default: all).
+        """
+        stats = self.block_statistics(ycc)
+        if self.rate_features == "stats":
+            return stats
+        luma = ycc[:, :1]
+        y_bands = band_energies(luma, Y_BANDS)
+        chroma = F.avg_pool2d(ycc[:, 1:], 2)
+        pad_h, pad_w = (-chroma.shape[-2]) % 8, (-chroma.shape[-1]) % 8
+        chroma = F.pad(chroma, (0, pad_w, 0, pad_h), mode="replicate")
+        c_bands = torch.cat([band_energies(chroma[:, i : i + 1], C_BANDS) for i in range(2)], dim=1)
+        c_bands = c_bands.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., : stats.shape[-2], : stats.shape[-1]]
+        intra = intra_residual(luma)
+        high = y_bands[:, -2:].mean(1, keepdim=True)
+        context = F.avg_pool2d(high, 5, stride=1, padding=2, count_include_pad=False)
+        rows, cols = stats.shape[-2:]
+        if size is not None:
+            rows, cols = max(1, math.ceil(size[0] / RATE_BLOCK)), max(1, math.ceil(size[1] / RATE_BLOCK))
+        global_high = torch.log(y_bands[:, -2:, :rows, :cols] + 1e-5).mean((-1, -2))[:, :, None, None]
+        local = torch.log(torch.cat([y_bands, c_bands, intra, context], dim=1) + 1e-5)
+        return torch.cat([stats, local, global_high.expand(-1, -1, *stats.shape[-2:])], dim=1)
+
     @torch.no_grad()
     def fit_rate_normalisation(self, images: list[torch.Tensor]) -> None:
         """Set the rate head's input normalisation from RGB training crops in [0, 1], each (3, h, w) or (N, 3, h, w)."""
         stats = []
         for image in images:
             padded, _ = pad_to_multiple(image.float().reshape(-1, *image.shape[-3:]), PAD_MULTIPLE)
-            block = self.block_statistics(_apply_matrix(self.rgb_to_ycc, padded))
+            block = self.rate_statistics(_apply_matrix(self.rgb_to_ycc, padded), tuple(image.shape[-2:]))
             stats.append(block.permute(1, 0, 2, 3).flatten(1))
         stats = torch.cat(stats, dim=1)
         self.stat_mean.copy_(stats.mean(dim=1))
@@ -230,7 +311,7 @@ class CodecProxyNet(nn.Module):
     def rate(self, ycc: torch.Tensor, q_norm: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Bits of the file: sum of per-block bits over the unpadded ``size`` plus the header, (N,) float32."""
         emb = self.rate_embed(q_norm)
-        stats = self.block_statistics(ycc.float())
+        stats = self.rate_statistics(ycc.float(), size)
         stats = (stats - self.stat_mean.view(1, -1, 1, 1)) / self.stat_std.view(1, -1, 1, 1)
         # Fraction of each 8x8 block that lies inside the unpadded image (padding carries no bits).
         inside = torch.zeros(1, 1, *ycc.shape[-2:], device=ycc.device)
