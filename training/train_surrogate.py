@@ -65,7 +65,14 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--codec_settings", type=str, default="{}", help="JSON dict of codec setting overrides (get_codec kwargs)."
     )
-    parser.add_argument("--train_data_dir", type=str, required=True, help="Folder of training photos (sun-hays80).")
+    parser.add_argument(
+        "--train_data_dir",
+        type=str,
+        nargs="+",
+        required=True,
+        help="Folder(s) of training photographs; each folder gives --num_pairs crops (and --num_full_images photos), "
+        "cached separately.",
+    )
     parser.add_argument(
         "--validation_data_dir",
         type=str,
@@ -191,10 +198,10 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _pairs_key(args: argparse.Namespace, quality_range: tuple[int, int]) -> str:
+def _pairs_key(args: argparse.Namespace, quality_range: tuple[int, int], folder: str) -> str:
     fields = [args.codec, args.codec_settings, args.resolution, args.min_resolution, args.num_pairs, quality_range]
     fields += [args.downscale_min] if args.downscale_min < 1 else []
-    digest = hashlib.sha1(json.dumps([str(f) for f in fields] + [os.path.abspath(args.train_data_dir)]).encode())
+    digest = hashlib.sha1(json.dumps([str(f) for f in fields] + [os.path.abspath(folder)]).encode())
     return f"{args.codec}-r{args.resolution}-n{args.num_pairs}-s{args.seed}-{digest.hexdigest()[:8]}"
 
 
@@ -204,15 +211,19 @@ def crop_sides(args: argparse.Namespace) -> list[int]:
     return sorted({args.min_resolution, mid, args.resolution})
 
 
-def build_pairs(args: argparse.Namespace, codec, quality_range: tuple[int, int], full_images: bool = False):
-    """Run the real codec at random integer qualities on random crops, or on whole photos (one quality each) when
-    ``full_images``; cache and return a ``datasets.Dataset``."""
+def build_pairs(
+    args: argparse.Namespace, codec, quality_range: tuple[int, int], full_images: bool = False, folder: str | None = None
+):
+    """Run the real codec at random integer qualities on random crops of the photographs in ``folder`` (default: the
+    first --train_data_dir), or on whole photos (one quality each) when ``full_images``; cache and return a
+    ``datasets.Dataset``."""
     from concurrent.futures import ThreadPoolExecutor
 
     import datasets
 
     root = args.pairs_dir or os.path.expanduser("~/.cache/rp-diffusers/proxy-pairs")
-    key = _pairs_key(args, quality_range)
+    folder = folder or args.train_data_dir[0]
+    key = _pairs_key(args, quality_range, folder)
     if full_images:
         key = f"{args.codec}-full{args.num_full_images}-s{args.seed}-{key.rsplit('-', 1)[1]}"
     path = os.path.join(root, key)
@@ -220,7 +231,7 @@ def build_pairs(args: argparse.Namespace, codec, quality_range: tuple[int, int],
         logger.info(f"reusing cached pairs at {path}")
         return datasets.load_from_disk(path)
     rng = np.random.default_rng(args.seed + int(full_images))
-    photos = [load_image(p) for p in list_images(args.train_data_dir)]
+    photos = [load_image(p) for p in list_images(folder)]
     jobs, sides = [], crop_sides(args)
     for i in range(args.num_full_images if full_images else args.num_pairs):
         photo = photos[i % len(photos)] if full_images or i < len(photos) else photos[rng.integers(len(photos))]
@@ -337,14 +348,14 @@ def main(args: argparse.Namespace) -> Path | None:
         default_range[0] if args.quality_min is None else args.quality_min,
         default_range[1] if args.quality_max is None else args.quality_max,
     )
-    sets = [False, True] if args.num_full_images > 0 else [False]
+    sets = [(full, folder) for folder in args.train_data_dir for full in ([False, True] if args.num_full_images else [False])]
     if accelerator.is_main_process:
-        for full in sets:  # the other processes wait and then read the cache
-            build_pairs(args, codec, quality_range, full)
+        for full, folder in sets:  # the other processes wait and then read the cache
+            build_pairs(args, codec, quality_range, full, folder)
     accelerator.wait_for_everyone()
     if args.prepare_pairs_only:
         return None
-    data = PairsInMemory([build_pairs(args, codec, quality_range, full) for full in sets])
+    data = PairsInMemory([build_pairs(args, codec, quality_range, full, folder) for full, folder in sets])
     lo, hi = codec.quality_range
 
     net, init = build_net(args, codec, data)
