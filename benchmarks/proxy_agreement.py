@@ -42,6 +42,7 @@ from rp_diffusers.evaluation import bd_table, evaluate
 from rp_diffusers.losses import RatePerceptionLoss
 from rp_diffusers.metrics import compute_metrics
 from rp_diffusers.surrogates import CodecInTheLoop, get_surrogate
+from rp_diffusers.surrogates.proxy import PROXY_CODECS, load_proxy
 from rp_diffusers.utils.files import write_json
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor, tensor_to_pil
 
@@ -78,6 +79,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="processes for the real codec sweeps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--proxy_weights",
+        default=None,
+        help="folder of proxy_{codec}.safetensors/.json to use for the learned proxies (default: the shipped ones)",
+    )
     parser.add_argument("--output", default="benchmarks/results/proxy_agreement.json")
     parser.add_argument("--plot", default=None, help="scatter plot of proxy-measured vs real BD-rates (.png)")
     return parser.parse_args(input_args)
@@ -248,7 +254,11 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--training_forward takes 'surrogate' and/or 'real', got {args.training_forward!r}")
     rows = []
     for codec_name in args.codecs.split(","):
-        codec, surrogate = get_codec(codec_name), get_surrogate(codec_name)
+        codec = get_codec(codec_name)
+        if args.proxy_weights and codec_name in PROXY_CODECS:
+            surrogate = load_proxy(codec_name, args.proxy_weights)
+        else:
+            surrogate = get_surrogate(codec_name)
         qualities = codec.sweep_qualities
         real_alone = real_curve(codec_name, val_images, qualities, None, args, f"{codec_name} alone")
         for lambda_rate, forward in [(lam, fwd) for lam in lambdas for fwd in forwards]:
@@ -269,6 +279,7 @@ def main(args: argparse.Namespace) -> dict:
             row = {
                 "codec": codec_name,
                 "surrogate": type(surrogate).__name__,
+                "rate_features": getattr(getattr(surrogate, "net", None), "rate_features", None),
                 "training_forward": forward,
                 "lambda": lambda_rate,
                 "qualities": list(qualities),

@@ -11,9 +11,17 @@ Checkpoints, resume and logging are those of every training script (``rp_diffuse
 ``--resume_from_checkpoint latest`` continues exactly (batch order keyed by epoch), SIGTERM / SIGUSR1 save a
 checkpoint and stop.
 
+``--init_weights`` starts from a fitted proxy and ``--train_parts`` trains only its rate head or only its decode
+U-Net. The shipped proxies' DCT rate heads (``--rate_features dct``) were fitted that way on the shipped U-Nets.
+
 Example:
     accelerate launch training/train_surrogate.py --codec heic --train_data_dir photos/ --validation_data_dir val/ \\
         --resolution 128 --num_pairs 2000 --max_train_steps 3000 --output_dir out/proxy-heic
+
+    # a new rate head on a fitted proxy's U-Net (minutes on a CPU: no U-Net pass)
+    python training/train_surrogate.py --codec heic --init_weights shipped --train_parts rate --rate_features dct \\
+        --train_data_dir photos/ more-photos/ --validation_data_dir val/ --resolution 384 --min_resolution 128 \\
+        --num_pairs 3000 --num_full_images 106 --max_train_steps 4000 --output_dir out/proxy-heic-rate
 """
 
 from __future__ import annotations
