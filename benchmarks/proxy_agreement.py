@@ -80,6 +80,17 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="instead of training: merge these result files (runs on separate codecs) into --output, with the summary",
+    )
+    parser.add_argument(
+        "--compare_with",
+        default=None,
+        help="an earlier result file (other proxy weights): compare its learned-proxy rows with these",
+    )
+    parser.add_argument(
         "--proxy_weights",
         default=None,
         help="folder of proxy_{codec}.safetensors/.json to use for the learned proxies (default: the shipped ones)",
@@ -235,7 +246,66 @@ def forward_comparison(rows: list[dict]) -> dict:
     return comparison
 
 
+def proxy_comparison(rows: list[dict], before: list[dict]) -> dict:
+    """Per metric, over the (codec, lambda) pairs trained through a learned proxy alone both in ``rows`` and in
+    ``before`` (an earlier run with other proxy weights): how far the proxy-measured BD-rate is from the real one,
+    how often they agree in sign, and the real BD-rates, for each set of weights."""
+    def key(r):
+        return r["codec"], r["lambda"]
+
+    mine = {key(r): r for r in rows if r.get("training_forward", "surrogate") == "surrogate" and r["surrogate"] != "DiffJPEG"}
+    old = {key(r): r for r in before if r.get("training_forward", "surrogate") == "surrogate"}
+    common = sorted(set(mine) & set(old))
+    comparison = {"pairs": [list(k) for k in common]}
+    for metric in METRICS:
+        entry = {}
+        for name, table in (("before", old), ("now", mine)):
+            proxy = [table[k]["proxy_bd_rate"][metric] for k in common]
+            real = [table[k]["real_bd_rate"][metric] for k in common]
+            entry[name] = {
+                "same_sign": int(sum(np.sign(p) == np.sign(q) for p, q in zip(proxy, real))),
+                "mean_abs_gap": float(np.mean([abs(p - q) for p, q in zip(proxy, real)])) if common else float("nan"),
+                "mean_real": float(np.mean(real)) if common else float("nan"),
+                "real_better_than_codec_alone": int(sum(q < 0 for q in real)),
+            }
+        comparison[metric] = entry
+    return comparison
+
+
+def merge(args: argparse.Namespace) -> dict:
+    """``--merge``: one report from several runs (the rows in order, the summaries recomputed)."""
+    import json
+
+    reports = [json.loads(Path(path).read_text()) for path in args.merge]
+    rows = [row for report in reports for row in report["rows"]]
+    report = {
+        "benchmark": "proxy_agreement",
+        "description": __doc__.split("\n")[0],
+        "merged_from": [{"file": Path(p).name, "settings": r["settings"]} for p, r in zip(args.merge, reports)],
+        "validation_images": reports[0]["validation_images"],
+        "machine": reports[0]["machine"],
+        "rows": rows,
+        "summary": agreement_summary([r for r in rows if r.get("training_forward", "surrogate") == "surrogate"]),
+        "forward_comparison": forward_comparison(rows),
+    }
+    if args.compare_with:
+        report["compared_with"] = Path(args.compare_with).name
+        report["proxy_comparison"] = proxy_comparison(rows, json.loads(Path(args.compare_with).read_text())["rows"])
+        for metric in METRICS:
+            c = report["proxy_comparison"][metric]
+            print(f"{metric}: " + "; ".join(
+                f"{name}: same sign {v['same_sign']}/{len(report['proxy_comparison']['pairs'])}, mean |proxy - real| "
+                f"{v['mean_abs_gap']:.2f}, mean real {v['mean_real']:+.2f} %, beats the codec alone "
+                f"{v['real_better_than_codec_alone']}" for name, v in c.items()))  # fmt: skip
+    write_json(args.output, report)
+    if args.plot:
+        plot(rows, args.plot)
+    return report
+
+
 def main(args: argparse.Namespace) -> dict:
+    if args.merge:
+        return merge(args)
     torch.set_num_threads(args.threads)
     train_files = [f for folder in args.train_data for f in list_images(folder)]
     random.Random(args.seed).shuffle(train_files)

@@ -26,6 +26,37 @@ def test_prefilter_starts_at_the_identity():
     assert torch.equal(bench.PreFilter(8)(x), x)
 
 
+def test_merge_compares_runs_with_other_proxy_weights(tmp_path):
+    """--merge + --compare_with: per-codec runs become one report, and the learned-proxy rows are set against an
+    earlier run's on the (codec, lambda) pairs both have (DiffJPEG and loop rows left out)."""
+    bench = load_benchmark()
+
+    def row(codec, lam, proxy, real, surrogate="CodecProxySurrogate", forward="surrogate"):
+        return {"codec": codec, "lambda": lam, "training_forward": forward, "surrogate": surrogate,
+                "proxy_bd_rate": {"psnr": proxy, "ssimulacra2": proxy},
+                "real_bd_rate": {"psnr": real, "ssimulacra2": real}}  # fmt: skip
+
+    before = [row("webp", 1.0, -13.0, 4.0), row("hevc", 1.0, -15.0, 6.0), row("webp", 1.0, 0.0, 1.0, forward="real"),
+              row("jpeg", 1.0, 3.5, 3.5, surrogate="DiffJPEG")]  # fmt: skip
+    runs = [[row("webp", 1.0, -2.0, -1.0)], [row("hevc", 1.0, -7.0, 3.0), row("vvc", 1.0, 1.0, 1.0)]]
+    files = []
+    for index, rows in enumerate(runs):
+        files.append(tmp_path / f"run{index}.json")
+        files[-1].write_text(json.dumps({"settings": {"codecs": str(index)}, "validation_images": ["a.png"],
+                                         "machine": {}, "rows": rows}))  # fmt: skip
+    (tmp_path / "before.json").write_text(json.dumps({"rows": before}))
+    args = ["--merge", *map(str, files), "--compare_with", str(tmp_path / "before.json"),
+            "--output", str(tmp_path / "merged.json")]  # fmt: skip
+    report = bench.main(bench.parse_args(args))
+    assert [r["codec"] for r in report["rows"]] == ["webp", "hevc", "vvc"]
+    comparison = report["proxy_comparison"]
+    assert comparison["pairs"] == [["hevc", 1.0], ["webp", 1.0]]  # vvc has no earlier row
+    assert comparison["psnr"]["before"] == {"same_sign": 0, "mean_abs_gap": 19.0, "mean_real": 5.0,
+                                            "real_better_than_codec_alone": 0}  # fmt: skip
+    assert comparison["psnr"]["now"]["same_sign"] == 1 and comparison["psnr"]["now"]["mean_abs_gap"] == 5.5
+    assert json.loads((tmp_path / "merged.json").read_text())["summary"]["psnr"]["sign_agreement"] == pytest.approx(2 / 3)
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_agreement_benchmark_with_diffjpeg_measures_the_same_rd_as_real_jpeg(tmp_path):
     bench = load_benchmark()

@@ -118,7 +118,8 @@ def main(args) -> dict:
         raise ValueError(f"{args.records} has no noise column: re-run calibrate_proxy_rate.py with --records_out")
     proxy = load_proxy(args.codec, args.weights_dir)
     rows = validation_rows(proxy, args.codec, args.validation_data_dir, args.workers)
-    table = {"current": {"terms": list(proxy.rate_calibration.get("terms", BASE_TERMS))}}
+    current = proxy.rate_calibration  # None: the proxy ships without one (the DCT rate heads)
+    table = {"current": {"terms": list(current.get("terms", BASE_TERMS)) if current else []}}
     table["current"].update(validation_error(proxy.rate_calibration, rows))
     if args.previous:
         previous = json.loads(Path(args.previous).read_text())["rate_calibration"]
