@@ -250,10 +250,15 @@ def proxy_comparison(rows: list[dict], before: list[dict]) -> dict:
     """Per metric, over the (codec, lambda) pairs trained through a learned proxy alone both in ``rows`` and in
     ``before`` (an earlier run with other proxy weights): how far the proxy-measured BD-rate is from the real one,
     how often they agree in sign, and the real BD-rates, for each set of weights."""
+
     def key(r):
         return r["codec"], r["lambda"]
 
-    mine = {key(r): r for r in rows if r.get("training_forward", "surrogate") == "surrogate" and r["surrogate"] != "DiffJPEG"}
+    mine = {
+        key(r): r
+        for r in rows
+        if r.get("training_forward", "surrogate") == "surrogate" and r["surrogate"] != "DiffJPEG"
+    }
     old = {key(r): r for r in before if r.get("training_forward", "surrogate") == "surrogate"}
     common = sorted(set(mine) & set(old))
     comparison = {"pairs": [list(k) for k in common]}

@@ -135,7 +135,10 @@ def main(args: argparse.Namespace) -> dict:
         proxy = load_proxy(name, weights_dir)
         codec = get_codec(name)  # the codec as users run it (the proxy may have been fitted with threads=1)
         scan = monotonicity(proxy, images)
-        print(f"{name}: predicted size falls with quality on {scan['images_falling']}/{scan['images']} images", flush=True)
+        print(
+            f"{name}: predicted size falls with quality on {scan['images_falling']}/{scan['images']} images",
+            flush=True,
+        )
         for label, quality in proxy_qualities(codec).items():
             cache, codec_seconds = {}, 0.0
             for index, image in enumerate(images):

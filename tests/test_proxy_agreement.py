@@ -54,7 +54,9 @@ def test_merge_compares_runs_with_other_proxy_weights(tmp_path):
     assert comparison["psnr"]["before"] == {"same_sign": 0, "mean_abs_gap": 19.0, "mean_real": 5.0,
                                             "real_better_than_codec_alone": 0}  # fmt: skip
     assert comparison["psnr"]["now"]["same_sign"] == 1 and comparison["psnr"]["now"]["mean_abs_gap"] == 5.5
-    assert json.loads((tmp_path / "merged.json").read_text())["summary"]["psnr"]["sign_agreement"] == pytest.approx(2 / 3)
+    assert json.loads((tmp_path / "merged.json").read_text())["summary"]["psnr"]["sign_agreement"] == pytest.approx(
+        2 / 3
+    )
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -220,7 +220,11 @@ def crop_sides(args: argparse.Namespace) -> list[int]:
 
 
 def build_pairs(
-    args: argparse.Namespace, codec, quality_range: tuple[int, int], full_images: bool = False, folder: str | None = None
+    args: argparse.Namespace,
+    codec,
+    quality_range: tuple[int, int],
+    full_images: bool = False,
+    folder: str | None = None,
 ):
     """Run the real codec at random integer qualities on random crops of the photographs in ``folder`` (default: the
     first --train_data_dir), or on whole photos (one quality each) when ``full_images``; cache and return a
@@ -356,7 +360,11 @@ def main(args: argparse.Namespace) -> Path | None:
         default_range[0] if args.quality_min is None else args.quality_min,
         default_range[1] if args.quality_max is None else args.quality_max,
     )
-    sets = [(full, folder) for folder in args.train_data_dir for full in ([False, True] if args.num_full_images else [False])]
+    sets = [
+        (full, folder)
+        for folder in args.train_data_dir
+        for full in ([False, True] if args.num_full_images else [False])
+    ]
     if accelerator.is_main_process:
         for full, folder in sets:  # the other processes wait and then read the cache
             build_pairs(args, codec, quality_range, full, folder)

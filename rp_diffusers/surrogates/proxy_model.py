@@ -241,7 +241,9 @@ class CodecProxyNet(nn.Module):
         pad_h, pad_w = (-chroma.shape[-2]) % 8, (-chroma.shape[-1]) % 8
         chroma = F.pad(chroma, (0, pad_w, 0, pad_h), mode="replicate")
         c_bands = torch.cat([band_energies(chroma[:, i : i + 1], C_BANDS) for i in range(2)], dim=1)
-        c_bands = c_bands.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., : stats.shape[-2], : stats.shape[-1]]
+        c_bands = c_bands.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[
+            ..., : stats.shape[-2], : stats.shape[-1]
+        ]
         intra = intra_residual(luma)
         high = y_bands[:, -2:].mean(1, keepdim=True)
         context = F.avg_pool2d(high, 5, stride=1, padding=2, count_include_pad=False)
