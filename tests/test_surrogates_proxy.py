@@ -169,9 +169,11 @@ def test_train_surrogate_rate_then_decode_from_a_fitted_proxy(tmp_path, train_di
         "--validation_data_dir", str(tmp_path / "val"), "--validation_resolution", "32",
         "--pairs_dir", str(tmp_path / "pairs"),
     ]  # fmt: skip
-    script.main(script.parse_args(common + ["--rate_features", "stats", "--output_dir", str(tmp_path / "a")]))
+    script.main(script.parse_args(common + ["--output_dir", str(tmp_path / "a")]))  # default: the 8-statistic head
     start = load_proxy("webp", tmp_path / "a")
-    run = ["--init_weights", str(tmp_path / "a"), "--train_parts", "rate", "--output_dir", str(tmp_path / "b")]
+    assert start.net.rate_features == "stats"
+    run = ["--init_weights", str(tmp_path / "a"), "--train_parts", "rate", "--rate_features", "dct",
+           "--output_dir", str(tmp_path / "b")]  # fmt: skip
     script.main(script.parse_args(common + run))
     rate = load_proxy("webp", tmp_path / "b")
     assert rate.net.rate_features == "dct" and rate.metadata["architecture"]["rate_features"] == "dct"
@@ -179,13 +181,19 @@ def test_train_surrogate_rate_then_decode_from_a_fitted_proxy(tmp_path, train_di
     for name, value in start.net.state_dict().items():
         if not name.startswith(("rate_", "header", "stat_")):
             assert torch.equal(value, rate.net.state_dict()[name]), name
-    run = ["--init_weights", str(tmp_path / "b"), "--train_parts", "decode", "--output_dir", str(tmp_path / "c")]
+    calibrated = json.loads((tmp_path / "b" / "proxy_webp.json").read_text())
+    calibrated["rate_calibration"] = {"terms": ["1"], "coef": [0.1], "log_pixels_ref": 10.0}
+    (tmp_path / "b" / "proxy_webp.json").write_text(json.dumps(calibrated))
+    rate.rate_calibration = calibrated["rate_calibration"]
+    run = ["--init_weights", str(tmp_path / "b"), "--train_parts", "decode", "--rate_features", "dct",
+           "--output_dir", str(tmp_path / "c")]  # fmt: skip
     script.main(script.parse_args(common + run))
     decode = load_proxy("webp", tmp_path / "c")
     after = decode.net.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in rate.net.state_dict().items() if k.startswith(("rate_", "header")))
     assert not torch.equal(rate.net.state_dict()["tail.weight"], after["tail.weight"])
     assert decode.metadata["training"]["init"]["init"]["weights"] == str(tmp_path / "a")
+    assert decode.rate_calibration == calibrated["rate_calibration"]  # the decode run keeps the head's calibration
     x = torch.rand(1, 3, 20, 30)
     assert torch.isfinite(decode(x, 75).bits).all()
     with pytest.raises(ValueError, match="--rate_features dct"):
@@ -206,9 +214,18 @@ def test_dct_rate_features_measure_block_transform_energy():
     total = (bands * counts[None, :, None, None]).sum(1)
     assert torch.allclose(total, torch.nn.functional.avg_pool2d(plane.square(), 8)[:, 0] * 64, rtol=1e-4)
     flat = band_energies(torch.full((1, 1, 8, 8), 0.5), Y_BANDS)
-    assert flat[0, 0].item() == pytest.approx(16.0, rel=1e-5)  # DC = 8 x mean and flat[0, 1:].abs().max() < 1e-10
+    assert flat[0, 0].item() == pytest.approx(16.0, rel=1e-5)  # DC = 8 x mean
+    assert flat[0, 1:].abs().max() < 1e-10
     stripes = torch.arange(16.0).repeat(16, 1)[None, None] / 16  # every row the same: vertical prediction is exact
     assert intra_residual(stripes)[..., 1:, :].abs().max() < 1e-10
+    luma = torch.rand(1, 1, 24, 32)  # against a per-block reference: row above / column left, own edge at the border
+    for by in range(3):
+        for bx in range(4):
+            block = luma[0, 0, 8 * by : 8 * by + 8, 8 * bx : 8 * bx + 8]
+            above = luma[0, 0, max(8 * by - 1, 0), 8 * bx : 8 * bx + 8]
+            left = luma[0, 0, 8 * by : 8 * by + 8, max(8 * bx - 1, 0)]
+            best = min((block - above[None, :]).square().mean(), (block - left[:, None]).square().mean())
+            assert intra_residual(luma)[0, 0, by, bx].item() == pytest.approx(float(best), rel=1e-5)
     net = CodecProxyNet(channels=(8, 8, 8), rate_features="dct")
     x = torch.rand(2, 3, 37, 50, requires_grad=True)
     net.fit_rate_normalisation([x.detach()])
@@ -310,8 +327,7 @@ def test_dct_rate_heads_predict_whole_photographs(name, proxies, val_dir):
     """Four whole validation photographs (never Kodak) at the low and the default quality, real files: the DCT rate
     head's median size error stays under 15 % and it ranks the photographs' sizes as the real codec does."""
     proxy, codec = proxies[name], get_codec(name)
-    if proxy.net.rate_features != "dct":
-        pytest.skip(f"the shipped {name} proxy has the 8-statistic rate head")
+    assert proxy.net.rate_features == "dct"
     images = [load_image(p) for p in sorted(val_dir.iterdir())[1::3][:4]]
     levels = proxy_qualities(codec)
     for quality in (levels["low"], levels["default"]):
@@ -391,7 +407,7 @@ def test_training_benchmark_times_each_surrogate_forward_and_backward():
 
 
 def test_surrogates_proxy_benchmark_reports_gain_monotonicity_and_targets(tmp_path, val_dir):
-    """Two validation photographs (never Kodak) through the WebP proxy: the gain over the identity, the scan of
+    """Three validation photographs (never Kodak) through the WebP proxy: the gain over the identity, the scan of
     predicted sizes over the fitted qualities and the per-target verdicts are all in the JSON."""
     bench = load_script(REPO / "benchmarks" / "surrogates_proxy.py", "surrogates_proxy_bench")
     out = tmp_path / "proxy.json"
@@ -403,9 +419,12 @@ def test_surrogates_proxy_benchmark_reports_gain_monotonicity_and_targets(tmp_pa
         assert row["psnr_gain_mean"] == pytest.approx(row["psnr_median"] - row["psnr_identity_median"], abs=3.0)
         scan = row["monotonicity"]
         assert scan["images"] == 3 and 0 <= scan["images_falling"] <= 3 and scan["qualities"][0] < scan["qualities"][1]
+        assert scan["images_falling"] == 0  # the DCT head's size rises with quality on these photographs
     met = report["targets_met"]["webp"]
-    gain_ok = all(r["psnr_gain_mean"] >= 2.5 for r in rows)
-    assert met["gain"] == gain_ok and met["all"] == (met["gain"] and met["bits_error"] and met["pearson"])
+    assert met["gain"] == all(r["psnr_gain_mean"] >= 2.5 for r in rows)
+    assert met["bits_error"] == all(r["bits_median_abs_rel_err"] <= 0.08 for r in rows)
+    assert met["pearson"] == all(r["log_bits_pearson"] >= 0.98 for r in rows)
+    assert met["all"] == (met["gain"] and met["bits_error"] and met["pearson"])
 
 
 def test_proxy_bits_alone_equals_the_forward_size(proxies):

@@ -5,8 +5,11 @@ Input: the training rows written by ``calibrate_proxy_rate.py --records_out`` (1
 qualities, with the noise level). For each candidate form (3 terms; + quality squared; + quality squared and the
 noise terms) this script fits on those rows, reports leave-one-photograph-out error on them, and measures the
 median bits error and rms log error on whole val-set14 images against the real codec. The calibration shipped
-before is measured the same way. Rule used for the shipped proxies: take the 7-term form where its val-set14 rms
-log error is lower than the previous calibration's (VVC, WebP, HEIC), keep the previous one otherwise (HEVC, AVIF).
+before is measured the same way. Rule used for the first proxies (8-statistic rate heads): take the 7-term form
+where its val-set14 rms log error is lower than the previous calibration's (VVC, WebP, HEIC), keep the previous one
+otherwise (HEVC, AVIF). For the DCT rate heads (WebP, HEVC, AVIF, HEIC): the form with the lowest val-set14 rms log
+error, no calibration included; all four chose ``+ q2``
+(``benchmarks/results/proxy_calibration_selection_dct.json``).
 
     python training/calibrate_proxy_rate.py --codec webp --train_data_dir photos/train-sunhays80 \\
         --num_images 16 --whole_width 512 --terms "1,log_pixels,q,q2,noise,noise*q,noise*q2" --dry_run \\

@@ -143,10 +143,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rate_features",
         type=str,
-        default="dct",
+        default="stats",
         choices=["stats", "dct"],
-        help="Block statistics of the rate head: 'dct' (26: DCT band energies, intra residual, global context) or "
-        "'stats' (8 gradient/variance statistics, the first shipped proxies').",
+        help="Block statistics of the rate head: 'dct' (26: DCT band energies, intra residual, global context; the "
+        "shipped WebP, HEVC, AVIF and HEIC heads) or 'stats' (8 gradient/variance statistics; the default, so that "
+        "earlier commands and checkpoints run as before).",
     )
     parser.add_argument(
         "--init_weights",
@@ -374,6 +375,11 @@ def main(args: argparse.Namespace) -> Path | None:
     data = PairsInMemory([build_pairs(args, codec, quality_range, full, folder) for full, folder in sets])
     lo, hi = codec.quality_range
 
+    if args.train_parts == "rate" and accelerator.num_processes > 1:
+        raise ValueError(
+            "--train_parts rate runs the rate head alone, outside the DDP wrapper: run it in one process "
+            "(it takes minutes on a CPU)"
+        )
     net, init = build_net(args, codec, data)
     trained = [p for name, p in net.named_parameters() if args.train_parts == "all" or _part(name) == args.train_parts]
     for name, parameter in net.named_parameters():

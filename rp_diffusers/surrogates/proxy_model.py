@@ -229,8 +229,9 @@ class CodecProxyNet(nn.Module):
     def rate_statistics(self, ycc: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """(N, 3, H, W) YCbCr, H and W multiples of 8 -> (N, S, H/8, W/8) log statistics of ``rate_features``.
 
-        ``size`` is the unpadded (height, width): the image-wide means of the global-context channels count only
-        the blocks that lie in it (default: all).
+        ``size`` is the unpadded (height, width): the image-wide means of the global-context channels count the
+        blocks that overlap it, the partly padded edge blocks included (default: all blocks). The half-size chroma
+        planes are padded to whole 8x8 blocks by repeating their last row and column.
         """
         stats = self.block_statistics(ycc)
         if self.rate_features == "stats":
