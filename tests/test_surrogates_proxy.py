@@ -133,12 +133,17 @@ def test_proxy_fidelity_on_real_crops(name, proxies, val_dir):
     assert report["bits_median_abs_rel_err"] <= recorded["bits_median_abs_rel_err"] + 0.15, (report, recorded)
 
 
-def test_train_surrogate_two_steps_writes_loadable_weights(tmp_path, train_dir, val_dir):
-    script = load_script(REPO / "training" / "train_surrogate.py", "train_surrogate")
+def _train_surrogate_script(tmp_path: Path, train_dir: Path, val_dir: Path):
+    """train_surrogate.py, with tiny train/ (3 photographs) and val/ (1) folders of 48x40 crops under tmp_path."""
     for folder, source, count in (("train", train_dir, 3), ("val", val_dir, 1)):
         (tmp_path / folder).mkdir()
         for index, path in enumerate(sorted(source.iterdir())[:count]):
             load_image(path).crop((0, 0, 48, 40)).save(tmp_path / folder / f"{index}.png")
+    return load_script(REPO / "training" / "train_surrogate.py", "train_surrogate")
+
+
+def test_train_surrogate_two_steps_writes_loadable_weights(tmp_path, train_dir, val_dir):
+    script = _train_surrogate_script(tmp_path, train_dir, val_dir)
     args = [
         "--codec", "webp", "--resolution", "32", "--num_pairs", "4", "--max_train_steps", "2",
         "--train_batch_size", "2", "--checkpointing_steps", "1", "--channels", "8,8,8", "--num_full_images", "1",
@@ -158,11 +163,7 @@ def test_train_surrogate_two_steps_writes_loadable_weights(tmp_path, train_dir, 
 def test_train_surrogate_rate_then_decode_from_a_fitted_proxy(tmp_path, train_dir, val_dir):
     """--init_weights + --train_parts: a new DCT rate head on a fitted U-Net, then the U-Net alone; each run trains
     only its part, the other stays bit-for-bit, and the saved proxy records where it started."""
-    script = load_script(REPO / "training" / "train_surrogate.py", "train_surrogate")
-    for folder, source, count in (("train", train_dir, 3), ("val", val_dir, 1)):
-        (tmp_path / folder).mkdir()
-        for index, path in enumerate(sorted(source.iterdir())[:count]):
-            load_image(path).crop((0, 0, 48, 40)).save(tmp_path / folder / f"{index}.png")
+    script = _train_surrogate_script(tmp_path, train_dir, val_dir)
     common = [
         "--codec", "webp", "--resolution", "32", "--num_pairs", "4", "--max_train_steps", "2",
         "--train_batch_size", "2", "--channels", "8,8,8", "--train_data_dir", str(tmp_path / "train"),
