@@ -381,9 +381,9 @@ def main(args: argparse.Namespace) -> Path | None:
             "(it takes minutes on a CPU)"
         )
     net, init = build_net(args, codec, data)
-    trained = [p for name, p in net.named_parameters() if args.train_parts == "all" or _part(name) == args.train_parts]
     for name, parameter in net.named_parameters():
         parameter.requires_grad_(args.train_parts == "all" or _part(name) == args.train_parts)
+    trained = [parameter for parameter in net.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=args.adam_weight_decay)
     scheduler = make_lr_schedule(args, optimizer, accelerator)
     shapes = [tuple(image.shape[-2:]) for image in data.images]
