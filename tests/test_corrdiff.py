@@ -612,3 +612,59 @@ def test_edm_preconditioning_starts_from_the_best_linear_estimate(image):
     decoded = np.asarray(codec.decompress(encoding.data))
     assert np.array_equal(decoded, np.round(encoding.reconstruction[0].permute(1, 2, 0).numpy() * 255))
     assert "sigma_data" in codec.encoder_settings(1)
+
+
+def test_with_gains_adds_rate_points_and_keeps_every_old_one_bit_for_bit(model, image):
+    """``CorrDiffModel.with_gains``: the old gains' table rows and weights are kept, so their files decode to the
+    same pixels under the quality index shifted by the gains added below; a new lower gain gives fewer bits and
+    decodes in a fresh reader of the saved model; the default stays on the same gain; bad gain lists are refused."""
+    extended = model.with_gains((2.0, 4.0, 16.0, 32.0, 64.0))
+    assert extended.config.gains == (2.0, 4.0, 16.0, 32.0, 64.0) and model.config.gains == (4.0, 16.0, 64.0)
+    old_rows = model.integer_h_s.thresholds
+    assert torch.equal(extended.integer_h_s.thresholds[[1, 2, 4]], old_rows)
+    assert extended.config.gains[extended.config.default_quality_index] == model.config.gains[1]  # 16 both times
+    assert extended.unet is model.unet and extended.decoder_id(False) != model.decoder_id(False)
+    before, after = CorrDiffCodec(model=model), CorrDiffCodec(model=extended)
+    assert after.default_quality == 2 and after.quality_range == (0, 4)
+    for old_q, new_q in ((0, 1), (1, 2), (2, 4)):
+        a = before.encode_details(image, old_q)
+        b = after.encode_details(image, new_q)
+        assert torch.equal(a.reconstruction, b.reconstruction) and len(a.data) == len(b.data)
+    lowest = after.encode_details(image, 0)
+    assert len(lowest.data) < len(before.encode_details(image, 0).data)
+    # recomputing every row from the scale table gives the new rows (the old ones are kept as stored)
+    fresh = copy.deepcopy(extended)
+    fresh.update()
+    assert torch.equal(fresh.integer_h_s.thresholds[[0, 3]], extended.integer_h_s.thresholds[[0, 3]])
+    for bad, match in (((4.0, 64.0),), "missing"), (((4.0, 16.0, 8.0, 64.0),), "ascending"), (((0.0, 4.0, 16.0, 64.0),), "positive"):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            model.with_gains(*bad)
+
+
+def test_default_quality_is_checked_and_used(model):
+    with pytest.raises(ValueError, match="default_quality"):
+        CorrDiffConfig(gains=(1.0, 2.0), default_quality=2)
+    config = CorrDiffConfig.from_dict({**model.config.to_dict(), "default_quality": 0})
+    tiny = CorrDiffModel(config)
+    tiny.load_state_dict(model.state_dict(), strict=False)
+    assert CorrDiffCodec(model=tiny).default_quality == 0
+    assert CorrDiffCodec(model=model).default_quality == 1  # None: the middle gain
+
+
+def test_add_corrdiff_gains_script_writes_a_new_folder_and_never_overwrites(saved, image, tmp_path):
+    """``training/add_corrdiff_gains.py``: a new model folder that ``get_codec('corrdiff', model=...)`` loads, with
+    the old gains' files decoding to the same pixels; an existing non-empty folder and a gain it has are refused."""
+    script = load_script(REPO / "training" / "add_corrdiff_gains.py", "add_corrdiff_gains")
+    out = tmp_path / "extended"
+    assert script.main(["--model", str(saved), "--add_gains", "2.0", "--output_dir", str(out)]) == 0
+    codec = get_codec("corrdiff", model=str(out))
+    assert codec.model.config.gains == (2.0, 4.0, 16.0, 64.0) and codec.default_quality == 2
+    old = get_codec("corrdiff", model=str(saved))
+    assert np.array_equal(np.asarray(codec.run(image, 3).reconstruction), np.asarray(old.run(image, 2).reconstruction))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(saved), "--add_gains", "2.0", "--output_dir", str(tmp_path / "busy")])
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+    with pytest.raises(SystemExit, match="already has"):
+        script.main(["--model", str(saved), "--add_gains", "4.0", "--output_dir", str(tmp_path / "again")])

@@ -1,7 +1,7 @@
 """``CorrDiffCodec``: the learned codec with real bitstreams, registered as ``get_codec("corrdiff", model=...)``.
 
-Quality: an index into the model's quantisation gains (``config.gains``, default 5 of them: quality 0-4,
-higher = more bits); one variable-rate model serves every quality. ``distortion_weight`` (0-1) trades
+Quality: an index into the model's quantisation gains (``config.gains``, ascending: higher = more bits; the
+shipped model has 7, qualities 0-6, default 4); one variable-rate model serves every quality. ``distortion_weight`` (0-1) trades
 realism for distortion in the encoder's choice of corrections; ``seed`` seeds the diffusion noise.
 """
 
@@ -97,7 +97,7 @@ class CorrDiffCodec(Codec):
         config = self.model.config
         self.quality_range = (0, len(config.gains) - 1)
         self.sweep_qualities = tuple(range(len(config.gains)))
-        self.default_quality = len(config.gains) // 2
+        self.default_quality = config.default_quality_index
 
     def _check_settings(self) -> None:
         weight = self.settings["distortion_weight"]

@@ -35,6 +35,12 @@ def _out_axis(layer: nn.Module) -> int:
     return 1 if isinstance(layer, nn.ConvTranspose2d) else 0
 
 
+def threshold_row(scale_values: torch.Tensor, gain: float) -> torch.Tensor:
+    """One quality's row of the threshold table: ``ceil(scale / gain * 2**ACT_FRACTION_BITS)`` for every scale
+    of the table but the first, int64 on the CPU (an index counts the thresholds a fixed-point scale reaches)."""
+    return torch.ceil(scale_values.detach().double().cpu()[1:] / gain * 2**ACT_FRACTION_BITS).to(torch.int64)
+
+
 class IntegerHyperSynthesis(nn.Module):
     """Integer twin of a ``nn.Sequential`` of ``Conv2d`` / ``ConvTranspose2d`` / ``ReLU`` layers.
 
@@ -96,9 +102,7 @@ class IntegerHyperSynthesis(nn.Module):
             getattr(self, f"layer{index}_weight").copy_(weight_int.movedim(0, axis).to(torch.int32))
             getattr(self, f"layer{index}_bias").copy_(bias_int.to(torch.int64))
             getattr(self, f"layer{index}_shift").copy_(shift.to(torch.int32))
-        levels = scale_values.double()[1:]
-        rows = [torch.ceil(levels / gain * 2**ACT_FRACTION_BITS) for gain in gains]
-        self.thresholds.copy_(torch.stack(rows).to(torch.int64))
+        self.thresholds.copy_(torch.stack([threshold_row(scale_values, gain) for gain in gains]))
 
     @torch.no_grad()
     def forward(self, z_hat: torch.Tensor) -> torch.Tensor:

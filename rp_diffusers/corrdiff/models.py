@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .entropy import EntropyBottleneck, GaussianConditional, scale_table
-from .integer_net import IntegerHyperSynthesis
+from .integer_net import IntegerHyperSynthesis, threshold_row
 
 
 @dataclass
@@ -67,6 +67,9 @@ class CorrDiffConfig:
     )
     distortion_weight: float = field(default=0.5, metadata={"help": "1: choose by MSE only; 0: MSE + realism"})
     lmbda: float = field(default=0.013, metadata={"help": "rate-distortion lambda of training (for the record)"})
+    default_quality: int | None = field(
+        default=None, metadata={"help": "quality used when none is given (None: the middle gain, len(gains) // 2)"}
+    )
 
     pad_multiple = 64
 
@@ -80,6 +83,18 @@ class CorrDiffConfig:
         if unknown:
             raise ValueError(f"unknown CorrDiff config keys {unknown}; this version knows {sorted(names)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def __post_init__(self) -> None:
+        gains = [float(g) for g in self.gains]
+        if not gains or any(g <= 0 for g in gains) or any(a >= b for a, b in zip(gains, gains[1:])):
+            raise ValueError(f"gains must be positive and strictly ascending, got {list(self.gains)}")
+        if self.default_quality is not None and not 0 <= int(self.default_quality) < len(gains):
+            raise ValueError(f"default_quality must index gains (0-{len(gains) - 1}), got {self.default_quality}")
+
+    @property
+    def default_quality_index(self) -> int:
+        """The quality a codec uses when none is given: ``default_quality``, else the middle gain."""
+        return len(self.gains) // 2 if self.default_quality is None else int(self.default_quality)
 
 
 def _digest_tensors(digest, state: dict[str, torch.Tensor]) -> None:
@@ -204,6 +219,44 @@ class CorrDiffModel(nn.Module):
         self.entropy_bottleneck.update()
         self.gaussian_conditional.update()
         self.integer_h_s.update(self.h_s, self.gaussian_conditional.scale_values, list(self.config.gains))
+
+    @torch.no_grad()
+    def with_gains(self, gains: list[float] | tuple[float, ...]) -> CorrDiffModel:
+        """A copy of this trained model with more rate points: the quantisation gains ``gains``, no training.
+
+        A gain scales ``y`` before rounding (and the hyperprior's scales with it), so a new gain is a finer or
+        coarser quantiser of the same transforms: it needs no training, but it is only as good as the transforms
+        are at that step, so measure it before use (``benchmarks/corrdiff.py``). ``gains`` must hold every gain of
+        this model, exactly; each of those keeps its row of the coding tables bit for bit, so its files decode to
+        the same pixels as before (the new model still names a new decoder, and a quality's index moves up by the
+        number of gains added below it). The default quality stays on the same gain. The diffusion decoder, if
+        any, is shared, not copied.
+
+        Raises:
+            ValueError: if ``gains`` is not strictly ascending and positive, or lacks one of this model's gains.
+        """
+        old = [float(g) for g in self.config.gains]
+        new = [float(g) for g in gains]
+        missing = [g for g in old if g not in new]
+        if missing:
+            raise ValueError(f"gains must keep every gain of the model {old}; missing {missing}")
+        config = CorrDiffConfig.from_dict(
+            {
+                **self.config.to_dict(),
+                "gains": new,
+                "default_quality": new.index(old[self.config.default_quality_index]),
+            }
+        )
+        model = CorrDiffModel(config).to(self.g_a[0].weight.device)
+        state = {
+            k: v for k, v in self.state_dict().items() if k != "integer_h_s.thresholds" and not k.startswith("unet.")
+        }
+        model.load_state_dict(state, strict=False)
+        scales = model.gaussian_conditional.scale_values
+        rows = [self.integer_h_s.thresholds[old.index(g)].cpu() if g in old else threshold_row(scales, g) for g in new]
+        model.integer_h_s.thresholds.copy_(torch.stack(rows))
+        model.unet = self.unet
+        return model.train(self.training)
 
     def table_hash(self) -> bytes:
         """8-byte SHA-256 digest of everything entropy decoding depends on (integer tables, gains, shapes)."""
