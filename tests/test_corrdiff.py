@@ -615,30 +615,69 @@ def test_edm_preconditioning_starts_from_the_best_linear_estimate(image):
 
 
 def test_with_gains_adds_rate_points_and_keeps_every_old_one_bit_for_bit(model, image):
-    """``CorrDiffModel.with_gains``: the old gains' table rows and weights are kept, so their files decode to the
-    same pixels under the quality index shifted by the gains added below; a new lower gain gives fewer bits and
-    decodes in a fresh reader of the saved model; the default stays on the same gain; bad gain lists are refused."""
-    extended = model.with_gains((2.0, 4.0, 16.0, 32.0, 64.0))
-    assert extended.config.gains == (2.0, 4.0, 16.0, 32.0, 64.0) and model.config.gains == (4.0, 16.0, 64.0)
-    old_rows = model.integer_h_s.thresholds
-    assert torch.equal(extended.integer_h_s.thresholds[[1, 2, 4]], old_rows)
-    assert extended.config.gains[extended.config.default_quality_index] == model.config.gains[1]  # 16 both times
-    assert extended.unet is model.unet and extended.decoder_id(False) != model.decoder_id(False)
-    before, after = CorrDiffCodec(model=model), CorrDiffCodec(model=extended)
+    """``CorrDiffModel.with_gains``: the old gains' table rows are copied as stored (not recomputed), so their files
+    carry the same streams and decode to the same pixels under the quality index shifted by the gains added below;
+    the new rows follow the table's rule; a new lower gain gives fewer bits; the default stays on the same gain; the
+    new model decodes the old model's files (format 2, and format 1 too); bad gain lists are refused."""
+    from rp_diffusers.corrdiff.integer_net import ACT_FRACTION_BITS
+
+    source = copy.deepcopy(model)
+    source.integer_h_s.thresholds[1, 0] += 1  # a stored row that recomputing would not give back
+    extended = source.with_gains((2.0, 4.0, 16.0, 32.0, 64.0))
+    assert extended.config.gains == (2.0, 4.0, 16.0, 32.0, 64.0) and source.config.gains == (4.0, 16.0, 64.0)
+    assert torch.equal(extended.integer_h_s.thresholds[[1, 2, 4]], source.integer_h_s.thresholds)
+    scales = extended.gaussian_conditional.scale_values.double().numpy()[1:]
+    for row, gain in ((0, 2.0), (3, 32.0)):  # ceil(scale / gain * 2**16), as the integer hyper-synthesis counts
+        expected = np.ceil(scales / gain * 2**ACT_FRACTION_BITS).astype(np.int64)
+        assert np.array_equal(extended.integer_h_s.thresholds[row].numpy(), expected)
+    assert extended.config.gains[extended.config.default_quality_index] == source.config.gains[1]  # 16 both times
+    assert extended.unet is source.unet and extended.decoder_id(False) != source.decoder_id(False)
+    assert extended.config.earlier_decoders[-1]["qualities"] == [1, 2, 4]
+    before, after = CorrDiffCodec(model=source), CorrDiffCodec(model=extended)
     assert after.default_quality == 2 and after.quality_range == (0, 4)
     for old_q, new_q in ((0, 1), (1, 2), (2, 4)):
-        a = before.encode_details(image, old_q)
-        b = after.encode_details(image, new_q)
-        assert torch.equal(a.reconstruction, b.reconstruction) and len(a.data) == len(b.data)
-    lowest = after.encode_details(image, 0)
-    assert len(lowest.data) < len(before.encode_details(image, 0).data)
-    # recomputing every row from the scale table gives the new rows (the old ones are kept as stored)
-    fresh = copy.deepcopy(extended)
-    fresh.update()
-    assert torch.equal(fresh.integer_h_s.thresholds[[0, 3]], extended.integer_h_s.thresholds[[0, 3]])
-    for bad, match in (((4.0, 64.0),), "missing"), (((4.0, 16.0, 8.0, 64.0),), "ascending"), (((0.0, 4.0, 16.0, 64.0),), "positive"):  # fmt: skip
+        a, b = before.encode_details(image, old_q), after.encode_details(image, new_q)
+        assert bitstream.unpack(a.data)[1] == bitstream.unpack(b.data)[1]  # the same z, y and side streams
+        assert torch.equal(a.reconstruction, b.reconstruction)
+        old_file_decoded = np.asarray(after.decompress(a.data))  # the new model reads the old model's file
+        assert np.array_equal(old_file_decoded, np.asarray(before.decompress(a.data)))
+        with pytest.warns(UserWarning, match="version 1"):  # a format-1 diffusion file cannot name its decoder
+            assert np.array_equal(np.asarray(after.decompress(as_version_1(a.data, source))), old_file_decoded)
+    assert len(after.encode_details(image, 0).data) < len(before.encode_details(image, 0).data)
+    twice = extended.with_gains((1.0, 2.0, 4.0, 16.0, 32.0, 64.0))  # the first model's files still decode
+    assert [e["qualities"] for e in twice.config.earlier_decoders] == [[2, 3, 5], [1, 2, 3, 4, 5]]
+    first_file = before.compress(image, 2)
+    assert np.array_equal(
+        np.asarray(CorrDiffCodec(model=twice).decompress(first_file)), np.asarray(before.decompress(first_file))
+    )
+    with pytest.raises(BitstreamError, match="load the model that wrote it"):
+        CorrDiffCodec(model=tiny_model(seed=1)).decompress(first_file)
+    for gains, match in (((4.0, 64.0), "missing"), ((4.0, 16.0, 8.0, 64.0), "ascending"), ((0.0, 4.0, 16.0, 64.0), "positive")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
-            model.with_gains(*bad)
+            source.with_gains(gains)
+
+
+def test_the_shipped_model_decodes_files_of_its_five_gain_version():
+    """The shipped model is the earlier five-gain model plus two lower gains (``training/add_corrdiff_gains.py``):
+    gain 1 stays the default, and two files the five-gain model wrote (an end-to-end one at its quality 2 and a
+    diffusion one at its quality 1, kept in tests/fixtures) decode to what the shipped model makes at qualities 4
+    and 3 of the same crop, with the same streams."""
+    codec = get_codec("corrdiff")
+    config = codec.model.config
+    assert codec.quality_range == (0, 6) and config.gains[codec.default_quality] == 1.0
+    assert config.gains[:2] == (0.25, 0.3536) and config.earlier_decoders[0]["qualities"] == [2, 3, 4, 5, 6]
+    crop = load_image(EXAMPLE).crop((40, 30, 104, 94))
+    fixtures = REPO / "tests" / "fixtures"
+    e2e_file = (fixtures / "corrdiff_5_gains_q2_e2e.crdf").read_bytes()
+    now = codec.encode_details(crop, 4)
+    assert bitstream.unpack(e2e_file)[1] == bitstream.unpack(now.data)[1]
+    assert np.array_equal(np.asarray(codec.decompress(e2e_file)), np.asarray(codec.decompress(now.data)))
+    diffusion_file = (fixtures / "corrdiff_5_gains_q1_diffusion.crdf").read_bytes()
+    now = get_codec("corrdiff", num_inference_steps=4, distortion_weight=0.0).encode_details(crop, 3)
+    assert bitstream.unpack(diffusion_file)[0].has_diffusion and now.bits["side"] > 0
+    assert bitstream.unpack(diffusion_file)[1] == bitstream.unpack(now.data)[1]
+    assert np.array_equal(np.asarray(codec.decompress(diffusion_file)), np.asarray(codec.decompress(now.data)))
+    assert len(codec.compress(crop, 0)) < len(codec.compress(crop, 2))
 
 
 def test_default_quality_is_checked_and_used(model):

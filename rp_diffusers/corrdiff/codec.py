@@ -71,9 +71,10 @@ class CorrDiffCodec(Codec):
     """
 
     extension = ".crdf"
-    quality_range = (0, len(CorrDiffConfig.gains) - 1)
-    default_quality = 2
-    sweep_qualities = (0, 1, 2, 3, 4)
+    # the shipped model's; an instance takes its own model's
+    quality_range = (0, 6)
+    default_quality = 4
+    sweep_qualities = (0, 1, 2, 3, 4, 5, 6)
     default_settings = {
         "model": None,
         "distortion_weight": None,
@@ -239,21 +240,22 @@ class CorrDiffCodec(Codec):
             raise ValueError(f"decoder must be 'corrected' or 'e2e', got {decoder!r}")
         header, (z_stream, y_stream, side_stream) = bitstream.unpack(data)
         model, config = self.model, self.model.config
-        self._check_decoder(header, decoder)
-        if header.quality >= len(config.gains) or header.codebook_size != len(config.codebook):
+        qualities = self._check_decoder(header, decoder)
+        if header.quality >= len(qualities) or header.codebook_size != len(config.codebook):
             raise BitstreamError(f"header does not fit the loaded model (quality {header.quality}, codebook)")
+        quality = qualities[header.quality]
         if (header.z_h * 4, header.z_w * 4) != (header.y_h, header.y_w):
             raise BitstreamError(f"inconsistent CorrDiff header: z shape does not match y shape ({header})")
         try:
             z_symbols = model.entropy_bottleneck.decompress(
                 constriction.stream.queue.RangeDecoder(bitstream.bytes_to_words(z_stream)), (header.z_h, header.z_w)
             )
-            indexes = self._indexes(z_symbols, header.quality)
+            indexes = self._indexes(z_symbols, quality)
             y_decoder = constriction.stream.queue.RangeDecoder(bitstream.bytes_to_words(y_stream))
             y_symbols = model.gaussian_conditional.decompress(y_decoder, indexes)
         except (ValueError, RuntimeError) as error:
             raise BitstreamError(f"corrupt CorrDiff stream: entropy decoding failed ({error})") from error
-        x_e2e = self._e2e(y_symbols, header.quality)
+        x_e2e = self._e2e(y_symbols, quality)
         size, image = (header.height, header.width), x_e2e
         if header.has_diffusion and decoder == "corrected":
             if model.unet is None:
@@ -270,14 +272,24 @@ class CorrDiffCodec(Codec):
             ).image  # fmt: skip
         return tensor_to_pil(crop_to_size(image, size))[0]
 
-    def _check_decoder(self, header: Header, decoder: str) -> None:
-        """Refuse a file whose decoder is not the loaded model's (warn where a version-1 file cannot say)."""
+    def _check_decoder(self, header: Header, decoder: str) -> list[int]:
+        """Refuse a file whose decoder is not the loaded model's (warn where a version-1 file cannot say).
+
+        Returns the loaded model's quality for each quality of the model that wrote the file: the identity, or
+        the map in ``config.earlier_decoders`` for a file of a model this one was made from (``with_gains``).
+        """
         model = self.model
+        qualities = list(range(len(model.config.gains)))
         if header.version == 1:  # model_hash named the integer tables only
-            if header.model_hash != model.table_hash():
+            tables = model.table_hash().hex()
+            known = {
+                tables: qualities,
+                **{e["table_hash"]: list(e["qualities"]) for e in model.config.earlier_decoders},
+            }
+            if header.model_hash.hex() not in known:
                 raise BitstreamError(
                     f"this file was written by CorrDiff model {header.model_hash.hex()}, but the loaded model is "
-                    f"{model.table_hash().hex()}: load the model that wrote it"
+                    f"{tables}: load the model that wrote it"
                 )
             if header.has_diffusion and decoder == "corrected" and model.unet is not None:
                 warnings.warn(
@@ -286,10 +298,14 @@ class CorrDiffCodec(Codec):
                     "decoder='e2e' for the end-to-end image, which the file does identify)",
                     stacklevel=3,
                 )
-            return
+            return known[header.model_hash.hex()]
         e2e_written, diffusion_written = header.model_hash[:4], header.model_hash[4:]
         e2e_loaded = model.decoder_id(False)[:4]
-        if e2e_written != e2e_loaded:
+        known = {
+            e2e_loaded.hex(): qualities,
+            **{e["e2e_decoder"]: list(e["qualities"]) for e in model.config.earlier_decoders},
+        }
+        if e2e_written.hex() not in known:
             raise BitstreamError(
                 f"this file was written by CorrDiff end-to-end decoder {e2e_written.hex()}, but the loaded model's "
                 f"is {e2e_loaded.hex()}: load the model that wrote it"
@@ -302,6 +318,7 @@ class CorrDiffCodec(Codec):
                     f"model's is {diffusion_loaded.hex()} (its UNet, strength, sigma_data or codebook differ): load "
                     "the model that wrote it, or pass decoder='e2e' for the end-to-end image"
                 )
+        return known[e2e_written.hex()]
 
     def _encode(self, image, quality: int) -> bytes:
         return self.compress(image, quality)

@@ -70,6 +70,14 @@ class CorrDiffConfig:
     default_quality: int | None = field(
         default=None, metadata={"help": "quality used when none is given (None: the middle gain, len(gains) // 2)"}
     )
+    earlier_decoders: tuple[dict, ...] = field(
+        default=(),
+        metadata={
+            "help": "models this one was made from by with_gains, whose files it decodes: each names the earlier "
+            "end-to-end decoder id (hex), its table_hash (hex, for format-1 files) and, per earlier quality, the "
+            "quality of this model with the same gain"
+        },
+    )
 
     pad_multiple = 64
 
@@ -229,8 +237,9 @@ class CorrDiffModel(nn.Module):
         are at that step, so measure it before use (``benchmarks/corrdiff.py``). ``gains`` must hold every gain of
         this model, exactly; each of those keeps its row of the coding tables bit for bit, so its files decode to
         the same pixels as before (the new model still names a new decoder, and a quality's index moves up by the
-        number of gains added below it). The default quality stays on the same gain. The diffusion decoder, if
-        any, is shared, not copied.
+        number of gains added below it). The default quality stays on the same gain. The new model still decodes
+        the files of this one, and of the models this one was made from: ``config.earlier_decoders`` names their
+        decoders and maps their qualities. The diffusion decoder, if any, is shared, not copied.
 
         Raises:
             ValueError: if ``gains`` is not strictly ascending and positive, or lacks one of this model's gains.
@@ -240,18 +249,30 @@ class CorrDiffModel(nn.Module):
         missing = [g for g in old if g not in new]
         if missing:
             raise ValueError(f"gains must keep every gain of the model {old}; missing {missing}")
+        moved = [new.index(g) for g in old]  # this model's quality q is the new model's moved[q]
+        earlier = [{**e, "qualities": [moved[q] for q in e["qualities"]]} for e in self.config.earlier_decoders]
+        earlier.append(
+            {
+                "e2e_decoder": self.decoder_id(False)[:4].hex(),
+                "table_hash": self.table_hash().hex(),
+                "qualities": moved,
+            }
+        )
         config = CorrDiffConfig.from_dict(
             {
                 **self.config.to_dict(),
                 "gains": new,
-                "default_quality": new.index(old[self.config.default_quality_index]),
+                "default_quality": moved[self.config.default_quality_index],
+                "earlier_decoders": earlier,
             }
         )
         model = CorrDiffModel(config).to(self.g_a[0].weight.device)
         state = {
             k: v for k, v in self.state_dict().items() if k != "integer_h_s.thresholds" and not k.startswith("unet.")
         }
-        model.load_state_dict(state, strict=False)
+        missing_keys, unexpected = model.load_state_dict(state, strict=False)
+        if missing_keys != ["integer_h_s.thresholds"] or unexpected:
+            raise RuntimeError(f"with_gains: the state does not fit the new model ({missing_keys}, {unexpected})")
         scales = model.gaussian_conditional.scale_values
         rows = [self.integer_h_s.thresholds[old.index(g)].cpu() if g in old else threshold_row(scales, g) for g in new]
         model.integer_h_s.thresholds.copy_(torch.stack(rows))
