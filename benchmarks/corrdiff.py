@@ -216,7 +216,8 @@ def compare_decoders(corrdiff: list[EvaluationResult]) -> dict:
     Per diffusion quality: the corrected file's total bpp (its side information included, also shown alone) and,
     per metric, the corrected value minus the other decoder's, interpolated on that decoder's mean curve at the
     corrected file's bpp (``nan`` outside its range; the uncorrected curve then also gets its value from the same
-    y and z streams, which has fewer bits and so favours it). BD-rates where both curves have 4+ points. The issue's
+    y and z streams, which has fewer bits and so favours it). BD-rates where both curves have 4+ points at the
+    diffusion qualities (the other decoder's points at other qualities are left out of the fit). The issue's
     targets, per distortion weight: corrected beats uncorrected in PSNR, and beats e2e in SSIMULACRA2 and
     Butteraugli (max-norm and 3-norm), at every diffusion quality."""
     by_name = {c.name: c.averaged() for c in corrdiff}
@@ -255,6 +256,10 @@ def compare_decoders(corrdiff: list[EvaluationResult]) -> dict:
         }
         out["targets"][curve.name] = targets
         for other, anchor in (("corrdiff-e2e", e2e), ("diffusion-uncorrected", plain)):
+            # the anchor at the corrected curve's qualities only: the BD-rate interpolant of each curve uses its
+            # neighbouring points, so e2e rates added below would move the result without any pixel changing
+            same = [i for i, q in enumerate(anchor["quality"]) if q in mean["quality"]]
+            anchor = {k: [v[i] for i in same] for k, v in anchor.items()}
             if len(mean["quality"]) >= 4 and len(anchor["quality"]) >= 4:
                 metrics = {k: v for k, v in anchor.items() if k in keys or k == "bpp"}
                 tested = {k: v for k, v in mean.items() if k in keys or k == "bpp"}

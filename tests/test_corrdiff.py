@@ -707,3 +707,33 @@ def test_add_corrdiff_gains_script_writes_a_new_folder_and_never_overwrites(save
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     with pytest.raises(SystemExit, match="already has"):
         script.main(["--model", str(saved), "--add_gains", "4.0", "--output_dir", str(tmp_path / "again")])
+
+
+def test_benchmark_decoder_bd_rates_use_the_same_qualities_of_each_decoder():
+    """``benchmarks/corrdiff.py``: the BD-rate of a corrected curve against the end-to-end one is fitted on the
+    end-to-end points at the diffusion qualities only, so end-to-end rates added below (new gains) leave it as is."""
+    from rp_diffusers.evaluation.results import EvaluationResult
+
+    bench = load_script(REPO / "benchmarks" / "corrdiff.py", "corrdiff_bench_bd")
+
+    def curve(name: str, qualities, shift_db: float = 0.0, extra_bpp: float = 0.0) -> EvaluationResult:
+        result = EvaluationResult(name, name)
+        for q in qualities:
+            bpp = 0.15 * 1.4**q
+            psnr = 30 + 4 * np.log2(bpp) - 0.4 * np.log2(bpp) ** 2 + shift_db  # concave, as R-D curves are
+            row = {"image": "a", "quality": q, "bpp": bpp + extra_bpp, "psnr-rgb": psnr}
+            result.records.append({**row, "side-bpp": extra_bpp} if name.startswith("corrdiff-dw") else row)
+        return result
+
+    diffusion = range(2, 7)
+    plain, corrected = curve("diffusion-uncorrected", diffusion, -2.0), curve("corrdiff-dw1.0", diffusion, 0.0, 1e-3)
+    # the added low rates bend the curve (an interpolant through all points would feel them near q2)
+    wide = curve("corrdiff-e2e", range(7))
+    for record in wide.records[:2]:
+        record["psnr-rgb"] -= 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # narrow overlaps warn
+        narrow_table = bench.compare_decoders([curve("corrdiff-e2e", diffusion), corrected, plain])["bd_rate"]
+        wide_table = bench.compare_decoders([wide, corrected, plain])["bd_rate"]
+    assert narrow_table["corrdiff-dw1.0 vs corrdiff-e2e"] == wide_table["corrdiff-dw1.0 vs corrdiff-e2e"]
+    assert narrow_table["corrdiff-dw1.0 vs corrdiff-e2e"]["psnr-rgb"] > 0  # the side bits cost, nothing else
