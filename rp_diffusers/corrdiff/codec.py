@@ -1,8 +1,9 @@
 """``CorrDiffCodec``: the learned codec with real bitstreams, registered as ``get_codec("corrdiff", model=...)``.
 
 Quality: an index into the model's quantisation gains (``config.gains``, ascending: higher = more bits; the
-shipped model has 7, qualities 0-6, default 4); one variable-rate model serves every quality. ``distortion_weight`` (0-1) trades
-realism for distortion in the encoder's choice of corrections; ``seed`` seeds the diffusion noise.
+shipped model has 7, qualities 0-6, default 4); one variable-rate model serves every quality.
+``distortion_weight`` (0-1) trades realism for distortion in the encoder's choice of corrections; ``seed`` seeds
+the diffusion noise.
 """
 
 from __future__ import annotations
