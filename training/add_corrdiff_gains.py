@@ -4,10 +4,10 @@ A gain scales the latent before rounding, so a gain below the lowest trained one
 same transforms: a lower rate, as good as the transforms are at that step. Measure it before shipping it
 (``benchmarks/corrdiff.py`` on the validation photographs). The model's gains keep their coding tables bit for
 bit and the default quality stays on the same gain; a quality's index moves up by the number of gains added
-below it. The shipped model's two lowest gains were added this way:
+below it. The shipped model's two lowest gains were added this way, to the five-gain model of the training
+commands in training/README.md ("CorrDiff"; the shipped folder already has them, so it refuses them):
 
-    python training/add_corrdiff_gains.py --model rp_diffusers/assets/corrdiff_model \
-        --add_gains 0.25,0.3536 --output_dir /tmp/corrdiff_7_gains
+    python training/add_corrdiff_gains.py --model corrdiff-5 --add_gains 0.25,0.3536 --output_dir corrdiff-6
 """
 
 import argparse

@@ -243,6 +243,7 @@ class CorrDiffModel(nn.Module):
 
         Raises:
             ValueError: if ``gains`` is not strictly ascending and positive, or lacks one of this model's gains.
+            RuntimeError: if this model's state does not fit the new one (a key other than the table missing).
         """
         old = [float(g) for g in self.config.gains]
         new = [float(g) for g in gains]
