@@ -428,6 +428,41 @@ def test_surrogates_proxy_benchmark_reports_gain_monotonicity_and_targets(tmp_pa
     assert met["all"] == (met["gain"] and met["bits_error"] and met["pearson"])
 
 
+def test_proxy_decode_structure_benchmark_measures_its_references_against_the_real_decode(tmp_path, val_dir):
+    """The reference points of proxy_decode_structure.py on two small validation crops through WebP: the proxy's
+    gain is the one measure_fidelity reports, the DCT oracle is at least its no-quantisation choice, and the
+    luma quantiser is a no-op at a tiny step and flattens each block at a huge one."""
+    bench = load_script(REPO / "benchmarks" / "proxy_decode_structure.py", "proxy_decode_structure")
+    photos = sorted(val_dir.glob("*.png"))[:2]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    crops = [load_image(p).crop((0, 0, 96, 64)) for p in photos]
+    for i, crop in enumerate(crops):
+        crop.save(folder / f"{i}.png")
+    rgb = np.array(crops[0]).astype(np.float64)
+    assert np.abs(bench.quantise_luma(rgb, "bt601", 8, 1e-6, 0.0) - rgb).max() <= 1.0
+
+    def block_std(image):  # mean over 8x8 blocks of the luma's standard deviation in the block
+        return (image @ np.array([0.299, 0.587, 0.114])).reshape(8, 8, 12, 8).std(axis=(1, 3)).mean()
+
+    # DC only: each block's luma is flat, but for the rounding to 8 bits and the clipping of saturated colours
+    assert block_std(bench.quantise_luma(rgb, "bt601", 8, 1e6, 0.0)) < 1.0 < 5.0 < block_std(rgb)
+    out = tmp_path / "structure.json"
+    report = bench.main(bench.parse_args(["--codecs", "webp", "--images", str(folder), "--threads", "1",
+                                          "--output", str(out)]))  # fmt: skip
+    rows = report["rows"]
+    assert [r["level"] for r in rows] == ["low", "default", "high"] and json.loads(out.read_text()) == report
+    codec, proxy = get_codec("webp"), load_proxy("webp")
+    for row in rows:
+        assert row["gain_proxy"] == pytest.approx(
+            measure_fidelity(proxy, codec, crops, row["quality"])["psnr_gain_mean"], abs=2e-3
+        )
+        assert row["gain_codec_at_top_dct"] >= row["gain_codec_at_top"]
+        assert all(math.isfinite(row[f"gain_{r}"]) for r in bench.REFERENCES if row[f"gain_{r}"] is not None)
+    assert rows[0]["gain_neighbour_below"] is None  # WebP's lowest quality has nothing below it
+    assert rows[1]["gain_neighbour_above"] is not None
+
+
 def test_proxy_bits_alone_equals_the_forward_size(proxies):
     image = torch.rand(2, 3, 40, 56)
     for name in ("webp", "vvc"):  # with and without the noise-level calibration terms
