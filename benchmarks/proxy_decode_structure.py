@@ -18,8 +18,9 @@ PSNR(reference, real decode) - PSNR(input, real decode):
   prediction structure, with the quantiser moved by one step.
 
 Example:
-    python benchmarks/proxy_decode_structure.py --images ../shared/data/kodak \
-        --output benchmarks/results/proxy_decode_structure_kodak.json
+    python benchmarks/proxy_decode_structure.py --images ../shared/data/kodak \\
+        --output benchmarks/results/proxy_decode_structure_kodak.json \\
+        --plot benchmarks/results/proxy_decode_structure_kodak.png
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
     parser.add_argument("--cache_dir", type=str, default=None, help="Keep the real decodes here (npz) and reuse them.")
     parser.add_argument("--output", type=str, default="benchmarks/results/proxy_decode_structure.json")
+    parser.add_argument("--plot", type=str, default=None, help="Bar chart of the gains (.png); '' or unset: none.")
     return parser.parse_args(input_args)
 
 
@@ -153,6 +155,38 @@ def measure_codec(name: str, images: list, stems: list[str], cache_dir: str | No
     return rows
 
 
+def plot_gains(report: dict, path: str | Path) -> Path:
+    """One panel per quality level: each reference's mean gain per codec, with the target as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, levels = report["rows"], list(dict.fromkeys(r["level"] for r in report["rows"]))
+    codecs = list(dict.fromkeys(r["codec"] for r in rows))
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.6), sharey=True)
+    axes = np.atleast_1d(axes)
+    width = 0.8 / len(REFERENCES)
+    for ax, level in zip(axes, levels):
+        for k, reference in enumerate(REFERENCES):
+            values = []
+            for codec in codecs:
+                row = next(r for r in rows if r["codec"] == codec and r["level"] == level)
+                values.append(np.nan if row[f"gain_{reference}"] is None else row[f"gain_{reference}"])
+            ax.bar(np.arange(len(codecs)) + (k - (len(REFERENCES) - 1) / 2) * width, values, width, label=reference)
+        ax.axhline(report["target_gain_db"], color="black", linestyle="--", linewidth=1, label="target")
+        ax.set_xticks(np.arange(len(codecs)), codecs)
+        ax.set_title(f"{level} quality")
+    axes[0].set_ylabel("gain over the identity (dB)")
+    axes[-1].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"What predicts a codec's decode ({report['images']})", fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     run_codec = load_script(HERE / "surrogates_proxy.py", "surrogates_proxy_bench").run_codec
@@ -191,6 +225,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot_gains(report, args.plot)
     return report
 
 

@@ -449,9 +449,10 @@ def test_proxy_decode_structure_benchmark_measures_its_references_against_the_re
     assert block_std(bench.quantise_luma(rgb, "bt601", 8, 1e6, 0.0)) < 1.0 < 5.0 < block_std(rgb)
     out = tmp_path / "structure.json"
     report = bench.main(bench.parse_args(["--codecs", "webp", "--images", str(folder), "--threads", "1",
-                                          "--output", str(out)]))  # fmt: skip
+                                          "--output", str(out), "--plot", str(tmp_path / "gains.png")]))  # fmt: skip
     rows = report["rows"]
     assert [r["level"] for r in rows] == ["low", "default", "high"] and json.loads(out.read_text()) == report
+    assert Image.open(tmp_path / "gains.png").size[0] > 400
     codec, proxy = get_codec("webp"), load_proxy("webp")
     for row in rows:
         assert row["gain_proxy"] == pytest.approx(

@@ -1,9 +1,9 @@
 """The real codec in the forward pass, a differentiable surrogate's gradient in the backward pass.
 
 A learned proxy (``proxy.CodecProxySurrogate``) returns nearly its input: its decoded image is 1-2 dB closer to the
-real decode than the input is, and its size is 10-15 % off (``proxy_{codec}.json``). Trained through it, a
-pre-processor learns the proxy's blind spots (``benchmarks/proxy_agreement.py``). :class:`CodecInTheLoop` keeps the
-proxy for the gradient only:
+real decode than the input is at the default quality, and its size 3-12 % off (median on Kodak;
+``proxy_{codec}.json``). Trained through it, a pre-processor learns the proxy's blind spots
+(``benchmarks/proxy_agreement.py``). :class:`CodecInTheLoop` keeps the proxy for the gradient only:
 
 - **forward**: the image is rounded to 8 bits, encoded by the real encoder and decoded by the real decoder. The
   loss therefore sees the real decoded pixels and the real file size, exactly.
