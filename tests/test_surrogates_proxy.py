@@ -430,8 +430,9 @@ def test_surrogates_proxy_benchmark_reports_gain_monotonicity_and_targets(tmp_pa
 
 def test_proxy_decode_structure_benchmark_measures_its_references_against_the_real_decode(tmp_path, val_dir):
     """The reference points of proxy_decode_structure.py on two small validation crops through WebP: the proxy's
-    gain is the one measure_fidelity reports, the DCT oracle is at least its no-quantisation choice, and the
-    luma quantiser is a no-op at a tiny step and flattens each block at a huge one."""
+    gain is the one measure_fidelity reports, the DCT oracle is at least its no-quantisation choice, the dither's
+    limit is its draws' gain + 3 dB, and the luma quantiser is a no-op at a tiny step and flattens each block at a
+    huge one."""
     bench = load_script(REPO / "benchmarks" / "proxy_decode_structure.py", "proxy_decode_structure")
     photos = sorted(val_dir.glob("*.png"))[:2]
     folder = tmp_path / "images"
@@ -448,8 +449,13 @@ def test_proxy_decode_structure_benchmark_measures_its_references_against_the_re
     # DC only: each block's luma is flat, but for the rounding to 8 bits and the clipping of saturated colours
     assert block_std(bench.quantise_luma(rgb, "bt601", 8, 1e6, 0.0)) < 1.0 < 5.0 < block_std(rgb)
     out = tmp_path / "structure.json"
-    report = bench.main(bench.parse_args(["--codecs", "webp", "--images", str(folder), "--threads", "1",
-                                          "--output", str(out), "--plot", str(tmp_path / "gains.png")]))  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        report = bench.main(bench.parse_args(["--codecs", "webp", "--images", str(folder), "--threads", "1",
+                                              "--dithers", "1", "--output", str(out),
+                                              "--plot", str(tmp_path / "gains.png")]))  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     rows = report["rows"]
     assert [r["level"] for r in rows] == ["low", "default", "high"] and json.loads(out.read_text()) == report
     assert Image.open(tmp_path / "gains.png").size[0] > 400
@@ -459,9 +465,42 @@ def test_proxy_decode_structure_benchmark_measures_its_references_against_the_re
             measure_fidelity(proxy, codec, crops, row["quality"])["psnr_gain_mean"], abs=2e-3
         )
         assert row["gain_codec_at_top_dct"] >= row["gain_codec_at_top"]
-        assert all(math.isfinite(row[f"gain_{r}"]) for r in bench.REFERENCES if row[f"gain_{r}"] is not None)
-    assert rows[0]["gain_neighbour_below"] is None  # WebP's lowest quality has nothing below it
-    assert rows[1]["gain_neighbour_above"] is not None
+        assert row["gain_dithered_limit"] == pytest.approx(row["gain_dithered"] + 10 * math.log10(2), abs=2e-3)
+        n = row["n"]
+        assert n["proxy"] == n["dithered"] == 2 and n["quality_neighbours_mean"] <= min(
+            n["quality_below"], n["quality_above"]
+        )
+    assert rows[0]["gain_quality_below"] is None and rows[0]["n"]["quality_below"] == 0  # nothing below WebP's 0
+    assert rows[1]["gain_quality_above"] is not None
+
+
+def test_proxy_decode_structure_neighbour_is_the_nearest_quality_that_decodes_differently():
+    """Qualities that share a quantiser are skipped; the range's ends, MAX_NEIGHBOUR_STEPS and codec failures end
+    the search with no neighbour."""
+    from types import SimpleNamespace
+
+    from rp_diffusers.codecs import CodecError
+
+    bench = load_script(REPO / "benchmarks" / "proxy_decode_structure.py", "proxy_decode_structure")
+    codec = SimpleNamespace(quality_range=(0, 20))
+    same, below, above = np.zeros((2, 2, 3)), np.ones((2, 2, 3)), np.full((2, 2, 3), 2.0)
+    decodes = {3: below, 7: above, 19: above}  # every other quality decodes to `same`
+
+    def run_codec(codec, image, quality, cache_dir, stem):
+        if quality == 20:
+            raise CodecError("too many bits")
+        return decodes.get(quality, same), 0, 0.0
+
+    def nearest(quality, direction):
+        return bench.neighbour(codec, None, "x", quality, same, direction, None, run_codec)
+
+    assert nearest(5, -1)[0] == 2 and nearest(5, -1)[1] is below
+    assert nearest(5, +1)[0] == 2 and nearest(5, +1)[1] is above
+    assert nearest(1, -1) is None  # reaches quality 0, then the range's end
+    assert nearest(18, +1)[0] == 1  # 19 differs
+    assert nearest(19, +1) is None  # 20 fails to encode
+    assert nearest(10, +1) is None  # 11-15 all decode alike: further than MAX_NEIGHBOUR_STEPS
+    assert bench.MAX_NEIGHBOUR_STEPS == 5
 
 
 def test_proxy_bits_alone_equals_the_forward_size(proxies):

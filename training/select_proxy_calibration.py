@@ -7,8 +7,8 @@ noise terms) this script fits on those rows, reports leave-one-photograph-out er
 median bits error and rms log error on whole val-set14 images against the real codec. The calibration shipped
 before is measured the same way. Rule used for the first proxies (8-statistic rate heads): take the 7-term form
 where its val-set14 rms log error is lower than the previous calibration's (VVC, WebP, HEIC), keep the previous one
-otherwise (HEVC, AVIF). For the DCT rate heads (WebP, HEVC, AVIF, HEIC): the form with the lowest val-set14 rms log
-error, no calibration included; all four chose ``+ q2``
+otherwise (HEVC, AVIF). For the DCT rate heads: the form with the lowest val-set14 rms log error, no calibration
+included; WebP, HEVC, AVIF and HEIC chose ``+ q2``, VVC (fitted later) the 7-term form
 (``benchmarks/results/proxy_calibration_selection_dct.json``).
 
     python training/calibrate_proxy_rate.py --codec webp --train_data_dir photos/train-sunhays80 \\
