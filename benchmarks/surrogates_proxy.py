@@ -167,6 +167,7 @@ def main(args: argparse.Namespace) -> dict:
                 "proxy_fwd_bwd_s_per_mp": round(time_proxy(proxy, x, float(quality), backward=True) / mp0, 4),
                 "codec_s_per_mp": round(codec_seconds / megapixels, 4),
                 "rate_features": proxy.net.rate_features,
+                "threads": args.threads,  # a run on some codecs keeps the other codecs' rows, with their threads
                 "monotonicity": scan,
             }
             rows.append(row)
@@ -188,7 +189,7 @@ def main(args: argparse.Namespace) -> dict:
     report = {
         "benchmark": "surrogates_proxy",
         "images": f"{folder.name} ({len(images)} images)",
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads",
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__} (threads: each row's)",
         "columns": {
             "psnr_min/psnr_median": "dB, proxy output vs real decode (8-bit RGB)",
             "psnr_identity_median": "dB, input vs real decode (a proxy that returns its input)",
