@@ -16,9 +16,12 @@ files and real decoders, the mean over images of PSNR(reference, real decode) - 
   ``quality_neighbours_mean``, the average of those two decodes;
 - ``dithered``: the same encoder at the same quality on the input plus an independent random -1/0/+1 (8-bit) dither,
   mean over ``--dithers`` draws; and ``dithered_mean``, the average of those draws' decodes. The dither changes the
-  input by far less than the codec does (about 50 dB PSNR), so what it changes in the decode is what no smooth
-  function of the input follows. If the decodes of the draws scatter independently around a mean decode, the best
-  smooth predictor (that mean) scores ``dithered`` + 3.01 dB: ``dithered_limit``, an estimate, not a measurement.
+  input by far less than the codec does (about 50 dB PSNR). If the decodes of the draws and the un-dithered decode
+  scatter independently, with one variance, around a mean decode, that mean (a smooth function of the input)
+  scores ``dithered`` + 3.01 dB: ``dithered_limit``, an estimate, not a measurement. The same assumption predicts
+  that the average of two draws gains 1.25 dB over one draw, which the results can check.
+
+The averaged references are not rounded to 8 bits; the others are decodes or rounded.
 
 None of these is an upper bound on what a network could learn; they are scales for the target.
 
@@ -252,7 +255,8 @@ def measure_codec(
                 "block": block,
                 "step": step,
                 "dead_zone": dead_zone,
-                "on_grid_edge": step is not None and (step in (STEPS[0], STEPS[-1]) or dead_zone == DEAD_ZONES[-1]),
+                "on_grid_edge": step is not None
+                and (step in (STEPS[0], STEPS[-1]) or dead_zone == DEAD_ZONES[-1] or block == BLOCKS[-1]),
             },
             "images": len(images),
             "images_decoded_exactly": exact,
@@ -284,11 +288,20 @@ def plot_gains(report: dict, path: str | Path) -> Path:
     width = 0.8 / len(PLOTTED)
     for ax, level in zip(axes, levels):
         for k, reference in enumerate(PLOTTED):
+            estimate = reference == "dithered_limit"
             values = []
             for codec in codecs:
                 row = next(r for r in rows if r["codec"] == codec and r["level"] == level)
                 values.append(np.nan if row[f"gain_{reference}"] is None else row[f"gain_{reference}"])
-            ax.bar(np.arange(len(codecs)) + (k - (len(PLOTTED) - 1) / 2) * width, values, width, label=reference)
+            ax.bar(
+                np.arange(len(codecs)) + (k - (len(PLOTTED) - 1) / 2) * width,
+                values,
+                width,
+                label=f"{reference} (estimate)" if estimate else reference,
+                hatch="///" if estimate else None,
+                fill=not estimate,
+                edgecolor="tab:brown" if estimate else None,
+            )
         ax.axhline(report["target_gain_db"], color="black", linestyle="--", linewidth=1, label="target")
         ax.set_xticks(np.arange(len(codecs)), codecs)
         ax.set_title(f"{level} quality")
@@ -342,8 +355,9 @@ def main(args: argparse.Namespace) -> dict:
             "dithered": f"the real decode, same quality, of the input plus a random -1/0/+1 dither; mean over "
             f"{args.dithers} draws per image",
             "dithered_mean": "the average of those draws' decodes",
-            "dithered_limit": "dithered + 3.01 dB: the mean of infinitely many draws, if they scatter independently "
-            "around it (an estimate)",
+            "dithered_limit": "dithered + 3.01 dB: the mean of infinitely many draws, if the draws' decodes and the "
+            "un-dithered decode scatter independently, with one variance, around it (an estimate; the same assumption "
+            "predicts avg of 2 draws = one draw + 1.25 dB)",
         },
         "columns": {"gain_*": "dB, mean over images of PSNR(reference, real decode) - PSNR(input, real decode)"},
         "rows": rows,
