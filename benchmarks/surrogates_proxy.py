@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import time
@@ -107,8 +108,16 @@ def targets_met(rows: list[dict]) -> dict:
 
 
 def run_codec(codec, image, quality: int, cache_dir: str | None, stem: str) -> tuple[np.ndarray, int, float]:
-    """(decoded RGB array, bits, encode + decode seconds) of the real codec, from ``cache_dir`` when stored there."""
-    path = Path(cache_dir) / f"{codec.name}_q{quality}_{stem}.npz" if cache_dir else None
+    """(decoded RGB array, bits, encode + decode seconds) of the real codec, from ``cache_dir`` when stored there.
+
+    The cache file is named by the codec, the quality, ``stem`` and a digest of the image's pixels and the codec's
+    encoder settings, so one folder can serve several image sets and codec settings without a stale decode."""
+    path = None
+    if cache_dir:
+        pixels = np.asarray(image.convert("RGB"))
+        digest = hashlib.sha1(pixels.tobytes() + repr(pixels.shape).encode())
+        digest.update(json.dumps(codec.encoder_settings(quality), sort_keys=True, default=str).encode())
+        path = Path(cache_dir) / f"{codec.name}_q{quality}_{stem}_{digest.hexdigest()[:12]}.npz"
     if path is not None and path.is_file():
         stored = np.load(path)
         return stored["decoded"], int(stored["bits"]), float(stored["seconds"])

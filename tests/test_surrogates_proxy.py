@@ -474,6 +474,24 @@ def test_proxy_decode_structure_benchmark_measures_its_references_against_the_re
     assert rows[1]["gain_quality_above"] is not None
 
 
+def test_benchmark_codec_cache_is_keyed_by_the_pixels_and_the_settings(tmp_path, val_dir):
+    """surrogates_proxy.run_codec's cache: a second call is served from it, and the same name with other pixels or
+    other codec settings is encoded again, never answered with a stale decode."""
+    bench = load_script(REPO / "benchmarks" / "surrogates_proxy.py", "surrogates_proxy_bench")
+    photos = sorted(val_dir.glob("*.png"))[:2]
+    first, second = (load_image(p).crop((0, 0, 64, 48)) for p in photos)
+    codec = get_codec("webp")
+    decoded, bits, seconds = bench.run_codec(codec, first, 75, str(tmp_path), "image")
+    again = bench.run_codec(codec, first, 75, str(tmp_path), "image")
+    assert np.array_equal(again[0], decoded) and again[1:] == (bits, seconds)  # the stored timing: from the cache
+    other = bench.run_codec(codec, second, 75, str(tmp_path), "image")
+    assert np.array_equal(other[0], np.asarray(codec.run(second, 75).reconstruction))
+    faster = get_codec("webp", method=0)
+    assert np.array_equal(bench.run_codec(faster, first, 75, str(tmp_path), "image")[0],
+                          np.asarray(faster.run(first, 75).reconstruction))  # fmt: skip
+    assert len(list(tmp_path.glob("*.npz"))) == 3
+
+
 def test_proxy_decode_structure_neighbour_is_the_nearest_quality_that_decodes_differently():
     """Qualities that share a quantiser are skipped; the range's ends, MAX_NEIGHBOUR_STEPS and codec failures end
     the search with no neighbour."""
