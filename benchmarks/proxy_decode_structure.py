@@ -83,8 +83,8 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         "--cache_dir",
         type=str,
         default=None,
-        help="Keep the real decodes here (npz, keyed by codec, quality and image name: one folder per image set and "
-        "codec settings) and reuse them.",
+        help="Keep the real decodes here (npz, named by codec, quality, image name and a digest of the pixels and "
+        "the encoder settings) and reuse them.",
     )
     parser.add_argument("--output", type=str, default="benchmarks/results/proxy_decode_structure.json")
     parser.add_argument("--plot", type=str, default=None, help="Bar chart of the gains (.png); '' or unset: none.")
