@@ -41,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from rp_diffusers.codecs import CodecError, get_codec
 from rp_diffusers.surrogates.proxy import PROXY_CODECS, load_proxy, proxy_qualities
+from rp_diffusers.surrogates.proxy_fidelity import dithered
 from rp_diffusers.surrogates.proxy_model import dct_matrix, ycbcr_matrix
 from rp_diffusers.utils.image import list_images, load_image
 from rp_diffusers.utils.testing import load_script
@@ -162,12 +162,6 @@ def proxy_decode(proxy, image, quality: int) -> np.ndarray:
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255.0
     out = proxy(x, float(quality)).reconstruction[0].clamp(0, 1)
     return (out.permute(1, 2, 0).numpy() * 255.0).round()
-
-
-def dithered(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """The image plus an independent random -1/0/+1 on every 8-bit value (clipped)."""
-    x = np.asarray(image, dtype=np.int16)
-    return Image.fromarray((x + rng.integers(-1, 2, size=x.shape)).clip(0, 255).astype(np.uint8))
 
 
 def neighbour(codec, image, stem: str, quality: int, decoded: np.ndarray, direction: int, cache_dir, run_codec):

@@ -160,6 +160,39 @@ def test_train_surrogate_two_steps_writes_loadable_weights(tmp_path, train_dir, 
     assert out.reconstruction.shape == (1, 3, 20, 30) and bool(torch.isfinite(out.bits).all())
 
 
+def test_train_surrogate_label_dithers_average_real_decodes_of_dithered_crops(tmp_path, train_dir, val_dir):
+    """--label_dithers K: the decode label is the rounded mean of the real decode and K real decodes of the crop plus
+    a -1/0/+1 dither drawn from (seed, full_images, index); the bits stay the un-dithered file's; separate cache."""
+    from accelerate import PartialState
+
+    from rp_diffusers.surrogates.proxy_fidelity import dithered
+
+    PartialState()  # the script logs through Accelerate's logger
+    script = _train_surrogate_script(tmp_path, train_dir, val_dir)
+    common = [
+        "--codec", "webp", "--resolution", "32", "--num_pairs", "3", "--train_data_dir", str(tmp_path / "train"),
+        "--pairs_dir", str(tmp_path / "pairs"), "--seed", "3",
+    ]  # fmt: skip
+    codec = get_codec("webp")
+    plain = script.build_pairs(script.parse_args(common), codec, (5, 40))
+    args = script.parse_args(common + ["--label_dithers", "2"])
+    averaged = script.build_pairs(args, codec, (5, 40))
+    assert len(list((tmp_path / "pairs").iterdir())) == 2  # the two label kinds are cached apart
+    assert plain["quality"] == averaged["quality"] and plain["bits"] == averaged["bits"]
+    changed = 0
+    for index, row in enumerate(averaged):
+        crop, quality = row["image"], row["quality"]
+        assert np.array_equal(np.asarray(crop), np.asarray(plain[index]["image"]))
+        rng = np.random.default_rng([3, 0, index])
+        draws = [np.asarray(codec.run(crop, quality).reconstruction, np.float64)]
+        draws += [np.asarray(codec.run(dithered(crop, rng), quality).reconstruction, np.float64) for _ in range(2)]
+        expected = np.mean(draws, axis=0).round().astype(np.uint8)
+        assert np.array_equal(np.asarray(row["decoded"]), expected)
+        assert row["bits"] == 8 * len(codec.run(crop, quality).data)
+        changed += not np.array_equal(expected, np.asarray(plain[index]["decoded"]))
+    assert changed > 0  # the dithered decodes moved at least one label
+
+
 def test_train_surrogate_rate_then_decode_from_a_fitted_proxy(tmp_path, train_dir, val_dir):
     """--init_weights + --train_parts: a new DCT rate head on a fitted U-Net, then the U-Net alone; each run trains
     only its part, the other stays bit-for-bit, and the saved proxy records where it started."""

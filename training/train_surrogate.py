@@ -50,6 +50,7 @@ from rp_diffusers.surrogates.proxy import (
     proxy_qualities,
     training_quality_range,
 )
+from rp_diffusers.surrogates.proxy_fidelity import dithered
 from rp_diffusers.surrogates.proxy_model import CodecProxyNet
 from rp_diffusers.training_utils import (
     end_run,
@@ -127,6 +128,15 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="Shrink each training photo by a random factor in [downscale_min, 1] (Lanczos) before cropping, which "
         "hides the JPEG artefacts of JPEG-sourced photos. Off by default: it did not improve validation.",
+    )
+    parser.add_argument(
+        "--label_dithers",
+        type=int,
+        default=0,
+        help="Decode label = the mean of the real decode and of K more real decodes of the crop plus an independent "
+        "-1/0/+1 dither (rp_diffusers.surrogates.proxy_fidelity.dithered), at the same quality: an estimate of the "
+        "encoder's average output, whose decisions a small dither changes. The bits label stays the un-dithered "
+        "file's. 0 (default): the real decode alone.",
     )
     parser.add_argument("--encode_workers", type=int, default=1, help="Threads running the real codec.")
     parser.add_argument(
@@ -210,8 +220,10 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
 def _pairs_key(args: argparse.Namespace, quality_range: tuple[int, int], folder: str) -> str:
     fields = [args.codec, args.codec_settings, args.resolution, args.min_resolution, args.num_pairs, quality_range]
     fields += [args.downscale_min] if args.downscale_min < 1 else []
+    fields += [f"label_dithers={args.label_dithers}"] if args.label_dithers else []
     digest = hashlib.sha1(json.dumps([str(f) for f in fields] + [os.path.abspath(folder)]).encode())
-    return f"{args.codec}-r{args.resolution}-n{args.num_pairs}-s{args.seed}-{digest.hexdigest()[:8]}"
+    dithers = f"-d{args.label_dithers}" if args.label_dithers else ""
+    return f"{args.codec}-r{args.resolution}-n{args.num_pairs}-s{args.seed}{dithers}-{digest.hexdigest()[:8]}"
 
 
 def crop_sides(args: argparse.Namespace) -> list[int]:
@@ -238,7 +250,8 @@ def build_pairs(
     folder = folder or args.train_data_dir[0]
     key = _pairs_key(args, quality_range, folder)
     if full_images:
-        key = f"{args.codec}-full{args.num_full_images}-s{args.seed}-{key.rsplit('-', 1)[1]}"
+        dithers = f"-d{args.label_dithers}" if args.label_dithers else ""
+        key = f"{args.codec}-full{args.num_full_images}-s{args.seed}{dithers}-{key.rsplit('-', 1)[1]}"
     path = os.path.join(root, key)
     if os.path.isdir(path):
         logger.info(f"reusing cached pairs at {path}")
@@ -257,16 +270,23 @@ def build_pairs(
         crop = photo.crop((int(left), int(top), int(left + side_w), int(top + side_h)))
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        jobs.append((crop, int(rng.integers(quality_range[0], quality_range[1] + 1))))
+        jobs.append((crop, int(rng.integers(quality_range[0], quality_range[1] + 1)), i))
 
     def encode(job):
-        crop, quality = job
+        crop, quality, index = job
         try:
             result = codec.run(crop, quality)
+            decoded = result.reconstruction
+            if args.label_dithers:  # the dither of pair i depends on (seed, full_images, i) only
+                dither_rng = np.random.default_rng([args.seed, int(full_images), index])
+                draws = [np.asarray(decoded, dtype=np.float64)]
+                for _ in range(args.label_dithers):
+                    draws.append(np.asarray(codec.run(dithered(crop, dither_rng), quality).reconstruction, np.float64))
+                decoded = Image.fromarray(np.mean(draws, axis=0).round().clip(0, 255).astype(np.uint8))
         except CodecError as error:  # e.g. libvvenc's size limit near qp 0: skip the pair, say so
             logger.warning(f"skipping a {crop.size} crop at quality {quality}: {error}")
             return None
-        return {"image": crop, "decoded": result.reconstruction, "quality": quality, "bits": 8 * len(result.data)}
+        return {"image": crop, "decoded": decoded, "quality": quality, "bits": 8 * len(result.data)}
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.encode_workers)) as pool:

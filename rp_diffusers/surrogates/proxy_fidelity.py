@@ -32,6 +32,19 @@ def training_quality_range(codec, margin: int = 4) -> tuple[int, int]:
     return max(lo, levels["low"] - margin), min(hi, levels["high"] + margin)
 
 
+def dithered(image, rng: np.random.Generator):
+    """The PIL image plus an independent random -1/0/+1 on every 8-bit value (clipped), about 50 dB PSNR.
+
+    A real encoder's decode of such an image differs from its decode of the image itself by about as much as the
+    codec's own error at mid qualities: the encoder's decisions, not the input, set much of it. Averages of such
+    decodes are what ``train_surrogate.py --label_dithers`` fits and what ``proxy_decode_structure.py`` measures.
+    """
+    from PIL import Image
+
+    x = np.asarray(image, dtype=np.int16)
+    return Image.fromarray((x + rng.integers(-1, 2, size=x.shape)).clip(0, 255).astype(np.uint8))
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
