@@ -64,6 +64,10 @@ class CorrDiffCodec(Codec):
             (its config's ``num_inference_steps``, or 0 where its ``diffusion_by_default`` is false, as in the
             shipped model, whose diffusion decoder measured worse than its end-to-end decoder).
         device: torch device of the networks (the entropy coding runs on the CPU).
+        refine_steps: encoder-side refinement (``CorrDiffModel.refine_latents``): Adam steps on this image's
+            latents against the model's rate-distortion loss before coding. The decoder and the format are unchanged
+            (any copy of the model reads the file); encoding takes about 0.35 s more per step and megapixel on 2 CPU
+            threads. 0 (default): the analysis transform's latents, as before.
 
     Example:
         >>> codec = CorrDiffCodec.from_pretrained("path/to/corrdiff")  # doctest: +SKIP
@@ -82,6 +86,7 @@ class CorrDiffCodec(Codec):
         "seed": 0,
         "num_inference_steps": None,
         "device": "cpu",
+        "refine_steps": 0,
     }
 
     def __init__(self, **settings: Any) -> None:
@@ -108,6 +113,9 @@ class CorrDiffCodec(Codec):
         steps = self.settings["num_inference_steps"]
         if steps is not None and not 0 <= int(steps) <= bitstream.MAX_NUM_STEPS:
             raise ValueError(f"num_inference_steps must be an integer in [0, {bitstream.MAX_NUM_STEPS}], got {steps}")
+        refine = self.settings["refine_steps"]
+        if isinstance(refine, bool) or not isinstance(refine, int) or not 0 <= refine <= 10_000:
+            raise ValueError(f"refine_steps must be an integer in [0, 10000], got {refine!r}")
         if not 0 <= int(self.settings["seed"]) < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.settings['seed']}")
 
@@ -158,6 +166,7 @@ class CorrDiffCodec(Codec):
             "codebook": list(config.codebook),
             "distortion_weight": self._distortion_weight(),
             "seed": int(self.settings["seed"]),
+            "refine_steps": int(self.settings["refine_steps"]),
         }
 
     @property
@@ -190,7 +199,7 @@ class CorrDiffCodec(Codec):
         pil = load_image(image)
         x, size = pad_to_multiple(pil_to_tensor(pil).to(self._device), CorrDiffConfig.pad_multiple)
         model, config = self.model, self.model.config
-        y = model.g_a(x)
+        y = model.refine_latents(x, quality, int(self.settings["refine_steps"]), seed=int(self.settings["seed"]))
         z_symbols = torch.round(model.h_a(torch.abs(y))).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT).cpu()
         y_symbols = torch.round(y * model.gain(quality)).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT).cpu()
         z_coder, y_coder, side_coder = (constriction.stream.queue.RangeEncoder() for _ in range(3))
