@@ -66,8 +66,9 @@ class CorrDiffCodec(Codec):
         device: torch device of the networks (the entropy coding runs on the CPU).
         refine_steps: encoder-side refinement (``CorrDiffModel.refine_latents``): Adam steps on this image's
             latents against the model's rate-distortion loss before coding. The decoder and the format are unchanged
-            (any copy of the model reads the file); encoding takes about 0.35 s more per step and megapixel on 2 CPU
-            threads. 0 (default): the analysis transform's latents, as before.
+            (any copy of the model reads the file). 40 steps lower the shipped model's PSNR BD-rate against JPEG on
+            Kodak from -30.8 % to -34.8 % and take 15 s per 768x512 image on 2 CPU threads, against 0.33 s without
+            (``benchmarks/results/corrdiff_refined.json``). 0 (default): the analysis transform's latents.
 
     Example:
         >>> codec = CorrDiffCodec.from_pretrained("path/to/corrdiff")  # doctest: +SKIP
