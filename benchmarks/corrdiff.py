@@ -125,14 +125,13 @@ def corrdiff_results(args, images) -> tuple[list[EvaluationResult], dict]:
             row = {"image": name, "quality": quality, "bpp": result.bpp, "encoding_time": result.encode_seconds}
             curves["e2e"].records.append({**row, **measure(reference, pil_to_tensor(result.reconstruction))})
     if args.refine_steps:
-        refined = CorrDiffCodec(model=e2e.model, num_inference_steps=0, refine_steps=args.refine_steps)
-        name = f"corrdiff-e2e-refined{args.refine_steps}"
-        curves[name] = EvaluationResult(name, f"{refined.description}; {args.refine_steps} refinement steps")
-        for name_, image, reference in tqdm(images, desc=f"corrdiff e2e, {args.refine_steps} refinement steps"):
+        refined = CorrDiffCodec(model=e2e.model, num_inference_steps=0, refine_steps=args.refine_steps, seed=args.seed)
+        curve = curves["refined"] = EvaluationResult(f"corrdiff-e2e-refined{args.refine_steps}", refined.description)
+        for name, image, reference in tqdm(images, desc=f"corrdiff e2e, {args.refine_steps} refinement steps"):
             for quality in qualities:
                 result = refined.run(image, quality)
-                row = {"image": name_, "quality": quality, "bpp": result.bpp, "encoding_time": result.encode_seconds}
-                curves[name].records.append({**row, **measure(reference, pil_to_tensor(result.reconstruction))})
+                row = {"image": name, "quality": quality, "bpp": result.bpp, "encoding_time": result.encode_seconds}
+                curve.records.append({**row, **measure(reference, pil_to_tensor(result.reconstruction))})
     checks = {}
     weights = [float(w) for w in args.distortion_weights.split(",") if w] if args.diffusion_qualities else []
     steps = e2e.model.config.num_inference_steps if args.num_inference_steps is None else args.num_inference_steps
@@ -206,8 +205,8 @@ def compare_to_baselines(corrdiff: list[EvaluationResult], baselines: list[Evalu
             out["lines"].append(f"BD-rate {key}: " + ", ".join(cells))
         for curve in [c for c in corrdiff if c.name.startswith("corrdiff-e2e")]:
             e2e = curve.averaged()
-            # keyed by the baseline for the plain end-to-end curve, by "baseline, curve" for a refined one
-            key = base.name if curve.name == "corrdiff-e2e" else f"{base.name}, {curve.name}"
+            # keyed by the baseline for the plain end-to-end curve (as before), by "curve vs baseline" for a refined one
+            key = base.name if curve.name == "corrdiff-e2e" else f"{curve.name} vs {base.name}"
             gains = [
                 {"bpp": b, "psnr-rgb": p, "gain_db": p - at_rate(anchor, b, "psnr-rgb")}
                 for b, p in zip(e2e["bpp"], e2e["psnr-rgb"])

@@ -176,7 +176,9 @@ class CorrDiffCodec(Codec):
         return (
             f"CorrDiff (decoder {self.model.decoder_id(self._steps() > 0).hex()}, N={config.channels}, M={config.latent_channels}, "
             f"{self._steps()} DDIM steps at strength {config.strength:g}, {config.block_size}px blocks, codebook {list(config.codebook)}, "
-            f"distortion_weight {self._distortion_weight()})"
+            f"distortion_weight {self._distortion_weight()}"
+            + (f", encoder refinement {self.settings['refine_steps']} steps" if self.settings["refine_steps"] else "")
+            + ")"
         )
 
     # --- coding -----------------------------------------------------------------------------------------------
@@ -200,7 +202,8 @@ class CorrDiffCodec(Codec):
         pil = load_image(image)
         x, size = pad_to_multiple(pil_to_tensor(pil).to(self._device), CorrDiffConfig.pad_multiple)
         model, config = self.model, self.model.config
-        y = model.refine_latents(x, quality, int(self.settings["refine_steps"]), seed=int(self.settings["seed"]))
+        refine = int(self.settings["refine_steps"])
+        y = model.refine_latents(x, quality, refine, seed=int(self.settings["seed"]), size=size)
         z_symbols = torch.round(model.h_a(torch.abs(y))).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT).cpu()
         y_symbols = torch.round(y * model.gain(quality)).clamp(-SYMBOL_LIMIT, SYMBOL_LIMIT).cpu()
         z_coder, y_coder, side_coder = (constriction.stream.queue.RangeEncoder() for _ in range(3))

@@ -221,15 +221,31 @@ class CorrDiffModel(nn.Module):
         bits = -(torch.log2(y_likelihood).flatten(1).sum(1) + torch.log2(z_likelihood).flatten(1).sum(1))
         return {"x_e2e": self.g_s(y_hat), "bpp": bits / pixels, "y_hat": y_hat}
 
-    def rd_loss(self, image: torch.Tensor, y: torch.Tensor, quality: int, noise: tuple | None = None):
+    def rd_loss(
+        self,
+        image: torch.Tensor,
+        y: torch.Tensor,
+        quality: int,
+        noise: tuple | None = None,
+        size: tuple[int, int] | None = None,
+    ):
         """The phase-1 loss ``bpp + lambda_q * 255**2 * MSE`` of latents ``y`` for ``image`` at one quality.
 
         With ``noise`` (uniform, for y and z), the rate is the training one (noisy latents); without, it is the
-        rate of the rounded symbols (float hyper-synthesis, not the integer tables the coder uses). The
-        reconstruction always decodes the rounded latents (straight-through, as in training).
+        rate of the rounded symbols under the float hyper-synthesis (an estimate of the file: the coder uses the
+        integer tables). The reconstruction always decodes the rounded latents (straight-through, as in training)
+        and is not clamped.
+
+        Args:
+            image: (B, 3, H, W) in [0, 1], the padded image the latents code.
+            y: (B, M, H/16, W/16) latents.
+            quality: integer quality (index into ``config.gains``).
+            noise: optional ``(noise_y, noise_z)``, uniform in [-0.5, 0.5).
+            size: the unpadded (height, width): the MSE is taken there and the bits are divided by its pixels
+                (default: the whole of ``image``).
 
         Returns:
-            ``(loss, bpp, mse)``, scalar tensors (summed over the batch's pixels).
+            ``(loss, bpp, mse)``: scalar tensors, bits per pixel and MSE averaged over the batch.
         """
         gain = self.gain(quality)
         z = self.h_a(torch.abs(y))
@@ -242,13 +258,20 @@ class CorrDiffModel(nn.Module):
             torch.log2(self.gaussian_conditional.likelihood(y_rate, scales)).sum()
             + torch.log2(self.entropy_bottleneck.likelihood(z_rate)).sum()
         )
-        bpp = bits / (image.shape[0] * image.shape[-2] * image.shape[-1])
-        mse = (self.g_s(y_round / gain) - image).square().mean()
+        height, width = size or image.shape[-2:]
+        bpp = bits / (image.shape[0] * height * width)
+        mse = (self.g_s(y_round / gain) - image)[..., :height, :width].square().mean()
         lmbda = self.config.lmbda * float(gain.flatten()[0]) ** 2
         return bpp + lmbda * 255.0**2 * mse, bpp, mse
 
     def refine_latents(
-        self, image: torch.Tensor, quality: int, steps: int, learning_rate: float = 0.003, seed: int = 0
+        self,
+        image: torch.Tensor,
+        quality: int,
+        steps: int,
+        learning_rate: float = 0.003,
+        seed: int = 0,
+        size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Encoder-side refinement: the latents ``y`` of ``image``, moved by ``steps`` Adam steps on :meth:`rd_loss`.
 
@@ -256,47 +279,44 @@ class CorrDiffModel(nn.Module):
         et al. 2019, "Content adaptive optimization for neural image compression") lowers its rate-distortion
         loss with the same decoder, so files stay readable by every copy of this model. Each step takes the
         training loss's gradient (rate of noisy latents, seeded by ``seed``); every 5 steps and at the end the
-        loss of the rounded symbols is measured and the best latents so far are kept, so the returned ``y`` never
-        has a higher rounded-symbol loss than ``g_a(image)``. The networks are not changed.
+        rounded-symbol loss (``rd_loss`` without noise: float hyper-synthesis, unclamped decode) is measured and the
+        best latents so far are kept, so the returned ``y`` never scores higher on that loss than ``g_a(image)``.
+        The real file's size and its 8-bit decode can differ slightly from that estimate. Only ``y`` gets
+        gradients (``torch.autograd.grad``): the networks and their ``requires_grad`` flags are not touched, so
+        threads may share the model. Meant for one image (B = 1, as the codec calls it); for B > 1 the best
+        iterate is chosen for the whole batch.
 
         Args:
-            image: (B, 3, H, W) in [0, 1], H and W multiples of 64.
+            image: (B, 3, H, W) in [0, 1], H and W multiples of 64 (padded).
             quality: integer quality (index into ``config.gains``).
             steps: Adam steps (0 returns ``g_a(image)``).
-            learning_rate: Adam's step size in latent units (chosen on val-set14: 0.003).
+            learning_rate: Adam's step size in latent units (0.003, chosen on two val-set14 images).
             seed: seed of the training-style noise.
+            size: the unpadded (height, width), see :meth:`rd_loss`.
         """
         with torch.no_grad():
             start = self.g_a(image)
+            z_shape = self.h_a(torch.abs(start)).shape
         if steps <= 0:
             return start
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        frozen = [(p, p.requires_grad) for p in self.parameters()]
-        for parameter, _ in frozen:
-            parameter.requires_grad_(False)
-        try:
-            with torch.enable_grad():
-                y = start.clone().requires_grad_(True)
-                optimizer = torch.optim.Adam([y], lr=learning_rate)
-                with torch.no_grad():
-                    best_loss, best = float(self.rd_loss(image, y, quality)[0]), start
-                for step in range(1, steps + 1):
-                    z_shape = (y.shape[0], self.config.hyper_channels, y.shape[-2] // 4, y.shape[-1] // 4)
-                    noise = tuple(
-                        (torch.rand(shape, generator=generator) - 0.5).to(y.device) for shape in (y.shape, z_shape)
-                    )
-                    loss = self.rd_loss(image, y, quality, noise)[0]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if step % 5 == 0 or step == steps:
-                        with torch.no_grad():
-                            hard = float(self.rd_loss(image, y, quality)[0])
-                        if hard < best_loss:
-                            best_loss, best = hard, y.detach().clone()
-        finally:
-            for parameter, flag in frozen:
-                parameter.requires_grad_(flag)
+        with torch.enable_grad():
+            y = start.clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([y], lr=learning_rate)
+            with torch.no_grad():
+                best_loss, best = float(self.rd_loss(image, y, quality, size=size)[0]), start
+            for step in range(1, steps + 1):
+                noise = tuple(
+                    (torch.rand(shape, generator=generator) - 0.5).to(y.device) for shape in (y.shape, z_shape)
+                )
+                loss = self.rd_loss(image, y, quality, noise, size)[0]
+                (y.grad,) = torch.autograd.grad(loss, [y])
+                optimizer.step()
+                if step % 5 == 0 or step == steps:
+                    with torch.no_grad():
+                        hard = float(self.rd_loss(image, y, quality, size=size)[0])
+                    if hard < best_loss:
+                        best_loss, best = hard, y.detach().clone()
         return best
 
     @torch.no_grad()
