@@ -572,6 +572,34 @@ def test_benchmark_compares_the_three_decoders_of_the_same_files(tmp_path):
     assert Image.open(out / "crops.png").size[1] > 700  # two rows of panels
 
 
+def test_benchmark_runs_the_refining_encoder_beside_the_default_one(tmp_path):
+    """``benchmarks/corrdiff.py --refine_steps N``: a second end-to-end curve from the refining encoder in the same
+    run, on the same images and qualities, compared with each baseline under its own key."""
+    bench = load_script(REPO / "benchmarks" / "corrdiff.py", "corrdiff_bench_refine")
+    torch.manual_seed(0)
+    config = CorrDiffConfig(channels=16, latent_channels=16, hyper_channels=8, gains=(4.0, 8.0, 16.0, 32.0))
+    tiny = CorrDiffModel(config)
+    tiny.update()
+    save_model(tiny, tmp_path / "model")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, example in enumerate(sorted(EXAMPLES_DIR.glob("*.png"))[:2]):
+        load_image(example).crop((0, 0, 128, 128)).save(photos / f"photo{i}.png")
+    result = bench.main(bench.parse_args([
+        "--model", str(tmp_path / "model"), "--images", str(photos), "--diffusion_qualities", "",
+        "--refine_steps", "5", "--baselines", "jpeg", "--metrics", "psnr", "--output", str(tmp_path / "c.json"),
+        "--plot", "", "--crops", "", "--threads", "1",
+    ]))  # fmt: skip
+    curves = {c["name"]: c for c in result["curves"]}
+    assert list(curves) == ["corrdiff-e2e", "corrdiff-e2e-refined5", "jpeg"]
+    assert "encoder refinement 5 steps" in curves["corrdiff-e2e-refined5"]["description"]
+    plain, refined = curves["corrdiff-e2e"]["results"], curves["corrdiff-e2e-refined5"]["results"]
+    assert plain["quality"] == refined["quality"] == [0, 1, 2, 3]
+    comparisons = result["meta"]["against_baselines"]
+    assert set(comparisons["bd_rate"]) == {"corrdiff-e2e vs jpeg", "corrdiff-e2e-refined5 vs jpeg"}
+    assert set(comparisons["psnr_gain_db_min_0.2-0.6bpp"]) == {"jpeg", "corrdiff-e2e-refined5 vs jpeg"}
+
+
 def test_edm_preconditioning_starts_from_the_best_linear_estimate(image):
     """With ``sigma_data`` set and a UNet that outputs 0, the x0 estimate is the Wiener combination of x_e2e and the
     noisy image; a codec whose config sets it round-trips bit-exactly."""
