@@ -600,6 +600,28 @@ def test_benchmark_runs_the_refining_encoder_beside_the_default_one(tmp_path):
     assert set(comparisons["psnr_gain_db_min_0.2-0.6bpp"]) == {"jpeg", "corrdiff-e2e-refined5 vs jpeg"}
 
 
+def test_refine_choice_benchmark_reports_each_step_size_and_count(tmp_path):
+    """``benchmarks/corrdiff_refine_choice.py``: one row per (image, quality, step size, steps) against the analysis
+    transform's latents; 0 steps changes nothing, and the rows average into the table."""
+    bench = load_script(REPO / "benchmarks" / "corrdiff_refine_choice.py", "corrdiff_refine_choice")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    load_image(EXAMPLE).crop((0, 0, 96, 80)).save(photos / "a.png")
+    result = bench.main(bench.parse_args([
+        "--images", str(photos), "--names", "", "--learning_rates", "0.003,0.01", "--steps", "0,5",
+        "--threads", "1", "--output", str(tmp_path / "r.json"),
+    ]))  # fmt: skip
+    assert len(result["rows"]) == 4 and set(result["mean"]) == {
+        "lr 0.003, 0 steps", "lr 0.003, 5 steps", "lr 0.01, 0 steps", "lr 0.01, 5 steps"
+    }  # fmt: skip
+    for row in result["rows"]:
+        if row["steps"] == 0:
+            assert row["loss_drop_pct"] == 0 and row["bpp_change_pct"] == 0 and row["psnr_change_db"] == 0
+        else:
+            assert row["loss_drop_pct"] >= 0  # the best iterate is kept
+    assert json.loads((tmp_path / "r.json").read_text())["images"] == ["a.png"]
+
+
 def test_edm_preconditioning_starts_from_the_best_linear_estimate(image):
     """With ``sigma_data`` set and a UNet that outputs 0, the x0 estimate is the Wiener combination of x_e2e and the
     noisy image; a codec whose config sets it round-trips bit-exactly."""

@@ -290,7 +290,8 @@ class CorrDiffModel(nn.Module):
             image: (B, 3, H, W) in [0, 1], H and W multiples of 64 (padded).
             quality: integer quality (index into ``config.gains``).
             steps: Adam steps (0 returns ``g_a(image)``).
-            learning_rate: Adam's step size in latent units (0.003, chosen on two val-set14 images).
+            learning_rate: Adam's step size in latent units (0.003: picked on two val-set14 images; compared on four
+                in ``benchmarks/results/corrdiff_refine_choice_valset14.json``).
             seed: seed of the training-style noise.
             size: the unpadded (height, width), see :meth:`rd_loss`.
         """
