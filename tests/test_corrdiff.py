@@ -520,22 +520,30 @@ def test_train_corrdiff_phase_diffusion_gives_a_codec_with_its_decoder(saved, im
 
 
 @pytest.mark.slow
-def test_benchmark_compares_the_three_decoders_of_the_same_files(tmp_path):
-    """``benchmarks/corrdiff.py`` on a tiny model: e2e, uncorrected and corrected curves of the same bitstreams, the
-    decoder table (corrected minus each other decoder at equal total bits, signed so that positive is better), the
-    issue's targets, BD-rates between decoders, decoded files identical to the encoder's, and a six-panel figure."""
-    bench = load_script(REPO / "benchmarks" / "corrdiff.py", "corrdiff_bench")
+def _benchmark_inputs(tmp_path: Path, crop: tuple[int, int], with_unet: bool = True, **config) -> Path:
+    """A tiny four-gain model saved to tmp_path/model (with a small diffusion UNet unless ``with_unet`` is false) and
+    tmp_path/photos with the top-left ``crop`` (width, height) of two bundled photographs; returns the photos."""
     torch.manual_seed(0)
-    config = CorrDiffConfig(channels=16, latent_channels=16, hyper_channels=8, gains=(4.0, 8.0, 16.0, 32.0),
-                            block_size=64, num_inference_steps=2)  # fmt: skip
-    tiny = CorrDiffModel(config)
-    tiny.unet = build_unet((8, 16), 1, 4)
+    tiny = CorrDiffModel(
+        CorrDiffConfig(channels=16, latent_channels=16, hyper_channels=8, gains=(4.0, 8.0, 16.0, 32.0), **config)
+    )
+    if with_unet:
+        tiny.unet = build_unet((8, 16), 1, 4)
     tiny.update()
     save_model(tiny, tmp_path / "model")
     photos = tmp_path / "photos"
     photos.mkdir()
     for i, example in enumerate(sorted(EXAMPLES_DIR.glob("*.png"))[:2]):
-        load_image(example).crop((0, 0, 256, 192)).save(photos / f"photo{i}.png")
+        load_image(example).crop((0, 0, *crop)).save(photos / f"photo{i}.png")
+    return photos
+
+
+def test_benchmark_compares_the_three_decoders_of_the_same_files(tmp_path):
+    """``benchmarks/corrdiff.py`` on a tiny model: e2e, uncorrected and corrected curves of the same bitstreams, the
+    decoder table (corrected minus each other decoder at equal total bits, signed so that positive is better), the
+    issue's targets, BD-rates between decoders, decoded files identical to the encoder's, and a six-panel figure."""
+    bench = load_script(REPO / "benchmarks" / "corrdiff.py", "corrdiff_bench")
+    photos = _benchmark_inputs(tmp_path, (256, 192), block_size=64, num_inference_steps=2)
     out = tmp_path / "results"
     result = bench.main(bench.parse_args([
         "--model", str(tmp_path / "model"), "--images", str(photos), "--diffusion_qualities", "0,1,2,3",
@@ -576,15 +584,7 @@ def test_benchmark_runs_the_refining_encoder_beside_the_default_one(tmp_path):
     """``benchmarks/corrdiff.py --refine_steps N``: a second end-to-end curve from the refining encoder in the same
     run, on the same images and qualities, compared with each baseline under its own key."""
     bench = load_script(REPO / "benchmarks" / "corrdiff.py", "corrdiff_bench_refine")
-    torch.manual_seed(0)
-    config = CorrDiffConfig(channels=16, latent_channels=16, hyper_channels=8, gains=(4.0, 8.0, 16.0, 32.0))
-    tiny = CorrDiffModel(config)
-    tiny.update()
-    save_model(tiny, tmp_path / "model")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, example in enumerate(sorted(EXAMPLES_DIR.glob("*.png"))[:2]):
-        load_image(example).crop((0, 0, 128, 128)).save(photos / f"photo{i}.png")
+    photos = _benchmark_inputs(tmp_path, (128, 128), with_unet=False)
     result = bench.main(bench.parse_args([
         "--model", str(tmp_path / "model"), "--images", str(photos), "--diffusion_qualities", "",
         "--refine_steps", "5", "--baselines", "jpeg", "--metrics", "psnr", "--output", str(tmp_path / "c.json"),
