@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rp_diffusers.codecs import get_codec
 from rp_diffusers.corrdiff import CorrDiffConfig
+from rp_diffusers.utils.files import write_json
 from rp_diffusers.utils.image import list_images, load_image, pil_to_tensor
 from rp_diffusers.utils.tiling import pad_to_multiple
 
@@ -88,10 +88,8 @@ def main(args: argparse.Namespace) -> dict:
         "meta": {"seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
                  "torch": torch.__version__, "machine": platform.processor() or platform.machine()},
     }  # fmt: skip
-    path = Path(args.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(output, indent=2) + "\n")
-    print(f"wrote {path}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {write_json(args.output, output)}")
     return output
 
 
