@@ -8,11 +8,18 @@ calibration, computed on val-set14 by ``rp-diffusers calibrate-decode``, never o
   the same quality), with the curves' overlap;
 - the measured ratio MSE(enhanced, source) / MSE(decoded, source) per quality (the rule's target is 2);
 - decode time per image on this machine, as seconds and as a multiple of the codec's own decode;
-- R-D plots and a side-by-side crop (source | codec | enhanced).
+- R-D plots and a side-by-side crop (source | codec | enhanced);
+- with ``--preprocessor`` (e.g. ``default``): both ends together, in the same run. The pre-processor's choice for
+  the codec (``rp_diffusers.adapters.choose_adapter``, as ``rp-diffusers evaluate --model`` makes it: an adapter,
+  the base model, a codec step such as the JPEG dead zone, or the codec alone) gives a curve ``rp+CODEC[...]``, and
+  the same followed by each preset ``rp+CODEC[...]+PRESET``; their BD-rates are against the codec alone and,
+  for the enhanced ones, against ``rp+CODEC[...]`` (what the enhancement adds on top of the pre-processor).
 
 Example (about 20 minutes on 2 CPU cores with 12 images):
     python benchmarks/perceptual_decode.py --images ../shared/data/kodak --limit 12 --codecs jpeg,hevc \\
         --presets jpeg=fast,medium hevc=fast
+    python benchmarks/perceptual_decode.py --limit 12 --codecs jpeg --presets jpeg=fast --preprocessor default \
+        --output benchmarks/results/perceptual_decode_both_ends.json
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--qualities", nargs="*", default=[], help="CODEC=Q1,Q2,... (default: 4 per codec)")
     parser.add_argument("--presets", nargs="*", default=[], help="CODEC=P1,P2 (default: fast,medium for every codec)")
     parser.add_argument("--model", default="default", help="PerceptualDecodePipeline folder or Hub id")
+    parser.add_argument(
+        "--preprocessor",
+        default=None,
+        help="RPPreprocessPipeline folder, Hub id or 'default': also run pre-processor + codec (+ each preset)",
+    )
     parser.add_argument("--metrics", default=None, help="comma-separated metrics (default: every installed one)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the model")
@@ -62,8 +74,9 @@ def mean_mse(result) -> dict[float, float]:
     return {q: float(np.mean(v)) for q, v in by_quality.items()}
 
 
-def crop_figure(paths, codec_name, quality, pipe, preset, crop_spec, output: Path) -> Path | None:
-    """source | codec | enhanced, one crop side by side, labelled, upscaled 2x with nearest neighbour."""
+def crop_figure(paths, codec_name, quality, pipe, preset, crop_spec, output: Path, front=None) -> Path | None:
+    """source | codec | enhanced, one crop side by side, labelled, upscaled 2x with nearest neighbour; with
+    ``front`` (a :func:`both_ends` choice that is not the codec alone) also | pre-processor + codec | + enhanced."""
     from PIL import ImageDraw
 
     from rp_diffusers.codecs import get_codec
@@ -85,8 +98,23 @@ def crop_figure(paths, codec_name, quality, pipe, preset, crop_spec, output: Pat
     )[0]
     tiles = [source, coded.reconstruction, enhanced]
     labels = ["source", f"{codec_name} q{quality:g}: {coded.bpp:.3f} bpp", f"+ enhance ({preset}): same bits"]
+    if front is not None and front["name"] is not None:
+        from rp_diffusers.codecs.prequantize import with_codec_step
+
+        encoded = front["preprocess"]([source])[0] if front["preprocess"] else source
+        both = with_codec_step(get_codec(codec_name), front["codec_step"]).run(encoded, quality)
+        both_enhanced = enhance_images(
+            pipe,
+            [both.reconstruction],
+            preset,
+            codec=codec_name,
+            quality=quality,
+            generator=torch.Generator().manual_seed(0),
+        )[0]
+        tiles += [both.reconstruction, both_enhanced]
+        labels += [f"{front['name']} q{quality:g}: {both.bpp:.3f} bpp", f"+ enhance ({preset}): same bits"]
     scale = 2
-    figure = Image.new("RGB", (3 * size * scale + 20, size * scale + 28), "white")
+    figure = Image.new("RGB", (len(tiles) * (size * scale + 10) - 10, size * scale + 28), "white")
     draw = ImageDraw.Draw(figure)
     for index, (tile, label) in enumerate(zip(tiles, labels)):
         part = tile.crop((left, top, left + size, top + size)).resize((size * scale, size * scale), Image.NEAREST)
@@ -95,6 +123,29 @@ def crop_figure(paths, codec_name, quality, pipe, preset, crop_spec, output: Pat
         draw.text((x + 4, 6), label, fill="black")
     figure.save(output)
     return output
+
+
+def both_ends(preprocessor, codec: str) -> dict:
+    """The pre-processor's front end for ``codec``, chosen as ``rp-diffusers evaluate --model`` chooses it.
+
+    Returns ``name`` (the curve, ``None`` where the choice is the codec alone, whose curve is already run),
+    ``preprocess`` (images -> images, or ``None`` for a codec step without a network), ``codec_step`` and ``reason``.
+    """
+    from rp_diffusers.adapters import choose_adapter
+
+    choice = choose_adapter(preprocessor, codec, None)
+    print(f"{codec}: pre-processor: {choice.reason}")
+    if choice.codec_alone:
+        return {"name": None, "preprocess": None, "codec_step": None, "reason": choice.reason}
+    label = choice.label if (preprocessor.available_adapters() or choice.codec_step is not None) else ""
+    preprocess = None
+    if choice.preprocess:
+
+        def preprocess(images, adapter=choice.adapter):
+            return [preprocessor([image], adapter_name=adapter or [], batch_size=1).images[0] for image in images]
+
+    name = f"rp+{codec}" + (f"[{label}]" if label else "")
+    return {"name": name, "preprocess": preprocess, "codec_step": choice.codec_step, "reason": choice.reason}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -117,12 +168,35 @@ def main(args: argparse.Namespace) -> dict:
         },
         "codecs": {},
     }
+    preprocessor = None
+    if args.preprocessor:
+        from rp_diffusers.default_model import load_preprocessor
+
+        preprocessor = load_preprocessor(args.preprocessor, "cpu")
+        preprocessor.set_progress_bar_config(disable=True)
+        report["preprocessor"] = args.preprocessor
     for codec in args.codecs.split(","):
         qualities = [float(q) for q in args.qualities.get(codec, DEFAULT_QUALITIES[codec]).split(",")]
         curves, seconds = {}, {}
         alone = evaluate(paths, codec, qualities, metrics=metrics, workers=args.workers, name=codec)
         curves[codec] = alone
-        for preset in args.presets.get(codec, ["fast", "medium"]):
+        front = both_ends(preprocessor, codec) if preprocessor is not None else None
+        fronts = [(codec, None, None)]
+        if front is not None and front["name"] is not None:
+            curves[front["name"]] = evaluate(
+                paths,
+                codec,
+                qualities,
+                metrics=metrics,
+                workers=args.workers,
+                name=front["name"],
+                preprocess=front["preprocess"],
+                codec_step=front["codec_step"],
+            )
+            fronts.append((front["name"], front["preprocess"], front["codec_step"]))
+        for (base, preprocess, codec_step), preset in (
+            (f, p) for f in fronts for p in args.presets.get(codec, ["fast", "medium"])
+        ):
             timing = []
 
             def enhance(images, quality, preset=preset, timing=timing, codec=codec):
@@ -133,9 +207,17 @@ def main(args: argparse.Namespace) -> dict:
                 timing.append((time.perf_counter() - start) / len(images))
                 return out
 
-            name = f"{codec}+{preset}"
+            name = f"{base}+{preset}"
             curves[name] = evaluate(
-                paths, codec, qualities, metrics=metrics, enhance=enhance, workers=args.workers, name=name
+                paths,
+                codec,
+                qualities,
+                metrics=metrics,
+                enhance=enhance,
+                workers=args.workers,
+                name=name,
+                preprocess=preprocess,
+                codec_step=codec_step,
             )
             seconds[name] = float(np.mean(timing))
         data = {name: result.to_dict() for name, result in curves.items()}
@@ -143,15 +225,23 @@ def main(args: argparse.Namespace) -> dict:
         codec_decode = float(
             np.mean([r["decoding_time"] for r in alone.records if "decoding_time" in r] or [math.nan])
         )
-        mse_alone = mean_mse(alone)
         entry = {"qualities": qualities, "curves": data, "bd_rate": {}, "overlap": {}, "mse_ratio": {}, "seconds": {}}
+        if front is not None:
+            entry["preprocessor"] = {"curve": front["name"], "choice": front["reason"]}
         for name in data:
             if name == codec:
                 continue
             entry["bd_rate"][name] = bd_table(anchor, data[name])
             entry["overlap"][name] = bd_overlap(anchor, data[name])
-            enhanced_mse = mean_mse(curves[name])
-            entry["mse_ratio"][name] = [enhanced_mse[q] / mse_alone[q] for q in qualities]
+            if name not in seconds:  # the pre-processor's curve: no enhancement to time
+                continue
+            # the MSE ratio of the rule: against the decode the enhancement starts from (same front end)
+            base = name.rsplit("+", 1)[0]
+            enhanced_mse, decoded_mse = mean_mse(curves[name]), mean_mse(curves[base])
+            entry["mse_ratio"][name] = [enhanced_mse[q] / decoded_mse[q] for q in qualities]
+            if base != codec:
+                entry.setdefault("bd_rate_vs_preprocessed", {})[name] = bd_table(data[base], data[name])
+                entry.setdefault("overlap_vs_preprocessed", {})[name] = bd_overlap(data[base], data[name])
             entry["seconds"][name] = {
                 "enhance_per_image": seconds[name],
                 "codec_decode_per_image": codec_decode,
@@ -159,6 +249,9 @@ def main(args: argparse.Namespace) -> dict:
             }
         print(f"\n{codec}: BD-rate (%) against {codec} alone, {report['images']}")
         print(format_bd_table(entry["bd_rate"], codec, entry["overlap"]))
+        if entry.get("bd_rate_vs_preprocessed"):
+            print(f"\n{codec}: BD-rate (%) of the enhancement on top of {front['name']}")
+            print(format_bd_table(entry["bd_rate_vs_preprocessed"], front["name"], entry["overlap_vs_preprocessed"]))
         for name, ratios in entry["mse_ratio"].items():
             cost = entry["seconds"][name]
             print(
@@ -172,7 +265,11 @@ def main(args: argparse.Namespace) -> dict:
     first = args.codecs.split(",")[0]
     preset = args.presets.get(first, ["fast"])[0]
     quality = float(args.qualities.get(first, DEFAULT_QUALITIES[first]).split(",")[0])
-    figure = crop_figure(paths, first, quality, pipe, preset, args.crop, output.with_name(f"{output.stem}_crops.png"))
+    front = report["codecs"][first].get("preprocessor")
+    front = both_ends(preprocessor, first) if front and front["curve"] else None
+    figure = crop_figure(
+        paths, first, quality, pipe, preset, args.crop, output.with_name(f"{output.stem}_crops.png"), front
+    )
     report["crops"] = figure.name if figure else None
     write_json(output, report)
     print(f"wrote {output}")

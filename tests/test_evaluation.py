@@ -231,6 +231,36 @@ def test_cli_evaluate_enhance_adds_enhanced_curves(crops, tmp_path, capsys):
     assert abs(changed - plain["results"]["psnr-rgb"][0]) > 0.1  # a random tiny model really ran on the decode
 
 
+def test_cli_evaluate_model_and_enhance_run_both_ends_together(crops, tmp_path):
+    """``--model default --enhance fast``: the codec alone, the pre-processor's choice for the codec (for JPEG the
+    dead zone), and each of them enhanced: four curves in one run, one BD-rate table against the codec alone."""
+    import torch
+    from diffusers import CMStochasticIterativeScheduler, UNet2DModel
+
+    from rp_diffusers.pipelines import PerceptualDecodePipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+    )  # fmt: skip
+    PerceptualDecodePipeline(unet=unet, scheduler=CMStochasticIterativeScheduler()).save_pretrained(tmp_path / "cm")
+    out = tmp_path / "out"
+    argv = ["evaluate", "--images", str(crops), "--codec", "jpeg", "--qualities", "30,50", "--metrics", "psnr",
+            "--model", "default", "--enhance", "fast", "--enhance-model", str(tmp_path / "cm"),
+            "--enhance-sigma", "0.5", "--output", str(out), "--workers", "0", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    names = ["jpeg", "jpeg+fast", "rp+jpeg[deadzone]", "rp+jpeg[deadzone]+fast"]
+    curves = {name: load_results(out / f"{name}.json") for name in names}
+    bits = {name: [r["bpp"] for r in curve["per_image"]] for name, curve in curves.items()}
+    assert bits["jpeg+fast"] == bits["jpeg"] and bits["rp+jpeg[deadzone]+fast"] == bits["rp+jpeg[deadzone]"]
+    assert all(dead < plain for dead, plain in zip(bits["rp+jpeg[deadzone]"], bits["jpeg"]))
+    psnr = {name: curve["results"]["psnr-rgb"] for name, curve in curves.items()}
+    assert all(abs(a - b) > 0.1 for a, b in zip(psnr["rp+jpeg[deadzone]+fast"], psnr["rp+jpeg[deadzone]"]))
+    table = json.loads((out / "bd_rate.json").read_text())
+    assert table["anchor"] == "jpeg" and set(table["bd_rate"]) == set(names[1:])
+
+
 def test_evaluate_default_metrics_measure_every_installed_perceptual_metric(crops):
     """The default set has SSIMULACRA2 always and the tools where installed; the values are those of the
     metric functions on the real decodes."""

@@ -659,3 +659,64 @@ def test_enhance_runs_offline_with_the_shipped_denoiser_and_its_calibration(tmp_
     assert out.size == (96, 64)
     difference = np.abs(np.asarray(out, dtype=float) - np.asarray(Image.open(tmp_path / "decoded.jpg"), dtype=float))
     assert 0.5 < difference.mean() < 20  # changed, by about the calibrated noise level, not replaced
+
+
+def test_benchmark_runs_both_ends_together_against_each_alone(tmp_path):
+    """``benchmarks/perceptual_decode.py --preprocessor default``: the pre-processor's own choice for JPEG (the dead
+    zone) gives ``rp+jpeg[deadzone]`` and ``rp+jpeg[deadzone]+fast`` beside JPEG and JPEG + fast, in one run; the
+    rule's MSE ratio of each enhanced curve is taken against the decode it starts from."""
+    import json
+
+    from rp_diffusers.utils.assets import ASSETS_DIR
+
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "perceptual_decode.py", "rp_bench_pd")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("canal_urban", "chalet"):
+        Image.open(ASSETS_DIR / "examples" / f"{name}.png").convert("RGB").crop((64, 64, 192, 160)).save(
+            photos / f"{name}.png"
+        )
+    output = tmp_path / "both.json"
+    args = bench.parse_args(
+        ["--images", str(photos), "--codecs", "jpeg", "--qualities", "jpeg=20,35", "--presets", "jpeg=fast",
+         "--preprocessor", "default", "--metrics", "psnr", "--workers", "0", "--threads", "1", "--output", str(output),
+         "--crop", "chalet:8,8,48"]
+    )  # fmt: skip
+    bench.main(args)
+    report = json.loads(output.read_text())
+    entry = report["codecs"]["jpeg"]
+    # the crop figure shows both ends too: source | jpeg | + fast | rp+jpeg[deadzone] | + fast, 2x each
+    assert Image.open(output.with_name(report["crops"])).size == (5 * (2 * 48 + 10) - 10, 2 * 48 + 28)
+    front = "rp+jpeg[deadzone]"
+    assert set(entry["curves"]) == {"jpeg", "jpeg+fast", front, f"{front}+fast"}
+    assert entry["preprocessor"]["curve"] == front and "dead zone" in entry["preprocessor"]["choice"]
+    records = {name: curve["per_image"] for name, curve in entry["curves"].items()}
+    # the dead zone codes fewer bits than JPEG at every quality; the enhancement never changes the bits
+    for plain, dead, enhanced in zip(records["jpeg"], records[front], records[f"{front}+fast"]):
+        assert dead["bpp"] < plain["bpp"] and enhanced["bpp"] == dead["bpp"]
+    # the ratio of the rule is against the same front end's decode
+    for name, base in (("jpeg+fast", "jpeg"), (f"{front}+fast", front)):
+        expect = []
+        for quality in (20, 35):
+            mse = {
+                curve: np.mean([10 ** (-r["psnr-rgb"] / 10) for r in records[curve] if r["quality"] == quality])
+                for curve in (name, base)
+            }
+            expect.append(mse[name] / mse[base])
+        assert entry["mse_ratio"][name] == pytest.approx(expect)
+    assert set(entry["bd_rate"]) == {"jpeg+fast", front, f"{front}+fast"}
+    assert set(entry["bd_rate_vs_preprocessed"]) == {f"{front}+fast"}
+    assert set(entry["seconds"]) == {"jpeg+fast", f"{front}+fast"}
+
+    # a codec the pre-processor leaves alone adds no curve
+    from rp_diffusers.default_model import load_preprocessor
+
+    preprocessor = load_preprocessor("default", "cpu")
+    alone = bench.both_ends(preprocessor, "avif")
+    assert alone["name"] is None and "avif alone" in alone["reason"]
+    # a codec it pre-processes with its network (WebP: the base model) gets that network, image by image
+    webp = bench.both_ends(preprocessor, "webp")
+    assert webp["name"] == "rp+webp[base]" and webp["codec_step"] is None
+    crop = Image.open(photos / "chalet.png")
+    expected = preprocessor([crop], adapter_name=[], batch_size=1).images[0]
+    assert np.array_equal(np.asarray(webp["preprocess"]([crop])[0]), np.asarray(expected))
