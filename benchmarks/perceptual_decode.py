@@ -18,13 +18,14 @@ calibration, computed on val-set14 by ``rp-diffusers calibrate-decode``, never o
 Example (about 20 minutes on 2 CPU cores with 12 images):
     python benchmarks/perceptual_decode.py --images ../shared/data/kodak --limit 12 --codecs jpeg,hevc \\
         --presets jpeg=fast,medium hevc=fast
-    python benchmarks/perceptual_decode.py --limit 12 --codecs jpeg --presets jpeg=fast --preprocessor default \
+    python benchmarks/perceptual_decode.py --limit 12 --codecs jpeg --presets jpeg=fast --preprocessor default \\
         --output benchmarks/results/perceptual_decode_both_ends.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import platform
@@ -140,9 +141,16 @@ def both_ends(preprocessor, codec: str) -> dict:
     label = choice.label if (preprocessor.available_adapters() or choice.codec_step is not None) else ""
     preprocess = None
     if choice.preprocess:
+        done: dict[tuple, Image.Image] = {}  # every curve of this front end encodes the same pre-processed images
 
         def preprocess(images, adapter=choice.adapter):
-            return [preprocessor([image], adapter_name=adapter or [], batch_size=1).images[0] for image in images]
+            outputs = []
+            for image in images:
+                key = (image.size, hashlib.sha256(image.tobytes()).hexdigest())
+                if key not in done:
+                    done[key] = preprocessor([image], adapter_name=adapter or [], batch_size=1).images[0]
+                outputs.append(done[key])
+            return outputs
 
     name = f"rp+{codec}" + (f"[{label}]" if label else "")
     return {"name": name, "preprocess": preprocess, "codec_step": choice.codec_step, "reason": choice.reason}
@@ -175,13 +183,16 @@ def main(args: argparse.Namespace) -> dict:
         preprocessor = load_preprocessor(args.preprocessor, "cpu")
         preprocessor.set_progress_bar_config(disable=True)
         report["preprocessor"] = args.preprocessor
+    fronts_of = {}
     for codec in args.codecs.split(","):
         qualities = [float(q) for q in args.qualities.get(codec, DEFAULT_QUALITIES[codec]).split(",")]
         curves, seconds = {}, {}
         alone = evaluate(paths, codec, qualities, metrics=metrics, workers=args.workers, name=codec)
         curves[codec] = alone
         front = both_ends(preprocessor, codec) if preprocessor is not None else None
+        fronts_of[codec] = front
         fronts = [(codec, None, None)]
+        bases = {}  # enhanced curve -> the curve of the decode it starts from
         if front is not None and front["name"] is not None:
             curves[front["name"]] = evaluate(
                 paths,
@@ -208,6 +219,7 @@ def main(args: argparse.Namespace) -> dict:
                 return out
 
             name = f"{base}+{preset}"
+            bases[name] = base
             curves[name] = evaluate(
                 paths,
                 codec,
@@ -233,10 +245,10 @@ def main(args: argparse.Namespace) -> dict:
                 continue
             entry["bd_rate"][name] = bd_table(anchor, data[name])
             entry["overlap"][name] = bd_overlap(anchor, data[name])
-            if name not in seconds:  # the pre-processor's curve: no enhancement to time
+            if name not in bases:  # the pre-processor's curve: no enhancement to time
                 continue
             # the MSE ratio of the rule: against the decode the enhancement starts from (same front end)
-            base = name.rsplit("+", 1)[0]
+            base = bases[name]
             enhanced_mse, decoded_mse = mean_mse(curves[name]), mean_mse(curves[base])
             entry["mse_ratio"][name] = [enhanced_mse[q] / decoded_mse[q] for q in qualities]
             if base != codec:
@@ -265,10 +277,8 @@ def main(args: argparse.Namespace) -> dict:
     first = args.codecs.split(",")[0]
     preset = args.presets.get(first, ["fast"])[0]
     quality = float(args.qualities.get(first, DEFAULT_QUALITIES[first]).split(",")[0])
-    front = report["codecs"][first].get("preprocessor")
-    front = both_ends(preprocessor, first) if front and front["curve"] else None
     figure = crop_figure(
-        paths, first, quality, pipe, preset, args.crop, output.with_name(f"{output.stem}_crops.png"), front
+        paths, first, quality, pipe, preset, args.crop, output.with_name(f"{output.stem}_crops.png"), fronts_of[first]
     )
     report["crops"] = figure.name if figure else None
     write_json(output, report)

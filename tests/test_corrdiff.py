@@ -840,3 +840,25 @@ def test_refined_encoder_lowers_the_loss_and_its_files_decode_with_any_copy_of_t
     for bad in (-1, 1.5, True, "3"):
         with pytest.raises(ValueError, match="refine_steps"):
             get_codec("corrdiff", refine_steps=bad)
+
+
+def test_the_shipped_encoder_writes_the_same_bytes_in_another_process_and_thread_count(tmp_path):
+    """The default encoder's file for a photograph is the same in a second process with another torch thread count
+    (on one machine; its float analysis transform may round differently on another CPU)."""
+    from rp_diffusers.utils.assets import ASSETS_DIR
+
+    crop = Image.open(ASSETS_DIR / "examples" / "chalet.png").convert("RGB").crop((100, 80, 292, 208))
+    crop.save(tmp_path / "crop.png")
+    here = get_codec("corrdiff").encode(crop, 3)
+    threads = 1 if torch.get_num_threads() > 1 else 2
+    script = (
+        "import sys, torch; torch.set_num_threads(int(sys.argv[2])); "
+        "from PIL import Image; from rp_diffusers.codecs import get_codec; "
+        "open(sys.argv[1] + '.crdf', 'wb').write(get_codec('corrdiff').encode(Image.open(sys.argv[1]), 3))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "crop.png"), str(threads)], check=True, cwd=REPO, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert (tmp_path / "crop.png.crdf").read_bytes() == here

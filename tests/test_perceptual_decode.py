@@ -667,6 +667,7 @@ def test_benchmark_runs_both_ends_together_against_each_alone(tmp_path):
     rule's MSE ratio of each enhanced curve is taken against the decode it starts from."""
     import json
 
+    from rp_diffusers.evaluation import bd_table
     from rp_diffusers.utils.assets import ASSETS_DIR
 
     bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "perceptual_decode.py", "rp_bench_pd")
@@ -678,7 +679,7 @@ def test_benchmark_runs_both_ends_together_against_each_alone(tmp_path):
         )
     output = tmp_path / "both.json"
     args = bench.parse_args(
-        ["--images", str(photos), "--codecs", "jpeg", "--qualities", "jpeg=20,35", "--presets", "jpeg=fast",
+        ["--images", str(photos), "--codecs", "jpeg", "--qualities", "jpeg=20,35,55,75", "--presets", "jpeg=fast",
          "--preprocessor", "default", "--metrics", "psnr", "--workers", "0", "--threads", "1", "--output", str(output),
          "--crop", "chalet:8,8,48"]
     )  # fmt: skip
@@ -697,16 +698,27 @@ def test_benchmark_runs_both_ends_together_against_each_alone(tmp_path):
     # the ratio of the rule is against the same front end's decode
     for name, base in (("jpeg+fast", "jpeg"), (f"{front}+fast", front)):
         expect = []
-        for quality in (20, 35):
+        for quality in (20, 35, 55, 75):
             mse = {
                 curve: np.mean([10 ** (-r["psnr-rgb"] / 10) for r in records[curve] if r["quality"] == quality])
                 for curve in (name, base)
             }
             expect.append(mse[name] / mse[base])
         assert entry["mse_ratio"][name] == pytest.approx(expect)
+        assert all(ratio > 1 for ratio in entry["mse_ratio"][name])  # the enhancement really ran on that decode
     assert set(entry["bd_rate"]) == {"jpeg+fast", front, f"{front}+fast"}
-    assert set(entry["bd_rate_vs_preprocessed"]) == {f"{front}+fast"}
+    curves = entry["curves"]
+    assert entry["bd_rate"][front]["psnr-rgb"] == pytest.approx(bd_table(curves["jpeg"], curves[front])["psnr-rgb"])
+    # what the enhancement adds on top of the pre-processor: against the pre-processor's curve, not JPEG's
+    on_top = entry["bd_rate_vs_preprocessed"]
+    assert set(on_top) == {f"{front}+fast"}
+    value = on_top[f"{front}+fast"]["psnr-rgb"]
+    assert math.isfinite(value) and value == pytest.approx(
+        bd_table(curves[front], curves[f"{front}+fast"])["psnr-rgb"]
+    )
+    assert value != pytest.approx(bd_table(curves["jpeg"], curves[f"{front}+fast"])["psnr-rgb"])
     assert set(entry["seconds"]) == {"jpeg+fast", f"{front}+fast"}
+    assert all(0 < cost["enhance_per_image"] < math.inf for cost in entry["seconds"].values())
 
     # a codec the pre-processor leaves alone adds no curve
     from rp_diffusers.default_model import load_preprocessor
@@ -719,4 +731,6 @@ def test_benchmark_runs_both_ends_together_against_each_alone(tmp_path):
     assert webp["name"] == "rp+webp[base]" and webp["codec_step"] is None
     crop = Image.open(photos / "chalet.png")
     expected = preprocessor([crop], adapter_name=[], batch_size=1).images[0]
-    assert np.array_equal(np.asarray(webp["preprocess"]([crop])[0]), np.asarray(expected))
+    first = webp["preprocess"]([crop])[0]
+    assert np.array_equal(np.asarray(first), np.asarray(expected)) and first.size == crop.size
+    assert webp["preprocess"]([crop.copy()])[0] is first  # computed once for all of that front end's curves

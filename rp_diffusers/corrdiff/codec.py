@@ -68,8 +68,8 @@ class CorrDiffCodec(Codec):
             latents against the model's rate-distortion loss before coding. The decoder and the format are unchanged
             (any copy of the model reads the file). 40 steps lower the shipped model's PSNR BD-rate against JPEG on
             Kodak from -30.8 % to -34.8 % and take 15 s per 768x512 image on 2 CPU threads, against 0.33 s without
-            (``benchmarks/results/corrdiff_refined.json``); 10 steps: -32.3 % at 4.2 s (``corrdiff_refined10.json``).
-            0 (default): the analysis transform's latents.
+            (``benchmarks/results/corrdiff_refined.json``); 10 steps: -32.3 % at 4.2 s
+            (``benchmarks/results/corrdiff_refined10.json``). 0 (default): the analysis transform's latents.
 
     Example:
         >>> codec = CorrDiffCodec.from_pretrained("path/to/corrdiff")  # doctest: +SKIP
