@@ -40,7 +40,7 @@ from rp_diffusers.evaluation import bd_overlap, bd_table, evaluate, format_bd_ta
 from rp_diffusers.pipelines.perceptual_decode import enhance_images, load_pipeline
 from rp_diffusers.utils.files import write_json
 
-DEFAULT_QUALITIES = {"jpeg": "10,20,35,55", "hevc": "37,32,27,22", "vvc": "43,38,33,28", "webp": "10,25,45,70"}
+DEFAULT_QUALITIES = {"jpeg": "10,20,35,55", "hevc": "13,17,21,25", "vvc": "43,38,33,28", "webp": "10,25,45,70"}
 
 
 def parse_args(input_args: list[str] | None = None) -> argparse.Namespace:
