@@ -15,9 +15,9 @@ calibration, computed on val-set14 by ``rp-diffusers calibrate-decode``, never o
   the same followed by each preset ``rp+CODEC[...]+PRESET``; their BD-rates are against the codec alone and,
   for the enhanced ones, against ``rp+CODEC[...]`` (what the enhancement adds on top of the pre-processor).
 
-Example (about 20 minutes on 2 CPU cores with 12 images):
+Examples (the README's runs: 33 and 11 minutes on 2 CPU cores with 12 images):
     python benchmarks/perceptual_decode.py --images ../shared/data/kodak --limit 12 --codecs jpeg,hevc \\
-        --presets jpeg=fast,medium hevc=fast
+        --qualities jpeg=10,20,35,55 hevc=13,17,21,25 --presets jpeg=fast,medium hevc=fast,medium
     python benchmarks/perceptual_decode.py --limit 12 --codecs jpeg --presets jpeg=fast --preprocessor default \\
         --output benchmarks/results/perceptual_decode_both_ends.json
 """
@@ -88,31 +88,20 @@ def crop_figure(paths, codec_name, quality, pipe, preset, crop_spec, output: Pat
     if path is None:
         return None
     source = Image.open(path).convert("RGB")
+
+    def enhance(decoded):
+        generator = torch.Generator().manual_seed(0)
+        return enhance_images(pipe, [decoded], preset, codec=codec_name, quality=quality, generator=generator)[0]
+
     coded = get_codec(codec_name).run(source, quality)
-    enhanced = enhance_images(
-        pipe,
-        [coded.reconstruction],
-        preset,
-        codec=codec_name,
-        quality=quality,
-        generator=torch.Generator().manual_seed(0),
-    )[0]
-    tiles = [source, coded.reconstruction, enhanced]
+    tiles = [source, coded.reconstruction, enhance(coded.reconstruction)]
     labels = ["source", f"{codec_name} q{quality:g}: {coded.bpp:.3f} bpp", f"+ enhance ({preset}): same bits"]
     if front is not None and front["name"] is not None:
         from rp_diffusers.codecs.prequantize import with_codec_step
 
         encoded = front["preprocess"]([source])[0] if front["preprocess"] else source
         both = with_codec_step(get_codec(codec_name), front["codec_step"]).run(encoded, quality)
-        both_enhanced = enhance_images(
-            pipe,
-            [both.reconstruction],
-            preset,
-            codec=codec_name,
-            quality=quality,
-            generator=torch.Generator().manual_seed(0),
-        )[0]
-        tiles += [both.reconstruction, both_enhanced]
+        tiles += [both.reconstruction, enhance(both.reconstruction)]
         labels += [f"{front['name']} q{quality:g}: {both.bpp:.3f} bpp", f"+ enhance ({preset}): same bits"]
     scale = 2
     figure = Image.new("RGB", (len(tiles) * (size * scale + 10) - 10, size * scale + 28), "white")

@@ -325,6 +325,37 @@ def test_pipeline_auto_sigma_finds_the_rule_without_the_source():
     assert abs(ratio - 2) < 0.15
 
 
+def test_codec_mse_of_one_dataset_merges_qualities_and_another_dataset_replaces_them():
+    """Calibrating a second preset over other qualities must not shrink the codec-MSE range of the first one."""
+    table = SigmaTable()
+    table.set_codec_mse("hevc", [5, 9, 21], [4e-3, 3e-3, 7e-4], dataset="val: 8 crops")
+    table.set_codec_mse("hevc", [21, 31], [6e-4, 3e-4], dataset="val: 8 crops")
+    assert table.codec_mse["hevc"]["qualities"] == [5, 9, 21, 31]
+    assert table.codec_mse["hevc"]["mse"] == [4e-3, 3e-3, 6e-4, 3e-4]  # the newer value where both have one
+    assert table.codec_mse_for("hevc", 5) == pytest.approx(4e-3)
+    table.set_codec_mse("hevc", [11, 41], [2e-3, 3e-4], dataset="other photographs")
+    assert table.codec_mse["hevc"]["qualities"] == [11, 41]
+
+
+def test_a_calibration_of_more_qualities_extends_the_entry_of_the_same_settings():
+    """``calibrate-decode --qualities 80`` after a full calibration adds q80 to that preset's entry (the error for an
+    uncalibrated quality suggests exactly that); other settings (another dataset) replace the entry."""
+    base = {"model": "m", "kind": "edm", "preset": "fast", "num_steps": None, "codec": "jpeg", "target_ratio": 2.0,
+            "dataset": "val: 8 crops", "seed": 0}  # fmt: skip
+    table = SigmaTable()
+    table.add_entry({**base, "qualities": [10, 50], "sigmas": [0.6, 0.2], "ratios": [2.0, 1.9], "codec_mse": [3, 1]})
+    table.add_entry(
+        {**base, "qualities": [50, 80], "sigmas": [0.25, 0.1], "ratios": [2.0, 2.0], "codec_mse": [1, 0.5]}
+    )
+    (entry,) = table.entries
+    assert entry["qualities"] == [10, 50, 80] and entry["sigmas"] == [0.6, 0.25, 0.1]
+    assert entry["ratios"] == [2.0, 2.0, 2.0] and entry["codec_mse"] == [3, 1, 0.5]
+    assert table.sigma_for("m", "fast", "jpeg", 80) == pytest.approx(0.1)
+    table.add_entry({**base, "preset": "medium", "qualities": [20], "sigmas": [0.3], "ratios": [2], "codec_mse": [2]})
+    table.add_entry({**base, "dataset": "other", "qualities": [30], "sigmas": [0.4], "ratios": [2], "codec_mse": [2]})
+    assert sorted((e["preset"], tuple(e["qualities"])) for e in table.entries) == [("fast", (30,)), ("medium", (20,))]
+
+
 def test_sigma_table_interpolates_in_quality_and_matches_local_folders(tmp_path):
     table = SigmaTable()
     table.add_entry(
@@ -341,7 +372,11 @@ def test_sigma_table_interpolates_in_quality_and_matches_local_folders(tmp_path)
     loaded = SigmaTable.load(path)
     assert loaded.sigma_for("org/cm", "fast", "jpeg", 30) == pytest.approx(0.5)  # geometric in quality
     assert loaded.sigma_for(str(tmp_path / "cm"), "medium", "jpeg", 10) == pytest.approx(1.0)  # folder, other preset
-    with pytest.raises(CalibrationError, match="outside the calibrated range"):
+    with pytest.raises(CalibrationError, match="outside the calibrated range") as error:
+        loaded.sigma_for("org/cm", "fast", "jpeg", 90)
+    assert "--preset fast --qualities 90 --data" in str(error.value) and "covers it" not in str(error.value)
+    loaded.add_entry({**loaded.entries[0], "preset": "medium", "qualities": [10, 95], "sigmas": [1.0, 0.1]})
+    with pytest.raises(CalibrationError, match="The medium preset's calibration covers it"):
         loaded.sigma_for("org/cm", "fast", "jpeg", 90)
     with pytest.raises(CalibrationError, match="calibrate-decode"):
         loaded.sigma_for("org/other", "fast", "jpeg", 30)

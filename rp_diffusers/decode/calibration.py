@@ -125,13 +125,36 @@ class SigmaTable:
         return path
 
     def set_codec_mse(self, codec: str, qualities: list[float], mse: list[float], dataset: str) -> None:
-        self.codec_mse[codec] = {"qualities": list(qualities), "mse": list(mse), "dataset": dataset}
+        """Record the codec's mean MSE per quality on ``dataset``. Measured on the same dataset as the record
+        already held, the qualities are merged (the new values win where both have one), so calibrating one preset
+        over new qualities keeps the range another preset's ``sigma="auto"`` relies on; another dataset replaces
+        the record."""
+        merged = {}
+        earlier = self.codec_mse.get(codec)
+        if earlier is not None and earlier.get("dataset") == dataset:
+            merged.update(zip(earlier["qualities"], earlier["mse"]))
+        merged.update(zip(qualities, mse))
+        ordered = sorted(merged)
+        self.codec_mse[codec] = {"qualities": ordered, "mse": [merged[q] for q in ordered], "dataset": dataset}
 
     def add_entry(self, entry: dict) -> None:
-        """Insert or replace the entry with the same (model, preset, codec)."""
+        """Insert the entry for (model, preset, codec). One already held for the same settings (kind, steps, target
+        ratio, dataset, seed) gains the new qualities (the new values win where both have one), so calibrating a
+        few more qualities extends the table; an entry of other settings is replaced."""
         same = ("model", "preset", "codec")
-        self.entries = [e for e in self.entries if any(e.get(k) != entry.get(k) for k in same)]
-        self.entries.append(entry)
+        settings = ("kind", "num_steps", "target_ratio", "dataset", "seed")
+        per_quality = [k for k in ("sigmas", "ratios", "codec_mse") if k in entry]
+        kept = []
+        for earlier in self.entries:
+            if any(earlier.get(k) != entry.get(k) for k in same):
+                kept.append(earlier)
+            elif all(earlier.get(k) == entry.get(k) for k in settings) and all(k in earlier for k in per_quality):
+                rows = {q: [earlier[k][i] for k in per_quality] for i, q in enumerate(earlier["qualities"])}
+                rows.update({q: [entry[k][i] for k in per_quality] for i, q in enumerate(entry["qualities"])})
+                ordered = sorted(rows)
+                entry = {**entry, "qualities": ordered}
+                entry.update({k: [rows[q][j] for q in ordered] for j, k in enumerate(per_quality)})
+        self.entries = [*kept, entry]
 
     def codec_mse_for(self, codec: str, quality: float) -> float:
         """Mean MSE of ``codec`` at ``quality`` on the calibration photographs (log-interpolated)."""
@@ -175,7 +198,23 @@ class SigmaTable:
                 "in the table), or compute the calibration once (cached next to the model): "
                 + calibration_command(model_key or "MODEL", codec, preset)
             )
-        return _interpolate(float(quality), entry["qualities"], entry["sigmas"], log=True)
+        try:
+            return _interpolate(float(quality), entry["qualities"], entry["sigmas"], log=True)
+        except CalibrationError as error:
+            covering = [
+                e["preset"]
+                for e in self.entries
+                if e is not entry
+                and e["codec"] == codec
+                and model_key_matches(model_key, e["model"])
+                and min(e["qualities"]) <= quality <= max(e["qualities"])
+            ]
+            hint = f" The {', '.join(sorted(set(covering)))} preset's calibration covers it." if covering else ""
+            raise CalibrationError(
+                f"{codec} {error} of the {entry['preset']} preset for model {model_key!r}.{hint} Pass sigma=<float>, "
+                f"or calibrate this quality once (cached next to the model): "
+                + calibration_command(model_key or "MODEL", codec, entry["preset"], f"{quality:g}")
+            ) from None
 
 
 def search_sigma(
@@ -249,11 +288,12 @@ def search_sigma(
 CALIBRATION_FILE = "decode_calibration.json"  # a model's own table, stored next to its weights
 
 
-def calibration_command(model: str, codec: str, preset: str) -> str:
+def calibration_command(model: str, codec: str, preset: str, qualities: str | None = None) -> str:
     """The one command that computes (and caches next to the model) a missing calibration."""
     return (
         f"rp-diffusers calibrate-decode --model {model} --codec {codec} --preset {preset} "
-        "--data PHOTOS (a folder of held-out photographs, e.g. Set14; never the test set)"
+        + (f"--qualities {qualities} " if qualities else "")
+        + "--data PHOTOS (a folder of held-out photographs, e.g. Set14; never the test set)"
     )
 
 
