@@ -87,6 +87,18 @@ def test_evaluate_enhance_is_measured_against_originals(crops):
     assert all(r["psnr-rgb"] < 12 for r in blank.records)
 
 
+def test_evaluate_enhance_shows_its_progress(crops, capsys):
+    """The enhancement and its measurements (minutes per curve on real photographs) have a progress bar of their
+    own, which counts every (image, quality) once; ``progress=False`` keeps it quiet."""
+    kwargs = dict(metrics=("psnr",), enhance=lambda ims, q: list(ims), workers=0, name="plain")
+    result = evaluate(crops, "jpeg", [30, 50], progress=True, **kwargs)
+    total = len(result.records)
+    err = capsys.readouterr().err
+    assert "plain: enhance, measure: 100%" in err and f"{total}/{total}" in err
+    evaluate(crops, "jpeg", [30, 50], progress=False, **kwargs)
+    assert "enhance, measure" not in capsys.readouterr().err
+
+
 def test_evaluate_skips_unavailable_network_metrics_with_warning(crops, monkeypatch, tmp_path):
     monkeypatch.setenv("RP_DIFFUSERS_METRIC_WEIGHTS", str(tmp_path))
     with pytest.warns(UserWarning, match="lpips"):

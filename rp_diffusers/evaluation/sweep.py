@@ -295,16 +295,22 @@ def evaluate(
 
     # 3. Optional decoder-side enhancement, then measurement against the originals.
     if enhance is not None:
+        # the enhancement runs a quality's decodes in one call; the bar moves as each of them is measured
+        bar = tqdm(total=len(jobs), desc=f"{name or codec}: enhance, measure", unit="image", disable=not progress)
         for q in qualities:
             rows = [k for k, job in enumerate(jobs) if job[4] == q]
             decoded = [Image.fromarray(outputs[k][1]) for k in rows]
+            bar.set_postfix_str(f"enhancing quality {q:g}")
             start = time.perf_counter()
             enhanced = enhance(decoded, q)
             seconds = (time.perf_counter() - start) / max(1, len(rows))
+            bar.set_postfix_str(f"measuring quality {q:g}")
             for k, image in zip(rows, enhanced):
                 records[k]["enhance_time"] = seconds
                 records[k].update(measure(originals[jobs[k][0]], image, metrics, result_keys=True))
                 outputs[k] = (records[k], np.asarray(image))
+                bar.update(1)
+        bar.close()
         if on_image is not None:
             for i in range(len(originals)):
                 on_image(names[i], [dict(r) for r in records[i * len(qualities) : (i + 1) * len(qualities)]])
