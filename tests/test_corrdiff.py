@@ -707,6 +707,32 @@ def test_with_gains_adds_rate_points_and_keeps_every_old_one_bit_for_bit(model, 
             source.with_gains(gains)
 
 
+@pytest.mark.slow
+def test_a_phase_1_continuation_refuses_the_files_of_the_models_it_was_made_from(model, image, tmp_path):
+    """Continuing phase 1 from a model with added gains changes the weights, so the earlier models' files would
+    decode to wrong pixels with them: the continuation drops ``earlier_decoders`` and refuses those files by name,
+    while its own files decode."""
+    train, data = training_script_and_photos(tmp_path, 2, "photo")
+    extended = copy.deepcopy(model).with_gains((2.0, 4.0, 16.0, 64.0))
+    extended.unet = None
+    CorrDiffCodec(model=extended).save_pretrained(tmp_path / "extended")
+    assert extended.config.earlier_decoders  # it would decode the tiny model's files
+    out = tmp_path / "continued"
+    train.main(train.parse_args([
+        "--phase", "codec", "--pretrained_model_name_or_path", str(tmp_path / "extended"), "--train_data_dir",
+        str(data), "--resolution", "64", "--train_batch_size", "2", "--max_train_steps", "1", "--learning_rate",
+        "1e-2", "--logging_steps", "100", "--output_dir", str(out),
+    ]))  # fmt: skip
+    continued = CorrDiffCodec.from_pretrained(out)
+    assert continued.model.config.earlier_decoders == () and continued.model.config.gains == (2.0, 4.0, 16.0, 64.0)
+    for writer in (CorrDiffCodec(model=model), CorrDiffCodec(model=extended)):
+        with pytest.raises(BitstreamError, match="load the model that wrote it"):
+            continued.decompress(writer.compress(image, 1))
+    encoding = continued.encode_details(image, 1)
+    decoded = np.asarray(continued.decompress(encoding.data))
+    assert np.array_equal(decoded, np.round(encoding.reconstruction[0].permute(1, 2, 0).numpy() * 255))
+
+
 def test_the_shipped_model_decodes_files_of_its_five_gain_version():
     """The shipped model is the earlier five-gain model plus two lower gains (``training/add_corrdiff_gains.py``):
     gain 1 stays the default, and two files the five-gain model wrote (an end-to-end one at its quality 2 and a

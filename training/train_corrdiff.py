@@ -175,6 +175,9 @@ def build_model(args) -> tuple[CorrDiffModel, list[torch.nn.Parameter]]:
         if args.pretrained_model_name_or_path:
             model = load_model(args.pretrained_model_name_or_path)
             model.config.lmbda = args.lmbda
+            # the weights change, so the decoders this model was made from no longer decode with them: their
+            # files must be refused by the new model, not decoded with its weights
+            model.config.earlier_decoders = ()
         else:
             config = CorrDiffConfig(
                 channels=args.channels, latent_channels=args.latent_channels, hyper_channels=args.hyper_channels,
