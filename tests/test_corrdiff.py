@@ -709,9 +709,10 @@ def test_with_gains_adds_rate_points_and_keeps_every_old_one_bit_for_bit(model, 
 
 @pytest.mark.slow
 def test_a_phase_1_continuation_refuses_the_files_of_the_models_it_was_made_from(model, image, tmp_path):
-    """Continuing phase 1 from a model with added gains changes the weights, so the earlier models' files would
-    decode to wrong pixels with them: the continuation drops ``earlier_decoders`` and refuses those files by name,
-    while its own files decode."""
+    """Continuing phase 1 from a model with added gains changes the weights, so the files of the model it was made
+    from (the tiny model, listed in its ``earlier_decoders``) would decode with them: the continuation drops
+    ``earlier_decoders`` and refuses those files by name, while its own files decode. Phase 2 from the same model
+    leaves the codec's weights alone, so it keeps them."""
     train, data = training_script_and_photos(tmp_path, 2, "photo")
     extended = copy.deepcopy(model).with_gains((2.0, 4.0, 16.0, 64.0))
     extended.unet = None
@@ -731,20 +732,30 @@ def test_a_phase_1_continuation_refuses_the_files_of_the_models_it_was_made_from
     encoding = continued.encode_details(image, 1)
     decoded = np.asarray(continued.decompress(encoding.data))
     assert np.array_equal(decoded, np.round(encoding.reconstruction[0].permute(1, 2, 0).numpy() * 255))
+    phase_2, _ = train.build_model(train.parse_args([
+        "--phase", "diffusion", "--pretrained_model_name_or_path", str(tmp_path / "extended"), "--train_data_dir",
+        str(data), "--output_dir", str(tmp_path / "phase2"), "--unet_block_out_channels", "8,16",
+    ]))  # fmt: skip
+    assert phase_2.config.earlier_decoders == extended.config.earlier_decoders
 
 
 def test_the_shipped_model_refuses_the_files_of_earlier_weights_by_name():
     """The shipped model continued phase 1 from the earlier shipped model (which was the five-gain model plus two
-    lower gains): its weights differ, so two files the five-gain model wrote (an end-to-end one and a diffusion
-    one, kept in tests/fixtures) are refused with an error that names their decoder, not decoded to wrong pixels.
-    Gain 1 stays the default and the two lowest gains give fewer bits."""
+    lower gains): its weights differ, so files of both earlier models (kept in tests/fixtures: an end-to-end file
+    of the previous shipped model, and an end-to-end and a diffusion file of the five-gain model) are refused with
+    an error that names their decoder, not decoded to wrong pixels. Gain 1 stays the default and the two lowest
+    gains give fewer bits."""
     codec = get_codec("corrdiff")
     config = codec.model.config
     assert codec.quality_range == (0, 6) and config.gains[codec.default_quality] == 1.0
     assert config.gains[:2] == (0.25, 0.3536) and config.earlier_decoders == ()
     fixtures = REPO / "tests" / "fixtures"
-    for name in ("corrdiff_5_gains_q2_e2e.crdf", "corrdiff_5_gains_q1_diffusion.crdf"):
-        with pytest.raises(BitstreamError, match="decoder ebc799ba, .*load the model that wrote it"):
+    for name, decoder in (
+        ("corrdiff_previous_q4_e2e.crdf", "94e09d08"),
+        ("corrdiff_5_gains_q2_e2e.crdf", "ebc799ba"),
+        ("corrdiff_5_gains_q1_diffusion.crdf", "ebc799ba"),
+    ):
+        with pytest.raises(BitstreamError, match=f"decoder {decoder}, .*load the model that wrote it"):
             codec.decompress((fixtures / name).read_bytes())
     crop = load_image(EXAMPLE).crop((40, 30, 104, 94))
     assert len(codec.compress(crop, 0)) < len(codec.compress(crop, 2))

@@ -58,7 +58,8 @@ def parse_args(input_args=None):
         "--pretrained_model_name_or_path",
         type=str,
         default=None,
-        help="Phase diffusion: the phase-1 output (folder or Hub id). Phase codec: optional init.",
+        help="Phase diffusion: the phase-1 output (folder or Hub id). Phase codec: optional init (its weights change, "
+        "so the new model refuses the files of this one and of the models it was made from).",
     )
     # model (phase codec)
     parser.add_argument("--channels", type=int, default=128, help="Width N of the transforms.")
