@@ -421,6 +421,18 @@ def test_calibrate_and_select_proxy_calibration_scripts(tmp_path, monkeypatch):
         assert set(row["val_median_bits_err_pct"]) == {"0", "75", "95"} and math.isfinite(row["val_rms_log_err"])
     assert table["+ q2 + noise (7 terms)"]["train_loo_rms_log_err"] > 0
     assert json.loads(output.read_text())["webp"]["current"]["terms"] == table["current"]["terms"]
+    # rows of two training folders fitted together, stored under a key beside the first table's rows
+    keyed = tmp_path / "sources.json"
+    two = select.parse_args(
+        ["--codec", "webp", "--records", str(records_path), str(records_path), "--validation_data_dir"]
+        + [str(tmp_path / "val"), "--workers", "1", "--output", str(keyed), "--output_key", "both"]
+    )
+    assert select.main(two)["+ q2"]["train_loo_rms_log_err"] > 0
+    assert set(json.loads(keyed.read_text())["webp"]) == {"both"}
+    torn = tmp_path / "torn.json"
+    torn.write_text(json.dumps(records[:17]))  # a photograph cut short: leave-one-out would mix photographs
+    with pytest.raises(ValueError, match="not a multiple of --views_per_photo"):
+        select.main(select.parse_args(["--codec", "webp", "--records", str(torn), "--validation_data_dir", "x"]))
 
 
 def test_training_benchmark_times_each_surrogate_forward_and_backward():

@@ -51,7 +51,13 @@ FORMS = {
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--codec", type=str, required=True)
-    parser.add_argument("--records", type=str, required=True, help="calibrate_proxy_rate.py --records_out file.")
+    parser.add_argument(
+        "--records",
+        type=str,
+        nargs="+",
+        required=True,
+        help="calibrate_proxy_rate.py --records_out file(s); several are fitted together (e.g. two training folders).",
+    )
     parser.add_argument("--views_per_photo", type=int, default=9, help="Rows per photograph (views x qualities).")
     parser.add_argument("--validation_data_dir", type=str, required=True, help="Validation photographs (val-set14).")
     parser.add_argument("--weights_dir", type=str, default=None, help="Proxy weights (default: shipped).")
@@ -63,6 +69,12 @@ def parse_args(input_args=None):
         help="A proxy_{codec}.json whose rate_calibration is measured too (e.g. the version before a change).",
     )
     parser.add_argument("--output", type=str, default=None, help="Merge this codec's table into a JSON file.")
+    parser.add_argument(
+        "--output_key",
+        type=str,
+        default=None,
+        help="Store the table under output[codec][KEY] (e.g. the training folder the rows came from), not output[codec].",
+    )
     return parser.parse_args(input_args)
 
 
@@ -116,9 +128,17 @@ def leave_one_photo_out(records: list, terms, per_photo: int) -> float:
 
 
 def main(args) -> dict:
-    records = json.loads(Path(args.records).read_text())
-    if any(len(r) < 5 for r in records):
-        raise ValueError(f"{args.records} has no noise column: re-run calibrate_proxy_rate.py with --records_out")
+    records = []
+    for name in args.records:
+        rows = json.loads(Path(name).read_text())
+        if any(len(r) < 5 for r in rows):
+            raise ValueError(f"{name} has no noise column: re-run calibrate_proxy_rate.py with --records_out")
+        if len(rows) % args.views_per_photo:
+            raise ValueError(
+                f"{name} has {len(rows)} rows, not a multiple of --views_per_photo {args.views_per_photo}: the "
+                "leave-one-photograph-out error needs whole photographs"
+            )
+        records += rows
     proxy = load_proxy(args.codec, args.weights_dir)
     rows = validation_rows(proxy, args.codec, args.validation_data_dir, args.workers)
     current = proxy.rate_calibration  # None: the proxy ships without one (the DCT rate heads)
@@ -135,7 +155,10 @@ def main(args) -> dict:
     if args.output:
         path = Path(args.output)
         results = json.loads(path.read_text()) if path.is_file() else {}
-        results[args.codec] = table
+        if args.output_key:
+            results.setdefault(args.codec, {})[args.output_key] = table
+        else:
+            results[args.codec] = table
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
     return table
