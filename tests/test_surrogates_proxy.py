@@ -421,14 +421,25 @@ def test_calibrate_and_select_proxy_calibration_scripts(tmp_path, monkeypatch):
         assert set(row["val_median_bits_err_pct"]) == {"0", "75", "95"} and math.isfinite(row["val_rms_log_err"])
     assert table["+ q2 + noise (7 terms)"]["train_loo_rms_log_err"] > 0
     assert json.loads(output.read_text())["webp"]["current"]["terms"] == table["current"]["terms"]
-    # rows of two training folders fitted together, stored under a key beside the first table's rows
+    # the rows split into two files (one photograph each) and fitted together give the one-file table
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps(records[:9]))
+    second.write_text(json.dumps(records[9:]))
     keyed = tmp_path / "sources.json"
-    two = select.parse_args(
-        ["--codec", "webp", "--records", str(records_path), str(records_path), "--validation_data_dir"]
-        + [str(tmp_path / "val"), "--workers", "1", "--output", str(keyed), "--output_key", "both"]
-    )
-    assert select.main(two)["+ q2"]["train_loo_rms_log_err"] > 0
-    assert set(json.loads(keyed.read_text())["webp"]) == {"both"}
+
+    def two_files(key, output=keyed, files=(first, second)):
+        args = ["--codec", "webp", "--records", *map(str, files), "--validation_data_dir", str(tmp_path / "val")]
+        return select.parse_args(args + ["--workers", "1", "--output", str(output), "--output_key", key])
+
+    split = select.main(two_files("both"))
+    for name in select.FORMS:
+        assert split[name] == table[name]
+    select.main(two_files("again"))
+    assert set(json.loads(keyed.read_text())["webp"]) == {"both", "again"}  # keyed tables sit side by side
+    with pytest.raises(ValueError, match="unkeyed table"):  # a keyed table into a file holding an unkeyed one
+        select.main(two_files("both", output=output))
+    with pytest.raises(ValueError, match="given twice"):  # a photograph would sit in its own held-out fit
+        select.main(two_files("both", files=(first, first)))
     torn = tmp_path / "torn.json"
     torn.write_text(json.dumps(records[:17]))  # a photograph cut short: leave-one-out would mix photographs
     with pytest.raises(ValueError, match="not a multiple of --views_per_photo"):

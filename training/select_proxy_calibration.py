@@ -11,11 +11,19 @@ otherwise (HEVC, AVIF). For the DCT rate heads: the form with the lowest val-set
 included; WebP, HEVC, AVIF and HEIC chose ``+ q2``, VVC (fitted later) the 7-term form
 (``benchmarks/results/proxy_calibration_selection_dct.json``).
 
+Several ``--records`` files are fitted together: rows of two training folders, for example. Every file must hold
+whole photographs of ``--views_per_photo`` rows each (one ``calibrate_proxy_rate.py`` run with its default views),
+and a file may be given once. ``--output_key`` stores the table under ``output[codec][KEY]``, so that fits from
+different rows sit side by side; a codec's entry is either keyed or not, never both. The training folders were
+compared this way (``benchmarks/results/proxy_calibration_sources_valset14.json``).
+
     python training/calibrate_proxy_rate.py --codec webp --train_data_dir photos/train-sunhays80 \\
         --num_images 16 --whole_width 512 --terms "1,log_pixels,q,q2,noise,noise*q,noise*q2" --dry_run \\
         --records_out /tmp/rec_webp.json
     python training/select_proxy_calibration.py --codec webp --records /tmp/rec_webp.json \\
         --validation_data_dir photos/val-set14 --output benchmarks/results/proxy_calibration_selection.json
+    python training/select_proxy_calibration.py --codec webp --records /tmp/rec_clean.json /tmp/rec_sun.json \
+        --validation_data_dir photos/val-set14 --output /tmp/sources.json --output_key both
 """
 
 from __future__ import annotations
@@ -73,7 +81,7 @@ def parse_args(input_args=None):
         "--output_key",
         type=str,
         default=None,
-        help="Store the table under output[codec][KEY] (e.g. the training folder the rows came from), not output[codec].",
+        help="Store the table under output[codec][KEY] (e.g. the rows' training folder), not output[codec].",
     )
     return parser.parse_args(input_args)
 
@@ -127,7 +135,26 @@ def leave_one_photo_out(records: list, terms, per_photo: int) -> float:
     return round(float(np.sqrt(np.mean(np.square(residual)))), 4)
 
 
+def _store(results: dict, codec: str, key: str | None, table: dict) -> None:
+    """Put ``table`` at ``results[codec]`` or ``results[codec][key]``, never mixing the two layouts for a codec."""
+    entry = results.get(codec)
+    if key:
+        if entry is not None and "current" in entry:
+            raise ValueError(f"the output holds an unkeyed table for {codec}: write --output_key tables elsewhere")
+        results.setdefault(codec, {})[key] = table
+    else:
+        if entry is not None and "current" not in entry:
+            raise ValueError(f"the output holds keyed tables for {codec} ({', '.join(entry)}): pass --output_key")
+        results[codec] = table
+
+
 def main(args) -> dict:
+    if len(set(map(str, args.records))) != len(args.records):
+        raise ValueError("a --records file is given twice: its photographs would leak into their own held-out fits")
+    if args.output_key and not args.output:
+        raise ValueError("--output_key names where the table goes in --output: pass --output too")
+    if args.output and Path(args.output).is_file():  # refuse a layout clash before any encoding
+        _store(json.loads(Path(args.output).read_text()), args.codec, args.output_key, {})
     records = []
     for name in args.records:
         rows = json.loads(Path(name).read_text())
@@ -155,10 +182,7 @@ def main(args) -> dict:
     if args.output:
         path = Path(args.output)
         results = json.loads(path.read_text()) if path.is_file() else {}
-        if args.output_key:
-            results.setdefault(args.codec, {})[args.output_key] = table
-        else:
-            results[args.codec] = table
+        _store(results, args.codec, args.output_key, table)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
     return table
