@@ -22,7 +22,7 @@ compared this way (``benchmarks/results/proxy_calibration_sources_valset14.json`
         --records_out /tmp/rec_webp.json
     python training/select_proxy_calibration.py --codec webp --records /tmp/rec_webp.json \\
         --validation_data_dir photos/val-set14 --output benchmarks/results/proxy_calibration_selection.json
-    python training/select_proxy_calibration.py --codec webp --records /tmp/rec_clean.json /tmp/rec_sun.json \
+    python training/select_proxy_calibration.py --codec webp --records /tmp/rec_clean.json /tmp/rec_sun.json \\
         --validation_data_dir photos/val-set14 --output /tmp/sources.json --output_key both
 """
 
@@ -149,7 +149,7 @@ def _store(results: dict, codec: str, key: str | None, table: dict) -> None:
 
 
 def main(args) -> dict:
-    if len(set(map(str, args.records))) != len(args.records):
+    if len({Path(name).resolve() for name in args.records}) != len(args.records):
         raise ValueError("a --records file is given twice: its photographs would leak into their own held-out fits")
     if args.output_key and not args.output:
         raise ValueError("--output_key names where the table goes in --output: pass --output too")
